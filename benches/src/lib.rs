@@ -1,0 +1,1 @@
+//! Workload generation shared by the benchmarks.

@@ -1,0 +1,337 @@
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
+
+/// The admin identity under which the engine issues its own time-driven commands.
+pub const ENGINE_ADMIN: &str = "engine";
+
+/// One command for the engine: who sends it, its idempotency key, the event time of the
+/// order and what it asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Command {
+    pub merchant: String,
+    pub origin: Origin,
+    pub key: IdemKey,
+    /// When the order happened (event time). Rules with calendar filters read it.
+    pub at: Timestamp,
+    /// The program version the sender expects, if it names one.
+    pub program_version: Option<u32>,
+    pub body: Body,
+}
+
+/// Who sent a command: a terminal (point of sale) or an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Origin {
+    Terminal(String),
+    Admin(String),
+}
+
+/// The idempotency key: a terminal's (or admin's) transaction number, or a 128-bit id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IdemKey {
+    Terminal { terminal: String, txn: String },
+    Admin { admin: String, txn: String },
+    Id(u128),
+}
+
+impl std::fmt::Display for IdemKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdemKey::Terminal { terminal, txn } => write!(f, "{terminal}/{txn}"),
+            IdemKey::Admin { admin, txn } => write!(f, "admin:{admin}/{txn}"),
+            IdemKey::Id(id) => write!(f, "{id:032x}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Body {
+    Purchase(Purchase),
+    Quote(Purchase),
+    Return(Return),
+    Hold(Hold),
+    Capture(Capture),
+    Release(Release),
+    Adjust(Adjust),
+    Event(Event),
+    Enroll(Enroll),
+    IssueCards(IssueCards),
+    Link(Link),
+    LoadProgram(LoadProgram),
+    Tick(Tick),
+}
+
+/// The name of a command, as in its JSON key and in results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    Purchase,
+    Quote,
+    Return,
+    Hold,
+    Capture,
+    Release,
+    Adjust,
+    Event,
+    Enroll,
+    IssueCards,
+    Link,
+    LoadProgram,
+    Tick,
+}
+
+impl CommandKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CommandKind::Purchase => "purchase",
+            CommandKind::Quote => "quote",
+            CommandKind::Return => "return",
+            CommandKind::Hold => "hold",
+            CommandKind::Capture => "capture",
+            CommandKind::Release => "release",
+            CommandKind::Adjust => "adjust",
+            CommandKind::Event => "event",
+            CommandKind::Enroll => "enroll",
+            CommandKind::IssueCards => "issue_cards",
+            CommandKind::Link => "link",
+            CommandKind::LoadProgram => "load_program",
+            CommandKind::Tick => "tick",
+        }
+    }
+
+    /// Commands only an operator (admin identity) may send.
+    pub fn admin_only(self) -> bool {
+        matches!(
+            self,
+            CommandKind::Adjust | CommandKind::IssueCards | CommandKind::LoadProgram | CommandKind::Tick
+        )
+    }
+}
+
+impl Body {
+    pub fn kind(&self) -> CommandKind {
+        match self {
+            Body::Purchase(_) => CommandKind::Purchase,
+            Body::Quote(_) => CommandKind::Quote,
+            Body::Return(_) => CommandKind::Return,
+            Body::Hold(_) => CommandKind::Hold,
+            Body::Capture(_) => CommandKind::Capture,
+            Body::Release(_) => CommandKind::Release,
+            Body::Adjust(_) => CommandKind::Adjust,
+            Body::Event(_) => CommandKind::Event,
+            Body::Enroll(_) => CommandKind::Enroll,
+            Body::IssueCards(_) => CommandKind::IssueCards,
+            Body::Link(_) => CommandKind::Link,
+            Body::LoadProgram(_) => CommandKind::LoadProgram,
+            Body::Tick(_) => CommandKind::Tick,
+        }
+    }
+}
+
+/// How a command names a member: the engine's member id, or an alias.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum MemberRef {
+    Id(u64),
+    Phone(String),
+    Card(String),
+}
+
+/// An alias that can find a member.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Alias {
+    Phone(String),
+    Card(String),
+}
+
+/// Names an earlier command by its idempotency key. Without `terminal` or `id` it means the
+/// same terminal (or admin) as the command that names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxnRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Line {
+    pub sku: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    pub qty: i64,
+    pub unit_price: Decimal,
+    /// The POS's own discount on this line, in money.
+    #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    pub discount: Decimal,
+}
+
+/// What part of an order is paid with loyalty value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Payment {
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub points: i64,
+    #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    pub credit: Decimal,
+}
+
+fn is_zero_i64(value: &i64) -> bool {
+    *value == 0
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Purchase {
+    pub member: MemberRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    pub lines: Vec<Line>,
+    /// What the customer owes before loyalty payments and rewards (may include tax).
+    pub total: Decimal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipping: Option<Decimal>,
+    #[serde(default, skip_serializing_if = "is_default_payment")]
+    pub pay: Payment,
+    /// Pay with what an earlier `hold` reserved (captures it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<TxnRef>,
+    /// Catalog rewards redeemed in this order, by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewards: Vec<String>,
+    /// Promotion codes presented.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<String>,
+}
+
+fn is_default_payment(pay: &Payment) -> bool {
+    *pay == Payment::default()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReturnLine {
+    pub sku: String,
+    pub qty: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Return {
+    pub order: TxnRef,
+    /// The returned lines; absent means everything not yet returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Vec<ReturnLine>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hold {
+    pub member: MemberRef,
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub points: i64,
+    #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    pub credit: Decimal,
+}
+
+/// Turns (part of) a hold into a redemption; what is not captured is released.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capture {
+    pub hold: TxnRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub points: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit: Option<Decimal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    pub hold: TxnRef,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdjustReason {
+    Reward,
+    Goodwill,
+    Refund,
+    Correction,
+}
+
+/// An operator's manual change; positive credits, negative debits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adjust {
+    pub member: MemberRef,
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub points: i64,
+    #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    pub credit: Decimal,
+    pub reason: AdjustReason,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    pub member: MemberRef,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enroll {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<String>,
+    /// Month and day, `MM-DD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub birthday: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// Creates members that exist only as a card number until the card is first used.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueCards {
+    #[serde(default)]
+    pub count: u32,
+    /// Generated numbers are this prefix and a 10-digit sequence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Or the card numbers themselves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cards: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    pub member: MemberRef,
+    pub alias: Alias,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadProgram {
+    /// The program file's TOML text.
+    pub program: String,
+}
+
+/// Engine-issued: do all time-driven work due up to the command's `at`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tick {}

@@ -1,0 +1,27 @@
+//! tally's vocabulary: the commands a terminal or an operator sends, the results the engine
+//! gives back, and the stable reason codes of a rejection.
+//!
+//! This crate knows nothing of the network or of storage. Its JSON form (one command per line)
+//! is what command files, imports and tests use; `docs/commands.md` documents it.
+
+mod command;
+mod json;
+mod reason;
+mod result;
+
+pub use command::{
+    Adjust, AdjustReason, Alias, Body, Capture, Command, CommandKind, Enroll, Event, Hold,
+    IdemKey, IssueCards, Line, Link, LoadProgram, MemberRef, Origin, Payment, Purchase, Release,
+    Return, ReturnLine, Tick, TxnRef, ENGINE_ADMIN,
+};
+pub use json::{parse_command_line, CommandJson, ParseError};
+pub use reason::Reason;
+pub use result::{
+    Applied, Balances, CommandResult, Discount, EntryKind, EntryView, LineEarning, LotSlice,
+    MemberView, RuleEarning, Status, TickSummary, TierChange, Wallet,
+};
+
+/// Money as it crosses the boundary: an exact decimal in the merchant's currency.
+pub use rust_decimal::Decimal;
+/// Every time tally handles is an instant in UTC.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;

@@ -1,0 +1,213 @@
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::command::CommandKind;
+use crate::reason::Reason;
+
+/// The answer to one command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub merchant: String,
+    /// The idempotency key, as `terminal/txn`, `admin:name/txn` or 32 hex digits.
+    pub key: String,
+    pub command: CommandKind,
+    #[serde(flatten)]
+    pub status: Status,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Status {
+    Applied(Box<Applied>),
+    /// The key was seen before with the same content: the first result, unchanged.
+    Duplicate { first: Box<CommandResult> },
+    /// Nothing changed.
+    Rejected { reason: Reason, message: String },
+}
+
+impl CommandResult {
+    pub fn rejected(merchant: &str, key: String, command: CommandKind, reason: Reason, message: String) -> Self {
+        CommandResult { merchant: merchant.to_string(), key, command, status: Status::Rejected { reason, message } }
+    }
+
+    pub fn applied(&self) -> Option<&Applied> {
+        match &self.status {
+            Status::Applied(applied) => Some(applied),
+            _ => None,
+        }
+    }
+
+    pub fn reason(&self) -> Option<Reason> {
+        match &self.status {
+            Status::Rejected { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
+    pub fn status_name(&self) -> &'static str {
+        match &self.status {
+            Status::Applied(_) => "applied",
+            Status::Duplicate { .. } => "duplicate",
+            Status::Rejected { .. } => "rejected",
+        }
+    }
+
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).expect("results always serialise")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Wallet {
+    Points,
+    Credit,
+}
+
+/// The kind of a ledger entry (SPEC section 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    Accrual,
+    Redemption,
+    Reversal,
+    Expiry,
+    Adjustment,
+    Bonus,
+    Hold,
+    Release,
+    Cashback,
+}
+
+/// What an applied command did. Fields that do not apply to a command are left out of JSON.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub program_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<MemberView>,
+    /// Points earned by this command (accruals and bonuses, after rounding).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub points_earned: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub points_redeemed: i64,
+    #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    pub credit_redeemed: Decimal,
+    #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    pub cashback: Decimal,
+    /// Points and cashback per earning rule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleEarning>,
+    /// Points and cashback per order line (what a return reverses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<LineEarning>,
+    /// Catalog rewards redeemed and the discount each gave.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discounts: Vec<Discount>,
+    /// What a return could not take back and wrote off (`negative_balance = "clamp"`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub points_written_off: i64,
+    #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    pub credit_written_off: Decimal,
+    /// Every ledger entry this command wrote.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entries: Vec<EntryView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balances: Option<Balances>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<TierChange>,
+    /// Card numbers created by `issue_cards`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cards: Vec<String>,
+    /// For `tick`: how much time-driven work was done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tick: Option<TickSummary>,
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: u64,
+    /// True when this command created (or first activated) the member.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enrolled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleEarning {
+    pub rule: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub points: i64,
+    #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    pub cashback: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineEarning {
+    pub sku: String,
+    /// The amount points were earned on: line amount less discounts and its share of what
+    /// was paid with points or credit.
+    pub eligible: Decimal,
+    pub points: i64,
+    #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    pub cashback: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Discount {
+    pub reward: String,
+    pub amount: Decimal,
+    pub points: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LotSlice {
+    pub lot: u32,
+    pub points: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryView {
+    pub wallet: Wallet,
+    pub kind: EntryKind,
+    /// Signed: points are whole numbers, credit is money.
+    pub amount: Decimal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lots: Vec<LotSlice>,
+}
+
+/// A member's balances after the command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Balances {
+    /// Sum of all points entries (= live lots); may be negative after a return.
+    pub points: i64,
+    /// Spendable now: not pending, not held.
+    pub available: i64,
+    pub pending: i64,
+    /// Reserved by open holds (already taken out of `points`).
+    pub held: i64,
+    pub credit: Decimal,
+    pub credit_held: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierChange {
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickSummary {
+    pub members: u64,
+    pub points_expired: i64,
+    pub points_released: i64,
+    pub holds_lapsed: u64,
+    pub birthday_bonuses: u64,
+    pub tier_changes: u64,
+}
+
+
