@@ -1,1 +1,10 @@
+//! The tally engine: the deterministic loyalty state machine (`core`), the program compiler
+//! (`program`), the offline tools built on them (`replay`) and synthetic traffic (`workload`).
 
+pub mod core;
+pub mod money;
+pub mod program;
+
+pub use tally_protocol::Timestamp;
+pub mod replay;
+pub mod workload;

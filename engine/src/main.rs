@@ -1,1 +1,252 @@
-fn main(){}
+//! `tally`: the engine binary.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tally_engine::program::parse_and_compile;
+use tally_engine::replay::{Replayer, Stats};
+use tally_engine::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
+use tally_protocol::CommandResult;
+
+#[derive(Parser)]
+#[command(name = "tally", version, about = "A streaming loyalty ledger")]
+struct Cli {
+    #[command(subcommand)]
+    command: Tool,
+}
+
+#[derive(Subcommand)]
+enum Tool {
+    /// Applies a file of commands (JSON lines) offline through the engine core and prints
+    /// the final balances as CSV.
+    Replay {
+        /// Program files (TOML) installed before the first command; repeat for more merchants.
+        #[arg(long = "program", required = true)]
+        programs: Vec<PathBuf>,
+        /// The command file, or `-` for standard input.
+        #[arg(long)]
+        input: PathBuf,
+        /// Write the balances here instead of standard output.
+        #[arg(long)]
+        balances_out: Option<PathBuf>,
+        /// Write every command's result (and the engine's ticks) as JSON lines.
+        #[arg(long)]
+        results_out: Option<PathBuf>,
+    },
+    /// Validates program files and names each mistake with its place.
+    CheckProgram {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Runs a synthetic day of a coffee chain through the core with the demo program and
+    /// prints what happened: throughput, results, tiers, liability.
+    Demo {
+        #[arg(long, default_value_t = 50_000)]
+        members: u64,
+        #[arg(long, default_value_t = 500_000)]
+        commands: u64,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Tool::Replay {
+            programs,
+            input,
+            balances_out,
+            results_out,
+        } => replay(&programs, &input, balances_out, results_out),
+        Tool::CheckProgram { files } => check_programs(&files),
+        Tool::Demo { members, commands } => demo(members, commands),
+    }
+}
+
+fn read_programs(paths: &[PathBuf]) -> Result<Vec<String>> {
+    paths
+        .iter()
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+        .collect()
+}
+
+fn replay(
+    programs: &[PathBuf],
+    input: &PathBuf,
+    balances_out: Option<PathBuf>,
+    results_out: Option<PathBuf>,
+) -> Result<()> {
+    let texts = read_programs(programs)?;
+    let mut replayer = match Replayer::new(texts) {
+        Ok(replayer) => replayer,
+        Err(errors) => bail!("the program is not valid:\n{errors}"),
+    };
+    let mut results: Option<BufWriter<File>> = match &results_out {
+        Some(path) => Some(BufWriter::new(
+            File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let mut write_error = None;
+    let mut out = |result: &CommandResult| {
+        if let Some(file) = results.as_mut() {
+            if let Err(error) = writeln!(file, "{}", result.to_json_line()) {
+                write_error.get_or_insert(error);
+            }
+        }
+    };
+    let started = Instant::now();
+    if input.as_os_str() == "-" {
+        replayer.run(
+            BufReader::with_capacity(1 << 20, std::io::stdin()),
+            &mut out,
+        )?;
+    } else {
+        let file = File::open(input).with_context(|| format!("opening {}", input.display()))?;
+        replayer.run(BufReader::with_capacity(1 << 20, file), &mut out)?;
+    }
+    let elapsed = started.elapsed();
+    if let Some(error) = write_error {
+        return Err(error).context("writing results");
+    }
+    if let Some(mut file) = results {
+        file.flush()?;
+    }
+    match balances_out {
+        Some(path) => replayer.write_balances(BufWriter::new(File::create(&path)?))?,
+        None => replayer.write_balances(BufWriter::new(std::io::stdout().lock()))?,
+    }
+    eprintln!("{}", summary(&replayer.stats, elapsed));
+    eprintln!("state digest {:032x}", replayer.ledger().digest());
+    Ok(())
+}
+
+fn summary(stats: &Stats, elapsed: std::time::Duration) -> String {
+    let rate = stats.commands as f64 / elapsed.as_secs_f64().max(1e-9);
+    let mut text = format!(
+        "{} commands in {:.2} s ({:.0}/s): {} applied, {} duplicate, {} rejected; {} engine ticks",
+        stats.commands,
+        elapsed.as_secs_f64(),
+        rate,
+        stats.applied,
+        stats.duplicates,
+        stats.rejected,
+        stats.ticks
+    );
+    for (reason, count) in &stats.rejected_by_reason {
+        text.push_str(&format!("\n  rejected {reason}: {count}"));
+    }
+    text
+}
+
+fn check_programs(files: &[PathBuf]) -> Result<()> {
+    let mut failed = false;
+    for path in files {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        match parse_and_compile(&text) {
+            Ok(program) => println!(
+                "{}: ok: merchant {:?} version {}: {} order rules, {} event rules, {} tiers, {} rewards",
+                path.display(),
+                program.merchant,
+                program.version,
+                program.order_rules.len(),
+                program.event_rules.len(),
+                program.tiers.len(),
+                program.rewards.len()
+            ),
+            Err(errors) => {
+                failed = true;
+                for error in &errors.0 {
+                    println!("{}: {error}", path.display());
+                }
+            }
+        }
+    }
+    if failed {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn demo(members: u64, commands: u64) -> Result<()> {
+    println!("tally demo: {commands} commands from a coffee chain's terminals, {members} members (Zipf), demo program");
+    let workload = Workload::new(WorkloadConfig::demo(members));
+    let mut input = Vec::with_capacity(commands as usize * 400);
+    for command in workload.take(commands as usize) {
+        input.extend_from_slice(command.to_json_line().as_bytes());
+        input.push(b'\n');
+    }
+    let mut replayer =
+        Replayer::new(vec![DEMO_PROGRAM.to_string()]).expect("the demo program is valid");
+    let started = Instant::now();
+    replayer.run(std::io::Cursor::new(input), &mut |_| {})?;
+    let elapsed = started.elapsed();
+    println!("{}", summary(&replayer.stats, elapsed));
+    print_members(&replayer);
+    Ok(())
+}
+
+fn print_members(replayer: &Replayer) {
+    let Some(merchant) = replayer.ledger().merchant("demo") else {
+        return;
+    };
+    let program = merchant.program();
+    let mut by_tier = std::collections::BTreeMap::new();
+    let (mut outstanding, mut pending, mut credit) = (0i64, 0i64, 0i64);
+    for member in &merchant.members {
+        *by_tier.entry(member.tier).or_insert(0u64) += 1;
+        outstanding += member.points;
+        pending += member.pending_points;
+        credit += member.credit_minor;
+    }
+    println!("\ntiers:");
+    for (tier, count) in &by_tier {
+        println!(
+            "  {:<16} {count}",
+            program.tier_name(*tier).unwrap_or_else(|| "(none)".into())
+        );
+    }
+    let liability = tally_engine::money::points_value_minor(
+        outstanding,
+        program.point_value_micro,
+        program.minor_units,
+    );
+    println!(
+        "\nliability: {outstanding} points outstanding ({pending} pending) = {} {}, plus {} {} store credit",
+        tally_engine::money::from_minor(liability, program.minor_units),
+        program.currency,
+        tally_engine::money::from_minor(credit, program.minor_units),
+        program.currency
+    );
+    let mut top: Vec<_> = merchant.members.iter().collect();
+    top.sort_by_key(|m| std::cmp::Reverse(m.points));
+    println!("\ntop members:");
+    println!(
+        "  {:>8} {:<14} {:>8} {:>9} {:>8} {:<10} {:>7}",
+        "member", "card", "points", "available", "credit", "tier", "orders"
+    );
+    for member in top.iter().take(8) {
+        let card = member
+            .aliases
+            .first()
+            .map(|a| format!("{a:?}"))
+            .unwrap_or_default();
+        let card = card
+            .trim_start_matches("Card(\"")
+            .trim_end_matches("\")")
+            .to_string();
+        println!(
+            "  {:>8} {:<14} {:>8} {:>9} {:>8} {:<10} {:>7}",
+            member.id,
+            card,
+            member.points,
+            member.available_points(),
+            tally_engine::money::from_minor(member.credit_minor, program.minor_units),
+            program.tier_name(member.tier).unwrap_or_default(),
+            member.counters.lifetime.orders
+        );
+    }
+}

@@ -79,6 +79,8 @@ pub enum CommandKind {
     Link,
     LoadProgram,
     Tick,
+    /// A command that could not be read, so its kind is not known.
+    Unknown,
 }
 
 impl CommandKind {
@@ -97,6 +99,7 @@ impl CommandKind {
             CommandKind::Link => "link",
             CommandKind::LoadProgram => "load_program",
             CommandKind::Tick => "tick",
+            CommandKind::Unknown => "unknown",
         }
     }
 
@@ -104,7 +107,10 @@ impl CommandKind {
     pub fn admin_only(self) -> bool {
         matches!(
             self,
-            CommandKind::Adjust | CommandKind::IssueCards | CommandKind::LoadProgram | CommandKind::Tick
+            CommandKind::Adjust
+                | CommandKind::IssueCards
+                | CommandKind::LoadProgram
+                | CommandKind::Tick
         )
     }
 }

@@ -63,7 +63,11 @@ pub struct ParseError {
 
 impl ParseError {
     fn new(message: impl Into<String>) -> Self {
-        ParseError { message: message.into(), merchant: None, key: None }
+        ParseError {
+            message: message.into(),
+            merchant: None,
+            key: None,
+        }
     }
 }
 
@@ -74,7 +78,13 @@ pub fn parse_command_line(line: &str) -> Result<Command, ParseError> {
         // Name the transaction if the envelope alone is readable.
         if let Ok(envelope) = serde_json::from_str::<EnvelopeOnly>(line) {
             parse_error.merchant = envelope.merchant;
-            parse_error.key = idem_key(&envelope.terminal, &envelope.admin, &envelope.txn, &envelope.id).ok();
+            parse_error.key = idem_key(
+                &envelope.terminal,
+                &envelope.admin,
+                &envelope.txn,
+                &envelope.id,
+            )
+            .ok();
         }
         parse_error
     })?;
@@ -100,8 +110,14 @@ fn idem_key(
         (Some(_), Some(_)) => Err("give either `txn` or `id`, not both".into()),
         (Some(id), None) => parse_id(id).map(IdemKey::Id),
         (None, Some(txn)) => match (terminal, admin) {
-            (Some(terminal), None) => Ok(IdemKey::Terminal { terminal: terminal.clone(), txn: txn.clone() }),
-            (None, Some(admin)) => Ok(IdemKey::Admin { admin: admin.clone(), txn: txn.clone() }),
+            (Some(terminal), None) => Ok(IdemKey::Terminal {
+                terminal: terminal.clone(),
+                txn: txn.clone(),
+            }),
+            (None, Some(admin)) => Ok(IdemKey::Admin {
+                admin: admin.clone(),
+                txn: txn.clone(),
+            }),
             _ => Err("`txn` needs exactly one of `terminal` or `admin`".into()),
         },
         (None, None) => Err("every command needs an idempotency key: `txn` or `id`".into()),
@@ -141,8 +157,14 @@ impl TryFrom<CommandJson> for Command {
         let origin = match (&json.terminal, &json.admin) {
             (Some(terminal), None) => Origin::Terminal(terminal.clone()),
             (None, Some(admin)) => Origin::Admin(admin.clone()),
-            (Some(_), Some(_)) => return Err(fail("give either `terminal` or `admin`, not both".into())),
-            (None, None) => return Err(fail("every command needs a `terminal` or an `admin`".into())),
+            (Some(_), Some(_)) => {
+                return Err(fail("give either `terminal` or `admin`, not both".into()))
+            }
+            (None, None) => {
+                return Err(fail(
+                    "every command needs a `terminal` or an `admin`".into(),
+                ))
+            }
         };
         match &origin {
             Origin::Terminal(name) => non_empty("terminal", name),
@@ -153,9 +175,18 @@ impl TryFrom<CommandJson> for Command {
             non_empty("txn", txn).map_err(fail)?;
         }
         let key = key.clone().map_err(fail)?;
-        let at = json.at.ok_or_else(|| fail("every command needs its event time `at`".into()))?;
+        let at = json
+            .at
+            .ok_or_else(|| fail("every command needs its event time `at`".into()))?;
         let body = take_body(&json).map_err(fail)?;
-        Ok(Command { merchant: json.merchant, origin, key, at, program_version: json.program_version, body })
+        Ok(Command {
+            merchant: json.merchant,
+            origin,
+            key,
+            at,
+            program_version: json.program_version,
+            body,
+        })
     }
 }
 
@@ -197,7 +228,9 @@ impl From<&Command> for CommandJson {
             Origin::Admin(admin) => json.admin = Some(admin.clone()),
         }
         match &command.key {
-            IdemKey::Terminal { txn, .. } | IdemKey::Admin { txn, .. } => json.txn = Some(txn.clone()),
+            IdemKey::Terminal { txn, .. } | IdemKey::Admin { txn, .. } => {
+                json.txn = Some(txn.clone())
+            }
             IdemKey::Id(id) => json.id = Some(format!("{id:032x}")),
         }
         let body = command.body.clone();
@@ -237,11 +270,18 @@ impl TxnRef {
         match (&self.id, &self.txn) {
             (Some(id), None) if self.terminal.is_none() => parse_id(id).map(IdemKey::Id),
             (None, Some(txn)) => Ok(match (&self.terminal, origin) {
-                (Some(terminal), _) => IdemKey::Terminal { terminal: terminal.clone(), txn: txn.clone() },
-                (None, Origin::Terminal(terminal)) => {
-                    IdemKey::Terminal { terminal: terminal.clone(), txn: txn.clone() }
-                }
-                (None, Origin::Admin(admin)) => IdemKey::Admin { admin: admin.clone(), txn: txn.clone() },
+                (Some(terminal), _) => IdemKey::Terminal {
+                    terminal: terminal.clone(),
+                    txn: txn.clone(),
+                },
+                (None, Origin::Terminal(terminal)) => IdemKey::Terminal {
+                    terminal: terminal.clone(),
+                    txn: txn.clone(),
+                },
+                (None, Origin::Admin(admin)) => IdemKey::Admin {
+                    admin: admin.clone(),
+                    txn: txn.clone(),
+                },
             }),
             _ => Err("a reference names either `txn` (with an optional `terminal`) or `id`".into()),
         }
@@ -267,13 +307,22 @@ mod tests {
         let line = PURCHASE.replace("\"total\"", "\"totl\"");
         let error = parse_command_line(&line).unwrap_err();
         assert!(error.message.contains("totl"), "{}", error.message);
-        assert_eq!(error.key, Some(IdemKey::Terminal { terminal: "pos-1".into(), txn: "7".into() }));
+        assert_eq!(
+            error.key,
+            Some(IdemKey::Terminal {
+                terminal: "pos-1".into(),
+                txn: "7".into()
+            })
+        );
     }
 
     #[test]
     fn needs_exactly_one_body() {
         let line = r#"{"merchant":"demo","terminal":"t","txn":"1","at":"2026-03-01T10:00:00Z"}"#;
-        assert!(parse_command_line(line).unwrap_err().message.contains("no body"));
+        assert!(parse_command_line(line)
+            .unwrap_err()
+            .message
+            .contains("no body"));
     }
 
     #[test]

@@ -10,9 +10,9 @@ mod reason;
 mod result;
 
 pub use command::{
-    Adjust, AdjustReason, Alias, Body, Capture, Command, CommandKind, Enroll, Event, Hold,
-    IdemKey, IssueCards, Line, Link, LoadProgram, MemberRef, Origin, Payment, Purchase, Release,
-    Return, ReturnLine, Tick, TxnRef, ENGINE_ADMIN,
+    Adjust, AdjustReason, Alias, Body, Capture, Command, CommandKind, Enroll, Event, Hold, IdemKey,
+    IssueCards, Line, Link, LoadProgram, MemberRef, Origin, Payment, Purchase, Release, Return,
+    ReturnLine, Tick, TxnRef, ENGINE_ADMIN,
 };
 pub use json::{parse_command_line, CommandJson, ParseError};
 pub use reason::Reason;

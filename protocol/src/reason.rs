@@ -95,13 +95,17 @@ impl Reason {
             Reason::Conflict => "This transaction number was already used for a different request.",
             Reason::UnknownMerchant => "This merchant has no loyalty program.",
             Reason::UnknownMember => "No member was found for this id.",
-            Reason::UnknownProgramVersion => "The terminal names a program version that does not exist.",
+            Reason::UnknownProgramVersion => {
+                "The terminal names a program version that does not exist."
+            }
             Reason::ProgramSuperseded => "The loyalty program changed; refresh and try again.",
             Reason::StaleEvent => "The order is too old to be counted.",
             Reason::InsufficientPoints => "The member does not have enough points available.",
             Reason::InsufficientCredit => "The member does not have enough store credit.",
             Reason::RedemptionOverLimit => "Too much of this order is paid with points.",
-            Reason::RedemptionUnderMinimum => "Too few points to redeem; the program has a minimum.",
+            Reason::RedemptionUnderMinimum => {
+                "Too few points to redeem; the program has a minimum."
+            }
             Reason::UnknownReward => "That reward is not in the catalog.",
             Reason::UnknownOrder => "The original order was not found.",
             Reason::ReturnExceedsOrder => "More is being returned than was bought.",
@@ -133,7 +137,11 @@ mod tests {
         for reason in Reason::ALL {
             let json = serde_json::to_string(&reason).unwrap();
             assert_eq!(json, format!("\"{}\"", reason.code()));
-            assert!(seen.insert(reason.code()), "duplicate code {}", reason.code());
+            assert!(
+                seen.insert(reason.code()),
+                "duplicate code {}",
+                reason.code()
+            );
             assert!(reason.message().ends_with('.'));
         }
     }

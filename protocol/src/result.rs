@@ -20,14 +20,30 @@ pub struct CommandResult {
 pub enum Status {
     Applied(Box<Applied>),
     /// The key was seen before with the same content: the first result, unchanged.
-    Duplicate { first: Box<CommandResult> },
+    Duplicate {
+        first: Box<CommandResult>,
+    },
     /// Nothing changed.
-    Rejected { reason: Reason, message: String },
+    Rejected {
+        reason: Reason,
+        message: String,
+    },
 }
 
 impl CommandResult {
-    pub fn rejected(merchant: &str, key: String, command: CommandKind, reason: Reason, message: String) -> Self {
-        CommandResult { merchant: merchant.to_string(), key, command, status: Status::Rejected { reason, message } }
+    pub fn rejected(
+        merchant: &str,
+        key: String,
+        command: CommandKind,
+        reason: Reason,
+        message: String,
+    ) -> Self {
+        CommandResult {
+            merchant: merchant.to_string(),
+            key,
+            command,
+            status: Status::Rejected { reason, message },
+        }
     }
 
     pub fn applied(&self) -> Option<&Applied> {
@@ -209,5 +225,3 @@ pub struct TickSummary {
     pub birthday_bonuses: u64,
     pub tier_changes: u64,
 }
-
-

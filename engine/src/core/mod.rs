@@ -1,0 +1,543 @@
+//! The deterministic core: `Ledger::apply(command, now)` is a function of the state, the
+//! command and the engine's logged time `now`. No clock, no IO, no randomness inside.
+//!
+//! Every change to a wallet is a ledger `Entry` pushed to the journal (the outbox that the
+//! runtime drains into its log); balances, entries and lots are checked against each other
+//! after every command.
+
+mod holds;
+mod members;
+mod phone;
+mod purchase;
+mod returns;
+mod tiers;
+mod time;
+
+use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+use rustc_hash::FxHashMap;
+use tally_protocol::{
+    Alias, Applied, Balances, Body, Command, CommandKind, CommandResult, EntryKind, EntryView,
+    IdemKey, LotSlice, MemberView, Origin, Reason, Status, TierChange, Wallet,
+};
+
+pub use member::{Counters, Lot, Member, Slice, Totals};
+pub use phone::normalize_phone;
+
+use crate::money::from_minor;
+use crate::program::{parse_and_compile, Program};
+use crate::Timestamp;
+
+mod member;
+
+/// How far ahead of the engine clock a terminal's event time may be.
+pub const MAX_FUTURE_SKEW_S: i64 = 300;
+/// Bounds on one command, so that no input can make the core do unbounded work.
+pub const MAX_LINES_PER_ORDER: usize = 500;
+pub const MAX_CARDS_PER_COMMAND: u32 = 100_000;
+pub const MAX_REWARDS_PER_ORDER: usize = 50;
+pub const MAX_QTY_PER_LINE: i64 = 1_000_000;
+/// No order amount may reach this many minor units: products with rates stay inside i128.
+pub const ORDER_MINOR_MAX: i64 = 100_000_000_000;
+
+/// One immutable change of one wallet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub merchant: Arc<str>,
+    pub member: u64,
+    pub wallet: Wallet,
+    pub kind: EntryKind,
+    /// Points, or credit in minor units; signed.
+    pub amount: i64,
+    pub at: Timestamp,
+    /// The command that caused it.
+    pub command: Arc<IdemKey>,
+    pub rule: Option<Arc<str>>,
+    pub program_version: u32,
+    pub lots: Vec<Slice>,
+}
+
+/// A rejection: a stable reason and a sentence for the cashier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub message: String,
+}
+
+pub(crate) fn reject<T>(reason: Reason, message: impl Into<String>) -> Result<T, Rejection> {
+    Err(Rejection {
+        reason,
+        message: message.into(),
+    })
+}
+
+/// What a command left behind that later commands refer to.
+#[derive(Debug, Clone)]
+pub(crate) enum Record {
+    None,
+    Order(Box<purchase::OrderRecord>),
+    Hold(Box<holds::HoldRecord>),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Receipt {
+    fingerprint: u128,
+    result: Arc<CommandResult>,
+    record: Record,
+}
+
+/// Everything of one merchant. Nothing here is reachable from another merchant.
+#[derive(Debug)]
+pub struct Merchant {
+    pub name: Arc<str>,
+    pub programs: Vec<Arc<Program>>,
+    pub members: Vec<Member>,
+    aliases: FxHashMap<Alias, u32>,
+    receipts: FxHashMap<IdemKey, Receipt>,
+    /// Members with time-driven work, by due time (lazily deleted: see `Member::timer_at`).
+    timers: BinaryHeap<std::cmp::Reverse<(Timestamp, u32)>>,
+    birthdays: FxHashMap<(u32, u32), Vec<u32>>,
+    /// Time-driven work is done up to here.
+    pub clock: Timestamp,
+    next_day_start: Option<Timestamp>,
+    next_month_start: Option<Timestamp>,
+    next_card: u64,
+}
+
+impl Merchant {
+    pub fn program(&self) -> &Arc<Program> {
+        self.programs
+            .last()
+            .expect("a merchant always has a program")
+    }
+
+    pub fn member_by_alias(&self, alias: &Alias) -> Option<&Member> {
+        self.aliases
+            .get(alias)
+            .map(|&index| &self.members[index as usize])
+    }
+}
+
+/// The whole loyalty state of every merchant.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    merchants: BTreeMap<String, Merchant>,
+    journal: Vec<Entry>,
+}
+
+/// What one command is applied with.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub merchant: Arc<str>,
+    pub key: Arc<IdemKey>,
+    pub origin: Origin,
+    pub at: Timestamp,
+    pub now: Timestamp,
+    pub program: Arc<Program>,
+}
+
+/// Writes entries to the journal and keeps the members' running sums of them.
+pub(crate) struct Books<'a> {
+    journal: &'a mut Vec<Entry>,
+}
+
+impl Books<'_> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn post(
+        &mut self,
+        ctx: &Ctx,
+        member: &mut Member,
+        wallet: Wallet,
+        kind: EntryKind,
+        amount: i64,
+        rule: Option<&Arc<str>>,
+        lots: Vec<Slice>,
+    ) {
+        if amount == 0 {
+            return;
+        }
+        match wallet {
+            Wallet::Points => member.entry_points += amount,
+            Wallet::Credit => member.entry_credit_minor += amount,
+        }
+        self.journal.push(Entry {
+            merchant: ctx.merchant.clone(),
+            member: member.id,
+            wallet,
+            kind,
+            amount,
+            at: ctx.now.max(ctx.at),
+            command: ctx.key.clone(),
+            rule: rule.cloned(),
+            program_version: ctx.program.version,
+            lots,
+        });
+    }
+}
+
+impl Ledger {
+    pub fn new() -> Ledger {
+        Ledger::default()
+    }
+
+    /// Installs a program outside any command (the offline tools' `--program`).
+    pub fn install_program(
+        &mut self,
+        text: &str,
+        now: Timestamp,
+    ) -> Result<u32, crate::program::ProgramErrors> {
+        let program = Arc::new(parse_and_compile(text)?);
+        let version = program.version;
+        match self.merchants.get_mut(&program.merchant) {
+            Some(merchant) => members::switch_program(merchant, program),
+            None => {
+                let merchant = new_merchant(program, now);
+                self.merchants.insert(merchant.name.to_string(), merchant);
+            }
+        }
+        Ok(version)
+    }
+
+    pub fn merchant(&self, name: &str) -> Option<&Merchant> {
+        self.merchants.get(name)
+    }
+
+    pub fn merchants(&self) -> impl Iterator<Item = &Merchant> {
+        self.merchants.values()
+    }
+
+    /// The entries written since the last call, in order.
+    pub fn take_entries(&mut self) -> Vec<Entry> {
+        std::mem::take(&mut self.journal)
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.journal
+    }
+
+    /// When the merchant next has time-driven work, if ever.
+    pub fn due_at(&self, merchant: &str) -> Option<Timestamp> {
+        self.merchants.get(merchant).and_then(time::due_at)
+    }
+
+    /// Applies one command at engine time `now`.
+    pub fn apply(&mut self, command: &Command, now: Timestamp) -> CommandResult {
+        let key_text = command.key.to_string();
+        let kind = command.kind();
+        match self.apply_checked(command, now) {
+            Ok(result) => result,
+            Err(rejection) => CommandResult::rejected(
+                &command.merchant,
+                key_text,
+                kind,
+                rejection.reason,
+                rejection.message,
+            ),
+        }
+    }
+
+    fn apply_checked(
+        &mut self,
+        command: &Command,
+        now: Timestamp,
+    ) -> Result<CommandResult, Rejection> {
+        let kind = command.kind();
+        if kind.admin_only() && matches!(command.origin, Origin::Terminal(_)) {
+            return reject(
+                Reason::Unauthorized,
+                format!("`{}` needs an operator (admin) identity", kind.name()),
+            );
+        }
+        if let Body::Tick(_) = command.body {
+            if command.origin != Origin::Admin(tally_protocol::ENGINE_ADMIN.into()) {
+                return reject(Reason::Unauthorized, "only the engine issues `tick`");
+            }
+        }
+        if !self.merchants.contains_key(&command.merchant) {
+            return match &command.body {
+                Body::LoadProgram(load) => self.create_merchant(command, &load.program, now),
+                _ => reject(
+                    Reason::UnknownMerchant,
+                    format!("merchant {:?} has no loyalty program", command.merchant),
+                ),
+            };
+        }
+        let fingerprint = fingerprint(command);
+        let remembered = !matches!(kind, CommandKind::Quote | CommandKind::Tick);
+        let merchant = self
+            .merchants
+            .get_mut(&command.merchant)
+            .expect("checked above");
+        if remembered {
+            if let Some(receipt) = merchant.receipts.get(&command.key) {
+                if receipt.fingerprint != fingerprint {
+                    return reject(
+                        Reason::Conflict,
+                        format!(
+                            "transaction {} was already used for a different request",
+                            command.key
+                        ),
+                    );
+                }
+                let first = Box::new((*receipt.result).clone());
+                return Ok(CommandResult {
+                    merchant: command.merchant.clone(),
+                    key: command.key.to_string(),
+                    command: kind,
+                    status: Status::Duplicate { first },
+                });
+            }
+        }
+        check_version(merchant, command.program_version)?;
+        check_time(merchant.program(), command, now)?;
+        let ctx = Ctx {
+            merchant: merchant.name.clone(),
+            key: Arc::new(command.key.clone()),
+            origin: command.origin.clone(),
+            at: command.at,
+            now,
+            program: merchant.program().clone(),
+        };
+        let mut books = Books {
+            journal: &mut self.journal,
+        };
+        let first_entry = books.journal.len();
+        let (mut applied, record) = dispatch(merchant, &mut books, &ctx, &command.body)?;
+        if kind != CommandKind::Tick {
+            applied.entries = self.journal[first_entry..]
+                .iter()
+                .map(|e| entry_view(e, ctx.program.minor_units))
+                .collect();
+        }
+        let result = CommandResult {
+            merchant: command.merchant.clone(),
+            key: command.key.to_string(),
+            command: kind,
+            status: Status::Applied(Box::new(applied)),
+        };
+        if remembered {
+            let merchant = self
+                .merchants
+                .get_mut(&command.merchant)
+                .expect("checked above");
+            let receipt = Receipt {
+                fingerprint,
+                result: Arc::new(result.clone()),
+                record,
+            };
+            merchant.receipts.insert(command.key.clone(), receipt);
+        }
+        Ok(result)
+    }
+
+    fn create_merchant(
+        &mut self,
+        command: &Command,
+        text: &str,
+        now: Timestamp,
+    ) -> Result<CommandResult, Rejection> {
+        let program = members::compile_for(&command.merchant, text, None)?;
+        let version = program.version;
+        let merchant = new_merchant(Arc::new(program), now);
+        let result = CommandResult {
+            merchant: command.merchant.clone(),
+            key: command.key.to_string(),
+            command: CommandKind::LoadProgram,
+            status: Status::Applied(Box::new(Applied {
+                program_version: version,
+                ..Applied::default()
+            })),
+        };
+        let mut merchant = merchant;
+        let receipt = Receipt {
+            fingerprint: fingerprint(command),
+            result: Arc::new(result.clone()),
+            record: Record::None,
+        };
+        merchant.receipts.insert(command.key.clone(), receipt);
+        self.merchants.insert(command.merchant.clone(), merchant);
+        Ok(result)
+    }
+
+    /// Full conservation check of every member (balance = entries = lots).
+    pub fn verify(&self) {
+        for merchant in self.merchants.values() {
+            for member in &merchant.members {
+                member.assert_conserved(true);
+            }
+        }
+    }
+
+    /// A digest of the whole state, equal for equal states (for replay and recovery checks).
+    pub fn digest(&self) -> u128 {
+        use std::hash::Hash;
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for (name, merchant) in &self.merchants {
+            name.hash(&mut hasher);
+            merchant.program().version.hash(&mut hasher);
+            merchant.clock.hash(&mut hasher);
+            merchant.members.hash(&mut hasher);
+            let mut keys: Vec<&IdemKey> = merchant.receipts.keys().collect();
+            keys.sort();
+            keys.hash(&mut hasher);
+        }
+        hasher.digest128()
+    }
+}
+
+fn new_merchant(program: Arc<Program>, now: Timestamp) -> Merchant {
+    let mut merchant = Merchant {
+        name: Arc::from(program.merchant.as_str()),
+        programs: vec![program],
+        members: Vec::new(),
+        aliases: FxHashMap::default(),
+        receipts: FxHashMap::default(),
+        timers: BinaryHeap::new(),
+        birthdays: FxHashMap::default(),
+        clock: now,
+        next_day_start: None,
+        next_month_start: None,
+        next_card: 1,
+    };
+    time::schedule_boundaries(&mut merchant);
+    merchant
+}
+
+/// A 128-bit digest of a command's content: the same key with another digest is a conflict.
+fn fingerprint(command: &Command) -> u128 {
+    use std::hash::Hash;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    command.hash(&mut hasher);
+    hasher.digest128()
+}
+
+fn check_version(merchant: &Merchant, expected: Option<u32>) -> Result<(), Rejection> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let current = merchant.program().version;
+    if expected == current {
+        Ok(())
+    } else if merchant.programs.iter().any(|p| p.version == expected) {
+        reject(
+            Reason::ProgramSuperseded,
+            format!("program version {expected} was replaced by version {current}"),
+        )
+    } else {
+        reject(
+            Reason::UnknownProgramVersion,
+            format!("program version {expected} does not exist (current is {current})"),
+        )
+    }
+}
+
+fn check_time(program: &Program, command: &Command, now: Timestamp) -> Result<(), Rejection> {
+    if command.kind() == CommandKind::Tick {
+        return Ok(());
+    }
+    if command.at > now + chrono::TimeDelta::seconds(MAX_FUTURE_SKEW_S) {
+        return reject(
+            Reason::Invalid,
+            format!(
+                "event time {} is ahead of the engine clock {now}",
+                command.at
+            ),
+        );
+    }
+    let stale = command.at < now - program.late_event;
+    if stale && matches!(command.origin, Origin::Terminal(_)) {
+        return reject(
+            Reason::StaleEvent,
+            format!(
+                "event time {} is more than {} days old",
+                command.at,
+                program.late_event.num_days()
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn dispatch(
+    merchant: &mut Merchant,
+    books: &mut Books,
+    ctx: &Ctx,
+    body: &Body,
+) -> Result<(Applied, Record), Rejection> {
+    let none = |applied: Applied| (applied, Record::None);
+    match body {
+        Body::Purchase(order) => purchase::purchase(merchant, books, ctx, order),
+        Body::Quote(order) => purchase::quote(merchant, ctx, order).map(none),
+        Body::Return(ret) => returns::apply_return(merchant, books, ctx, ret).map(none),
+        Body::Hold(hold) => holds::hold(merchant, books, ctx, hold),
+        Body::Capture(capture) => holds::capture(merchant, books, ctx, capture).map(none),
+        Body::Release(release) => holds::release(merchant, books, ctx, release).map(none),
+        Body::Adjust(adjust) => members::adjust(merchant, books, ctx, adjust).map(none),
+        Body::Event(event) => members::event(merchant, books, ctx, event).map(none),
+        Body::Enroll(enroll) => members::enroll(merchant, books, ctx, enroll).map(none),
+        Body::IssueCards(issue) => members::issue_cards(merchant, ctx, issue).map(none),
+        Body::Link(link) => members::link(merchant, ctx, link).map(none),
+        Body::LoadProgram(load) => members::load_program(merchant, ctx, &load.program).map(none),
+        Body::Tick(_) => time::tick(merchant, books, ctx).map(none),
+    }
+}
+
+pub(crate) fn entry_view(entry: &Entry, minor_units: u32) -> EntryView {
+    let amount = match entry.wallet {
+        Wallet::Points => Decimal::from(entry.amount),
+        Wallet::Credit => from_minor(entry.amount, minor_units),
+    };
+    EntryView {
+        wallet: entry.wallet,
+        kind: entry.kind,
+        amount,
+        rule: entry.rule.as_deref().map(str::to_string),
+        lots: entry
+            .lots
+            .iter()
+            .map(|s| LotSlice {
+                lot: s.lot,
+                points: s.points,
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn balances(member: &Member, minor_units: u32) -> Balances {
+    Balances {
+        points: member.points,
+        available: member.available_points(),
+        pending: member.pending_points,
+        held: member.held_points,
+        credit: from_minor(member.credit_minor, minor_units),
+        credit_held: from_minor(member.held_credit_minor, minor_units),
+    }
+}
+
+/// The common tail of a command that touched one member: its view, balances, tier change,
+/// timers and the conservation check.
+pub(crate) fn finish_member(
+    merchant: &mut Merchant,
+    ctx: &Ctx,
+    index: u32,
+    enrolled: bool,
+    tier_before: Option<usize>,
+    applied: &mut Applied,
+) {
+    time::register_timer(merchant, index);
+    let member = &merchant.members[index as usize];
+    member.assert_conserved(false);
+    let program = &ctx.program;
+    applied.program_version = program.version;
+    applied.member = Some(MemberView {
+        id: member.id,
+        enrolled,
+    });
+    applied.balances = Some(balances(member, program.minor_units));
+    applied.tier = Some(TierChange {
+        before: program.tier_name(tier_before),
+        after: program.tier_name(member.tier),
+    });
+}

@@ -1,0 +1,293 @@
+//! Synthetic POS traffic for the demo program: members drawn Zipf-distributed from a
+//! population, baskets from a small catalog, returns of earlier purchases, redemptions that
+//! sometimes exceed the balance, member events. Deterministic for a seed.
+//!
+//! Floats appear here only to shape random draws, never in money.
+#![allow(clippy::float_arithmetic)]
+
+use rust_decimal::Decimal;
+use tally_protocol::{
+    Body, Command, Event, IdemKey, Line, MemberRef, Origin, Payment, Purchase, Return, TxnRef,
+};
+
+use crate::Timestamp;
+
+/// The demo program's text, built in.
+pub const DEMO_PROGRAM: &str = include_str!("../../docs/demo-program.toml");
+
+/// (sku, category, unit price in cents)
+const CATALOG: &[(&str, &str, i64)] = &[
+    ("LATTE", "coffee", 450),
+    ("ESPRESSO", "coffee", 300),
+    ("CAPPUCCINO", "coffee", 420),
+    ("COLD-BREW", "coffee", 500),
+    ("CROISSANT", "pastry", 350),
+    ("MUFFIN", "pastry", 325),
+    ("DAY-OLD-MUFFIN", "pastry", 150),
+    ("BAGEL", "food", 400),
+    ("SANDWICH", "food", 895),
+    ("SALAD", "food", 1095),
+    ("BEANS-1KG", "beans", 2400),
+    ("BEANS-250G", "beans", 899),
+    ("MUG", "merch", 1500),
+    ("TUMBLER", "merch", 2500),
+    ("TOTE", "merch", 1800),
+];
+
+const STORES: &[&str] = &["downtown", "airport", "campus", "harbor"];
+
+#[derive(Debug, Clone)]
+pub struct WorkloadConfig {
+    pub merchant: String,
+    pub members: u64,
+    pub seed: u64,
+    pub start: Timestamp,
+    /// Seconds between consecutive commands (event time).
+    pub interval_ms: i64,
+    pub zipf_exponent: f64,
+    /// Lines per basket: exactly this many if `fixed_lines`, else 1..=this.
+    pub max_lines: usize,
+    pub fixed_lines: bool,
+    /// Percent of commands that are returns, redemptions, events and quotes; the rest are
+    /// plain purchases.
+    pub return_percent: u32,
+    pub redeem_percent: u32,
+    pub event_percent: u32,
+    pub quote_percent: u32,
+}
+
+impl WorkloadConfig {
+    pub fn demo(members: u64) -> WorkloadConfig {
+        WorkloadConfig {
+            merchant: "demo".into(),
+            members,
+            seed: 42,
+            start: "2026-01-05T12:00:00Z".parse().expect("valid time"),
+            interval_ms: 250,
+            zipf_exponent: 1.1,
+            max_lines: 5,
+            fixed_lines: false,
+            return_percent: 3,
+            redeem_percent: 4,
+            event_percent: 3,
+            quote_percent: 2,
+        }
+    }
+
+    /// Plain 5-line purchases only: the core benchmark.
+    pub fn purchases_only(members: u64) -> WorkloadConfig {
+        WorkloadConfig {
+            fixed_lines: true,
+            return_percent: 0,
+            redeem_percent: 0,
+            event_percent: 0,
+            quote_percent: 0,
+            ..WorkloadConfig::demo(members)
+        }
+    }
+}
+
+/// A small, fast, deterministic generator (xorshift64*).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next_u64() % bound
+    }
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Zipf ranks 1..=n by inverse CDF over a table: the first ranks are the busiest members.
+#[derive(Debug, Clone)]
+pub struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    pub fn new(n: u64, exponent: f64) -> Zipf {
+        let mut cdf = Vec::with_capacity(n as usize);
+        let mut sum = 0.0;
+        for rank in 1..=n {
+            sum += 1.0 / (rank as f64).powf(exponent);
+            cdf.push(sum);
+        }
+        for value in &mut cdf {
+            *value /= sum;
+        }
+        Zipf { cdf }
+    }
+
+    pub fn sample(&self, rng: &mut Rng) -> u64 {
+        let u = rng.unit();
+        self.cdf.partition_point(|p| *p < u) as u64 + 1
+    }
+}
+
+pub struct Workload {
+    config: WorkloadConfig,
+    rng: Rng,
+    zipf: Zipf,
+    sequence: u64,
+    /// Recent purchases (key, member) that a return can name.
+    recent: Vec<(String, String)>,
+}
+
+impl Workload {
+    pub fn new(config: WorkloadConfig) -> Workload {
+        let zipf = Zipf::new(config.members, config.zipf_exponent);
+        Workload {
+            rng: Rng::new(config.seed),
+            zipf,
+            sequence: 0,
+            recent: Vec::new(),
+            config,
+        }
+    }
+
+    fn card(&mut self) -> String {
+        // Scramble ranks so the busiest members are not simply cards 1, 2, 3.
+        let rank = self.zipf.sample(&mut self.rng);
+        let id = rank.wrapping_mul(2_654_435_761) % (self.config.members * 4) + 1;
+        format!("C{id:010}")
+    }
+
+    fn basket(&mut self) -> (Vec<Line>, Decimal) {
+        let count = if self.config.fixed_lines {
+            self.config.max_lines
+        } else {
+            1 + self.rng.below(self.config.max_lines as u64) as usize
+        };
+        let mut lines = Vec::with_capacity(count);
+        let mut total = 0i64;
+        for _ in 0..count {
+            let (sku, category, price) = CATALOG[self.rng.below(CATALOG.len() as u64) as usize];
+            let qty = 1 + self.rng.below(3) as i64;
+            total += price * qty;
+            lines.push(Line {
+                sku: sku.into(),
+                category: Some(category.into()),
+                qty,
+                unit_price: Decimal::new(price, 2),
+                discount: Decimal::ZERO,
+            });
+        }
+        (lines, Decimal::new(total, 2))
+    }
+
+    fn command(&mut self, body: Body) -> Command {
+        self.sequence += 1;
+        let terminal = format!("pos-{}", self.sequence % 64);
+        let at = self.config.start
+            + chrono::TimeDelta::milliseconds(self.config.interval_ms * self.sequence as i64);
+        Command {
+            merchant: self.config.merchant.clone(),
+            origin: Origin::Terminal(terminal.clone()),
+            key: IdemKey::Terminal {
+                terminal,
+                txn: self.sequence.to_string(),
+            },
+            at,
+            program_version: None,
+            body,
+        }
+    }
+
+    fn purchase(&mut self, redeem: bool) -> Command {
+        let card = self.card();
+        let (lines, total) = self.basket();
+        let store = STORES[self.rng.below(STORES.len() as u64) as usize];
+        let channel =
+            ["in_store", "in_store", "in_store", "web", "delivery"][self.rng.below(5) as usize];
+        let pay = if redeem {
+            Payment {
+                points: 100 + 50 * self.rng.below(8) as i64,
+                credit: Decimal::ZERO,
+            }
+        } else {
+            Payment::default()
+        };
+        let order = Purchase {
+            member: MemberRef::Card(card),
+            store: Some(store.into()),
+            channel: Some(channel.into()),
+            lines,
+            total,
+            shipping: None,
+            pay,
+            hold: None,
+            rewards: Vec::new(),
+            codes: Vec::new(),
+        };
+        let command = self.command(Body::Purchase(order));
+        if let IdemKey::Terminal { terminal, txn } = &command.key {
+            if self.recent.len() == 1024 {
+                let slot = self.rng.below(1024) as usize;
+                self.recent[slot] = (terminal.clone(), txn.clone());
+            } else {
+                self.recent.push((terminal.clone(), txn.clone()));
+            }
+        }
+        command
+    }
+
+    fn ret(&mut self) -> Command {
+        let (terminal, txn) =
+            self.recent[self.rng.below(self.recent.len() as u64) as usize].clone();
+        let order = TxnRef {
+            terminal: Some(terminal),
+            txn: Some(txn),
+            id: None,
+        };
+        self.command(Body::Return(Return { order, lines: None }))
+    }
+
+    fn event(&mut self) -> Command {
+        let name = ["social_share", "review", "newsletter"][self.rng.below(3) as usize];
+        let card = self.card();
+        self.command(Body::Event(Event {
+            member: MemberRef::Card(card),
+            name: name.into(),
+        }))
+    }
+}
+
+impl Iterator for Workload {
+    type Item = Command;
+
+    fn next(&mut self) -> Option<Command> {
+        let c = &self.config;
+        let roll = self.rng.below(100) as u32;
+        let returns = c.return_percent;
+        let redeems = returns + c.redeem_percent;
+        let events = redeems + c.event_percent;
+        let quotes = events + c.quote_percent;
+        Some(if roll < returns && !self.recent.is_empty() {
+            self.ret()
+        } else if roll < redeems {
+            self.purchase(true)
+        } else if roll < events {
+            self.event()
+        } else if roll < quotes {
+            let mut command = self.purchase(false);
+            let Body::Purchase(order) = command.body else {
+                unreachable!()
+            };
+            command.body = Body::Quote(order);
+            command
+        } else {
+            self.purchase(false)
+        })
+    }
+}
