@@ -41,7 +41,7 @@ pub struct Stats {
 
 impl Stats {
     fn count(&mut self, result: &CommandResult) {
-        if result.command == CommandKind::Tick {
+        if result.command == CommandKind::Tick && result.applied().is_some() {
             self.ticks += 1;
             return;
         }
@@ -96,7 +96,8 @@ impl Replayer {
     pub fn apply(&mut self, command: &Command, out: &mut impl FnMut(&CommandResult)) {
         let now = self.advance_clock(command.at);
         self.tick_if_due(&command.merchant, now, out);
-        let result = self.ledger.apply(command, now);
+        let result = self.ledger.apply_shared(command, now);
+        self.ledger.clear_entries();
         self.stats.count(&result);
         out(&result);
     }
@@ -125,7 +126,8 @@ impl Replayer {
         out: &mut impl FnMut(&CommandResult),
     ) {
         if self.ledger.due_at(merchant).is_some_and(|due| due <= now) {
-            let result = self.ledger.apply(&tick_command(merchant, now), now);
+            let result = self.ledger.apply_shared(&tick_command(merchant, now), now);
+            self.ledger.clear_entries();
             assert!(
                 result.applied().is_some(),
                 "an engine tick is never rejected: {result:?}"

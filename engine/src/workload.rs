@@ -135,6 +135,13 @@ impl Zipf {
     }
 }
 
+/// The card number (1..=members) of the member with Zipf rank `rank`.
+pub fn card_of_rank(rank: u64, members: u64) -> u64 {
+    // 2654435761 is prime, so multiplying by it permutes 0..members unless members is a
+    // multiple of it.
+    ((rank - 1) as u128 * 2_654_435_761 % members as u128) as u64 + 1
+}
+
 pub struct Workload {
     config: WorkloadConfig,
     rng: Rng,
@@ -157,10 +164,10 @@ impl Workload {
     }
 
     fn card(&mut self) -> String {
-        // Scramble ranks so the busiest members are not simply cards 1, 2, 3.
+        // Scramble ranks (a bijection of 1..=members) so the busiest members are not simply
+        // cards 1, 2, 3. Card numbers match `issue_cards` with prefix "C".
         let rank = self.zipf.sample(&mut self.rng);
-        let id = rank.wrapping_mul(2_654_435_761) % (self.config.members * 4) + 1;
-        format!("C{id:010}")
+        format!("C{:010}", card_of_rank(rank, self.config.members))
     }
 
     fn basket(&mut self) -> (Vec<Line>, Decimal) {
@@ -248,7 +255,7 @@ impl Workload {
         let order = TxnRef {
             terminal: Some(terminal),
             txn: Some(txn),
-            id: None,
+            ..TxnRef::default()
         };
         self.command(Body::Return(Return { order, lines: None }))
     }

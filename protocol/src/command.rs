@@ -152,13 +152,15 @@ pub enum Alias {
     Card(String),
 }
 
-/// Names an earlier command by its idempotency key. Without `terminal` or `id` it means the
-/// same terminal (or admin) as the command that names it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Names an earlier command by its idempotency key. Without `terminal`, `admin` or `id` it
+/// means the same terminal (or admin) as the command that names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TxnRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub txn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -267,23 +267,30 @@ impl Command {
 impl TxnRef {
     /// Resolves the reference against the command that makes it.
     pub fn resolve(&self, origin: &Origin) -> Result<IdemKey, String> {
-        match (&self.id, &self.txn) {
-            (Some(id), None) if self.terminal.is_none() => parse_id(id).map(IdemKey::Id),
-            (None, Some(txn)) => Ok(match (&self.terminal, origin) {
-                (Some(terminal), _) => IdemKey::Terminal {
+        match (&self.id, &self.txn, &self.terminal, &self.admin) {
+            (Some(id), None, None, None) => parse_id(id).map(IdemKey::Id),
+            (None, Some(txn), Some(terminal), None) => Ok(IdemKey::Terminal {
+                terminal: terminal.clone(),
+                txn: txn.clone(),
+            }),
+            (None, Some(txn), None, Some(admin)) => Ok(IdemKey::Admin {
+                admin: admin.clone(),
+                txn: txn.clone(),
+            }),
+            (None, Some(txn), None, None) => Ok(match origin {
+                Origin::Terminal(terminal) => IdemKey::Terminal {
                     terminal: terminal.clone(),
                     txn: txn.clone(),
                 },
-                (None, Origin::Terminal(terminal)) => IdemKey::Terminal {
-                    terminal: terminal.clone(),
-                    txn: txn.clone(),
-                },
-                (None, Origin::Admin(admin)) => IdemKey::Admin {
+                Origin::Admin(admin) => IdemKey::Admin {
                     admin: admin.clone(),
                     txn: txn.clone(),
                 },
             }),
-            _ => Err("a reference names either `txn` (with an optional `terminal`) or `id`".into()),
+            _ => Err(
+                "a reference names either `txn` (with an optional `terminal` or `admin`) or `id`"
+                    .into(),
+            ),
         }
     }
 }

@@ -225,3 +225,38 @@ pub struct TickSummary {
     pub birthday_bonuses: u64,
     pub tier_changes: u64,
 }
+
+impl CommandResult {
+    /// A copy of the envelope (merchant, key, command) with an empty status.
+    pub fn clone_head(&self) -> CommandResult {
+        CommandResult {
+            merchant: self.merchant.clone(),
+            key: self.key.clone(),
+            command: self.command,
+            status: Status::Rejected {
+                reason: Reason::Invalid,
+                message: String::new(),
+            },
+        }
+    }
+}
+
+impl Applied {
+    /// A copy without the detail lists (rules, lines, discounts, entries, cards).
+    pub fn clone_summary(&self) -> Applied {
+        Applied {
+            program_version: self.program_version,
+            member: self.member.clone(),
+            points_earned: self.points_earned,
+            points_redeemed: self.points_redeemed,
+            credit_redeemed: self.credit_redeemed,
+            cashback: self.cashback,
+            points_written_off: self.points_written_off,
+            credit_written_off: self.credit_written_off,
+            balances: self.balances.clone(),
+            tier: self.tier.clone(),
+            tick: self.tick.clone(),
+            ..Applied::default()
+        }
+    }
+}

@@ -38,7 +38,10 @@ pub fn hold(
     };
     let credit =
         to_minor(hold.credit, ctx.program.minor_units).or_else(|m| reject(Reason::Invalid, m))?;
-    if hold.points < 0 || credit < 0 || hold.points == 0 && credit == 0 {
+    if !(0..super::ORDER_MINOR_MAX).contains(&hold.points)
+        || !(0..super::ORDER_MINOR_MAX).contains(&credit)
+        || hold.points == 0 && credit == 0
+    {
         return reject(
             Reason::Invalid,
             "a hold reserves a positive number of points or amount of credit",

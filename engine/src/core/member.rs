@@ -240,8 +240,11 @@ impl Member {
     /// Takes `points` from available lots, earliest expiry first. The caller has checked
     /// that enough points are available.
     pub fn spend(&mut self, points: i64) -> Vec<Slice> {
+        if points == 0 {
+            return Vec::new();
+        }
         assert!(
-            points >= 0 && points <= self.available_points(),
+            points > 0 && points <= self.available_points(),
             "spend beyond available points"
         );
         let mut slices = Vec::new();

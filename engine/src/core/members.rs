@@ -11,7 +11,7 @@ use super::member::{Member, Totals};
 use super::time::{expiry_of, local_weekday_minute, month_index, schedule_boundaries};
 use super::{
     finish_member, normalize_phone, reject, tiers, Books, Ctx, Merchant, Rejection,
-    MAX_CARDS_PER_COMMAND,
+    MAX_CARDS_PER_COMMAND, ORDER_MINOR_MAX,
 };
 use crate::money::{to_minor, RATE_SCALE};
 use crate::program::{parse_and_compile, Filter, Program};
@@ -93,9 +93,17 @@ pub fn materialize(
         Who::Activate(index) => *index,
         Who::New(alias) => add_member(merchant, None, vec![alias.clone()]),
     };
+    let bonus = enrol(merchant, books, ctx, index);
+    (index, true, bonus)
+}
+
+/// Enrols (or activates) a member now: registration bonus, and the entry tier if any.
+fn enrol(merchant: &mut Merchant, books: &mut Books, ctx: &Ctx, index: u32) -> i64 {
     merchant.members[index as usize].enrolled_at = Some(ctx.at);
     let bonus = award_event(merchant, books, ctx, index, ACCOUNT_CREATED);
-    (index, true, bonus)
+    let member = &mut merchant.members[index as usize];
+    tiers::rise(&ctx.program, member, month_index(&ctx.program, ctx.now));
+    bonus
 }
 
 /// Adds a member with the given aliases (which the caller has checked are free).
@@ -241,20 +249,34 @@ pub fn birthday_bonus(
     member.last_birthday_year = year;
     let mut points = award_event(merchant, books, ctx, index, BIRTHDAY);
     let member = &mut merchant.members[index as usize];
-    if let Some(tier) = member.tier.map(|t| &ctx.program.tiers[t]) {
-        if tier.birthday_bonus > 0 {
-            let rule: Arc<str> = Arc::from(format!("tier:{}:birthday_bonus", tier.id));
-            credit_points(
-                member,
-                books,
-                ctx,
-                EntryKind::Bonus,
-                tier.birthday_bonus,
-                Some(&rule),
-                ctx.at,
-            );
-            points += tier.birthday_bonus;
-        }
+    if let Some(tier) = member
+        .tier
+        .map(|t| &ctx.program.tiers[t])
+        .filter(|t| t.birthday_bonus > 0)
+    {
+        let rule: Arc<str> = Arc::from(format!("tier:{}:birthday_bonus", tier.id));
+        let bonus = tier.birthday_bonus;
+        credit_points(
+            member,
+            books,
+            ctx,
+            EntryKind::Bonus,
+            bonus,
+            Some(&rule),
+            ctx.at,
+        );
+        // A bonus counts as points earned, towards tiers too.
+        let delta = Totals {
+            points_earned: bonus,
+            ..Totals::default()
+        };
+        member.counters.add(
+            month_index(&ctx.program, ctx.at),
+            delta,
+            ctx.program.tier_months_kept,
+        );
+        tiers::rise(&ctx.program, member, month_index(&ctx.program, ctx.now));
+        points += bonus;
     }
     super::time::register_timer(merchant, index);
     points > 0
@@ -286,8 +308,13 @@ pub fn event(
     };
     let (index, enrolled, registration_bonus) = materialize(merchant, books, ctx, &who);
     let mut applied = Applied::default();
-    // Enrolment already gave the registration bonus; a repeat of it gives nothing.
-    applied.points_earned = registration_bonus + award_event(merchant, books, ctx, index, name);
+    // Enrolment gives the registration bonus, once: an `account_created` event adds nothing.
+    let earned = if name == ACCOUNT_CREATED {
+        0
+    } else {
+        award_event(merchant, books, ctx, index, name)
+    };
+    applied.points_earned = registration_bonus + earned;
     finish_member(merchant, ctx, index, enrolled, tier_before, &mut applied);
     Ok(applied)
 }
@@ -306,15 +333,6 @@ pub fn enroll(
     if let Some(card) = &enroll.card {
         aliases.push(alias_of(&program, &Alias::Card(card.clone()))?);
     }
-    if aliases
-        .iter()
-        .any(|alias| merchant.aliases.contains_key(alias))
-    {
-        return reject(
-            Reason::AliasTaken,
-            "that phone or card already belongs to a member",
-        );
-    }
     let birthday = enroll.birthday.as_deref().map(parse_birthday).transpose()?;
     if enroll.tags.len() > MAX_TAGS
         || enroll
@@ -327,7 +345,38 @@ pub fn enroll(
             format!("at most {MAX_TAGS} tags of 1 to {MAX_ALIAS_LEN} characters"),
         );
     }
-    let index = add_member(merchant, Some(ctx.at), aliases);
+    // Enrolling with a bulk-issued card that nobody has used yet activates that card's member.
+    let issued_card = aliases
+        .iter()
+        .find_map(|alias| match (alias, merchant.aliases.get(alias)) {
+            (Alias::Card(_), Some(&index))
+                if merchant.members[index as usize].enrolled_at.is_none() =>
+            {
+                Some((alias.clone(), index))
+            }
+            _ => None,
+        });
+    let is_issued_card =
+        |alias: &Alias| issued_card.as_ref().is_some_and(|(card, _)| card == alias);
+    if aliases
+        .iter()
+        .any(|alias| merchant.aliases.contains_key(alias) && !is_issued_card(alias))
+    {
+        return reject(
+            Reason::AliasTaken,
+            "that phone or card already belongs to a member",
+        );
+    }
+    let index = match &issued_card {
+        Some((card, index)) => {
+            for alias in aliases.into_iter().filter(|alias| alias != card) {
+                merchant.aliases.insert(alias.clone(), *index);
+                merchant.members[*index as usize].aliases.push(alias);
+            }
+            *index
+        }
+        None => add_member(merchant, None, aliases),
+    };
     let member = &mut merchant.members[index as usize];
     member.tags = enroll.tags.clone();
     member.birthday = birthday;
@@ -335,7 +384,7 @@ pub fn enroll(
         merchant.birthdays.entry(day).or_default().push(index);
     }
     let mut applied = Applied {
-        points_earned: award_event(merchant, books, ctx, index, ACCOUNT_CREATED),
+        points_earned: enrol(merchant, books, ctx, index),
         ..Applied::default()
     };
     finish_member(merchant, ctx, index, true, None, &mut applied);
@@ -472,6 +521,9 @@ pub fn adjust(
     };
     let credit =
         to_minor(adjust.credit, ctx.program.minor_units).or_else(|m| reject(Reason::Invalid, m))?;
+    if adjust.points.abs() >= ORDER_MINOR_MAX || credit.abs() >= ORDER_MINOR_MAX {
+        return reject(Reason::Invalid, "that adjustment is impossibly large");
+    }
     if adjust.points == 0 && credit == 0 {
         return reject(
             Reason::Invalid,
@@ -568,7 +620,10 @@ pub fn switch_program(merchant: &mut Merchant, program: Arc<Program>) {
     let month = month_index(&program, merchant.clock);
     for member in &mut merchant.members {
         let tier_id = member.tier.map(|t| old.tiers[t].id.as_str());
-        member.tier = tier_id.and_then(|id| program.tier_index(id));
+        member.tier = tier_id
+            .and_then(|id| program.tier_index(id))
+            .filter(|&t| program.tiers[t].active);
+        // A tier that is gone or deactivated is skipped: the member re-qualifies.
         if tier_id.is_some() && member.tier.is_none() {
             member.tier = tiers::qualifying(&program, &member.counters, month);
         }

@@ -41,6 +41,9 @@ pub const MAX_REWARDS_PER_ORDER: usize = 50;
 pub const MAX_QTY_PER_LINE: i64 = 1_000_000;
 /// No order amount may reach this many minor units: products with rates stay inside i128.
 pub const ORDER_MINOR_MAX: i64 = 100_000_000_000;
+/// Results of this many recent commands per merchant are kept whole for duplicates; older
+/// ones keep their summary (balances, totals, tier) so memory per command stays small.
+pub const RESULTS_KEPT_WHOLE: usize = 65_536;
 
 /// One immutable change of one wallet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +102,8 @@ pub struct Merchant {
     /// Members with time-driven work, by due time (lazily deleted: see `Member::timer_at`).
     timers: BinaryHeap<std::cmp::Reverse<(Timestamp, u32)>>,
     birthdays: FxHashMap<(u32, u32), Vec<u32>>,
+    /// Keys of the most recent remembered commands, oldest first.
+    recent_keys: std::collections::VecDeque<IdemKey>,
     /// Time-driven work is done up to here.
     pub clock: Timestamp,
     next_day_start: Option<Timestamp>,
@@ -224,25 +229,34 @@ impl Ledger {
 
     /// Applies one command at engine time `now`.
     pub fn apply(&mut self, command: &Command, now: Timestamp) -> CommandResult {
-        let key_text = command.key.to_string();
-        let kind = command.kind();
+        Arc::unwrap_or_clone(self.apply_shared(command, now))
+    }
+
+    /// Applies one command at engine time `now`; the result is shared with the receipt that
+    /// answers duplicates, so it is not copied.
+    pub fn apply_shared(&mut self, command: &Command, now: Timestamp) -> Arc<CommandResult> {
         match self.apply_checked(command, now) {
             Ok(result) => result,
-            Err(rejection) => CommandResult::rejected(
+            Err(rejection) => Arc::new(CommandResult::rejected(
                 &command.merchant,
-                key_text,
-                kind,
+                command.key.to_string(),
+                command.kind(),
                 rejection.reason,
                 rejection.message,
-            ),
+            )),
         }
+    }
+
+    /// Forgets the entries written so far (offline tools have no log to write them to).
+    pub fn clear_entries(&mut self) {
+        self.journal.clear();
     }
 
     fn apply_checked(
         &mut self,
         command: &Command,
         now: Timestamp,
-    ) -> Result<CommandResult, Rejection> {
+    ) -> Result<Arc<CommandResult>, Rejection> {
         let kind = command.kind();
         if kind.admin_only() && matches!(command.origin, Origin::Terminal(_)) {
             return reject(
@@ -282,12 +296,12 @@ impl Ledger {
                     );
                 }
                 let first = Box::new((*receipt.result).clone());
-                return Ok(CommandResult {
+                return Ok(Arc::new(CommandResult {
                     merchant: command.merchant.clone(),
                     key: command.key.to_string(),
                     command: kind,
                     status: Status::Duplicate { first },
-                });
+                }));
             }
         }
         check_version(merchant, command.program_version)?;
@@ -311,12 +325,12 @@ impl Ledger {
                 .map(|e| entry_view(e, ctx.program.minor_units))
                 .collect();
         }
-        let result = CommandResult {
+        let result = Arc::new(CommandResult {
             merchant: command.merchant.clone(),
             key: command.key.to_string(),
             command: kind,
             status: Status::Applied(Box::new(applied)),
-        };
+        });
         if remembered {
             let merchant = self
                 .merchants
@@ -324,10 +338,10 @@ impl Ledger {
                 .expect("checked above");
             let receipt = Receipt {
                 fingerprint,
-                result: Arc::new(result.clone()),
+                result: result.clone(),
                 record,
             };
-            merchant.receipts.insert(command.key.clone(), receipt);
+            remember(merchant, command.key.clone(), receipt);
         }
         Ok(result)
     }
@@ -337,26 +351,26 @@ impl Ledger {
         command: &Command,
         text: &str,
         now: Timestamp,
-    ) -> Result<CommandResult, Rejection> {
+    ) -> Result<Arc<CommandResult>, Rejection> {
         let program = members::compile_for(&command.merchant, text, None)?;
         let version = program.version;
-        let merchant = new_merchant(Arc::new(program), now);
-        let result = CommandResult {
+        let mut merchant = new_merchant(Arc::new(program), now);
+        let applied = Applied {
+            program_version: version,
+            ..Applied::default()
+        };
+        let result = Arc::new(CommandResult {
             merchant: command.merchant.clone(),
             key: command.key.to_string(),
             command: CommandKind::LoadProgram,
-            status: Status::Applied(Box::new(Applied {
-                program_version: version,
-                ..Applied::default()
-            })),
-        };
-        let mut merchant = merchant;
+            status: Status::Applied(Box::new(applied)),
+        });
         let receipt = Receipt {
             fingerprint: fingerprint(command),
-            result: Arc::new(result.clone()),
+            result: result.clone(),
             record: Record::None,
         };
-        merchant.receipts.insert(command.key.clone(), receipt);
+        remember(&mut merchant, command.key.clone(), receipt);
         self.merchants.insert(command.merchant.clone(), merchant);
         Ok(result)
     }
@@ -387,6 +401,31 @@ impl Ledger {
     }
 }
 
+/// Keeps a receipt; the result of the command that is now `RESULTS_KEPT_WHOLE` commands old
+/// is trimmed to its summary.
+fn remember(merchant: &mut Merchant, key: IdemKey, receipt: Receipt) {
+    merchant.receipts.insert(key.clone(), receipt);
+    merchant.recent_keys.push_back(key);
+    if merchant.recent_keys.len() > RESULTS_KEPT_WHOLE {
+        let oldest = merchant.recent_keys.pop_front().expect("not empty");
+        if let Some(receipt) = merchant.receipts.get_mut(&oldest) {
+            receipt.result = Arc::new(summary_of(&receipt.result));
+        }
+    }
+}
+
+/// A result without its per-rule, per-line and per-entry detail.
+fn summary_of(result: &CommandResult) -> CommandResult {
+    let status = match &result.status {
+        Status::Applied(applied) => Status::Applied(Box::new(applied.clone_summary())),
+        other => other.clone(),
+    };
+    CommandResult {
+        status,
+        ..result.clone_head()
+    }
+}
+
 fn new_merchant(program: Arc<Program>, now: Timestamp) -> Merchant {
     let mut merchant = Merchant {
         name: Arc::from(program.merchant.as_str()),
@@ -396,6 +435,7 @@ fn new_merchant(program: Arc<Program>, now: Timestamp) -> Merchant {
         receipts: FxHashMap::default(),
         timers: BinaryHeap::new(),
         birthdays: FxHashMap::default(),
+        recent_keys: std::collections::VecDeque::new(),
         clock: now,
         next_day_start: None,
         next_month_start: None,

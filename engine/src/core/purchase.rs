@@ -292,11 +292,11 @@ fn plan_totals(plan: &Plan) -> Totals {
 
 fn money(amount: Decimal, program: &Program, what: &str) -> Result<i64, Rejection> {
     match to_minor(amount, program.minor_units) {
-        Ok(minor) if (0..=ORDER_MINOR_MAX).contains(&minor) => Ok(minor),
+        Ok(minor) if (0..ORDER_MINOR_MAX).contains(&minor) => Ok(minor),
         Ok(_) => reject(
             Reason::Invalid,
             format!(
-                "{what} {amount} must be between 0 and {}",
+                "{what} {amount} must be at least 0 and below {}",
                 from_minor(ORDER_MINOR_MAX, program.minor_units)
             ),
         ),
@@ -340,7 +340,14 @@ fn plan<'a>(merchant: &Merchant, ctx: &Ctx, order: &'a Purchase) -> Result<Plan<
         Who::Existing(index) | Who::Activate(index) => Some(&merchant.members[index as usize]),
         Who::New(_) => None,
     };
-    let tier_before = member.and_then(|m| m.tier);
+    // A member enrolled (or activated) by this order holds the entry tier from enrolment on.
+    let tier_before = match who {
+        Who::Existing(_) => member.and_then(|m| m.tier),
+        Who::New(_) | Who::Activate(_) => {
+            let counters = member.map(|m| m.counters.clone()).unwrap_or_default();
+            tiers::qualifying(program, &counters, month_index(program, ctx.now))
+        }
+    };
     let (discounts, reward_points) =
         apply_rewards(program, order, &mut lines, &mut shipping_minor)?;
     let discount_minor: i64 = discounts.iter().map(|(_, amount, _)| amount).sum();
@@ -413,7 +420,7 @@ fn plan_lines<'a>(program: &Program, order: &'a Purchase) -> Result<Vec<PlanLine
         )?;
         let discount_minor = money(line.discount, program, &format!("line {} discount", i + 1))?;
         let gross = i128::from(unit_minor) * i128::from(line.qty);
-        if gross > i128::from(ORDER_MINOR_MAX) || i128::from(discount_minor) > gross {
+        if gross >= i128::from(ORDER_MINOR_MAX) || i128::from(discount_minor) > gross {
             return reject(
                 Reason::Invalid,
                 format!(
@@ -424,7 +431,7 @@ fn plan_lines<'a>(program: &Program, order: &'a Purchase) -> Result<Vec<PlanLine
         }
         let net_minor = gross as i64 - discount_minor;
         sum += net_minor;
-        if sum > ORDER_MINOR_MAX {
+        if sum >= ORDER_MINOR_MAX {
             return reject(Reason::Invalid, "the order is too large");
         }
         let selected = select(program, &line.sku, line.category.as_deref());
@@ -573,8 +580,8 @@ fn plan_payment(
     member: Option<&super::Member>,
 ) -> Result<(), Rejection> {
     let program = &*ctx.program;
-    if order.pay.points < 0 {
-        return reject(Reason::Invalid, "points paid cannot be negative");
+    if !(0..ORDER_MINOR_MAX).contains(&order.pay.points) {
+        return reject(Reason::Invalid, "points paid must be between 0 and 10^11");
     }
     plan.pay_points = order.pay.points;
     plan.pay_credit_minor = money(order.pay.credit, program, "credit paid")?;
@@ -609,7 +616,7 @@ fn check_limits(
 ) -> Result<(), Rejection> {
     let available = member.map_or(0, |m| m.available_points());
     let from_balance = plan.pay_points + plan.reward_points;
-    if from_balance > available {
+    if from_balance > 0 && from_balance > available {
         return reject(
             Reason::InsufficientPoints,
             format!("{from_balance} points needed, {available} available"),

@@ -363,6 +363,5 @@ fn update_record(record: &mut OrderRecord, plan: &ReturnPlan) {
     record.returned_value_minor += plan.value_minor;
     record.points_refunded += plan.points_refund;
     record.credit_refunded_minor += plan.credit_refund_minor;
-    record.spent_minor -= 0;
     record.whole_returned = plan.whole;
 }

@@ -296,7 +296,14 @@ fn tiers(c: &mut Checker, tiers: &[TierFile], minor_units: u32) -> Vec<Tier> {
                 && tier.color.starts_with('#')
                 && tier.color[1..].bytes().all(|b| b.is_ascii_hexdigit()));
         c.check(color_ok, at("color"), "must be \"#RRGGBB\"");
-        let window = match (tier.window, tier.rolling_months) {
+        let window = match (
+            tier.window.unwrap_or(if tier.rolling_months.is_some() {
+                WindowKind::Rolling
+            } else {
+                WindowKind::Lifetime
+            }),
+            tier.rolling_months,
+        ) {
             (WindowKind::Rolling, Some(months)) => {
                 c.check(
                     (1..=MAX_ROLLING_MONTHS).contains(&months),
@@ -575,10 +582,17 @@ fn filter(
 }
 
 fn minutes_of_day(text: &str) -> Result<u32, String> {
+    let well_formed = text.len() == 5
+        && text.as_bytes()[2] == b':'
+        && text
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| i == 2 || b.is_ascii_digit());
     let parsed = text
         .split_once(':')
+        .filter(|_| well_formed)
         .and_then(|(h, m)| Some((h.parse::<u32>().ok()?, m.parse::<u32>().ok()?)))
-        .filter(|(h, m)| (h < &24 && m < &60) || (*h == 24 && *m == 0) && text.len() == 5);
+        .filter(|(h, m)| (*h < 24 && *m < 60) || (*h == 24 && *m == 0));
     parsed
         .map(|(h, m)| h * 60 + m)
         .ok_or_else(|| format!("{text:?} is not a time \"HH:MM\" (00:00..=24:00)"))

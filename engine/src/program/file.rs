@@ -180,8 +180,8 @@ pub struct TierFile {
     pub image_url: String,
     #[serde(default = "default_true")]
     pub active: bool,
-    #[serde(default)]
-    pub window: WindowKind,
+    /// Absent: `rolling` if `rolling_months` is given, else `lifetime`.
+    pub window: Option<WindowKind>,
     pub rolling_months: Option<u32>,
     #[serde(default)]
     pub combine: Combine,
