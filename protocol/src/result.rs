@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -153,7 +155,7 @@ pub struct MemberView {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleEarning {
-    pub rule: String,
+    pub rule: Arc<str>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub points: i64,
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
@@ -191,7 +193,7 @@ pub struct EntryView {
     /// Signed: points are whole numbers, credit is money.
     pub amount: Decimal,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lots: Vec<LotSlice>,
 }

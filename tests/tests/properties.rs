@@ -32,7 +32,7 @@ use chrono::TimeDelta;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use rust_decimal::Decimal;
-use tally_engine::core::{Ledger, Member};
+use tally_engine::core::{normalize_phone, Ledger, Member};
 use tally_engine::program::NegativeBalance;
 use tally_engine::replay::tick_command;
 use tally_engine::workload::DEMO_PROGRAM;
@@ -361,12 +361,17 @@ fn op() -> impl Strategy<Value = Op> {
             prop::option::weighted(0.6, prop::collection::vec((any::<u8>(), 0u8..=3), 1..=3)),
         )
             .prop_map(|(pick, any_command, lines)| Op::Return { pick, any_command, lines }),
-        5 => (any::<u8>(), any::<u8>(), any::<u8>())
+        5 => (any::<u8>(), prop_oneof![5 => any::<u8>(), 1 => Just(ALL)], any::<u8>())
             .prop_map(|(member, points, credit)| Op::Hold { member, points, credit }),
         3 => (any::<u16>(), prop::option::of(any::<u8>()), prop::option::weighted(0.2, any::<u8>()))
             .prop_map(|(pick, points, credit)| Op::Capture { pick, points, credit }),
         2 => any::<u16>().prop_map(|pick| Op::Release { pick }),
-        5 => (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>())
+        5 => (
+            any::<u8>(),
+            prop_oneof![3 => any::<u8>(), 1 => Just(ALL)],
+            prop_oneof![5 => any::<u8>(), 1 => Just(ALL)],
+            any::<u8>(),
+        )
             .prop_map(|(member, points, credit, reason)| Op::Adjust { member, points, credit, reason }),
         3 => (any::<u8>(), any::<u8>()).prop_map(|(member, name)| Op::Event { member, name }),
         2 => (
@@ -599,16 +604,17 @@ impl Builder {
         }
     }
 
-    /// An open hold (mostly) or any hold ever sent: (merchant, key, owner).
+    /// A hold still open at `now` (mostly) or any hold ever sent: (merchant, key, owner).
     fn pick_hold(
         &self,
         ledger: &Ledger,
         pick: u16,
+        now: Timestamp,
     ) -> Option<(&'static str, IdemKey, Option<u64>)> {
         let mut open = Vec::new();
         for merchant in [DEMO, CLAMP] {
             for member in ledger.merchant(merchant).map_or(&[][..], |m| &m.members) {
-                for hold in &member.open_holds {
+                for hold in member.open_holds.iter().filter(|h| h.deadline > now) {
                     open.push((hold.deadline, merchant, hold.key.clone(), Some(member.id)));
                 }
             }
@@ -662,7 +668,7 @@ impl Builder {
                     body,
                 }
             }
-            op => self.build_new(op, step, step_merchant, at, ledger),
+            op => self.build_new(op, step, step_merchant, (now, at), ledger),
         };
         self.commands.push(command.clone());
         command
@@ -673,7 +679,7 @@ impl Builder {
         op: &Op,
         step: &Step,
         step_merchant: &'static str,
-        at: Timestamp,
+        (now, at): (Timestamp, Timestamp),
         ledger: &Ledger,
     ) -> Command {
         let admin_only = matches!(
@@ -693,7 +699,7 @@ impl Builder {
             | Op::Release { pick }
             | Op::Purchase(Order {
                 hold: Some(pick), ..
-            }) => self.pick_hold(ledger, *pick).map(|(m, key, owner)| {
+            }) => self.pick_hold(ledger, *pick, now).map(|(m, key, owner)| {
                 hold_owner = owner;
                 (m, key)
             }),
@@ -857,10 +863,14 @@ impl Builder {
                     ALL => -available(ledger, merchant, &member),
                     points => pick(ADJUST_POINTS, points),
                 };
+                let credit = match *credit {
+                    ALL => -find_member(ledger, merchant, &member).map_or(0, |m| m.credit_minor),
+                    credit => pick(ADJUST_CREDIT_CENTS, credit),
+                };
                 Body::Adjust(Adjust {
                     member,
                     points,
-                    credit: cents(pick(ADJUST_CREDIT_CENTS, *credit)),
+                    credit: cents(credit),
                     reason: pick(
                         &[
                             AdjustReason::Reward,
@@ -1070,20 +1080,11 @@ impl Checked {
             .unwrap_or_default()
     }
 
-    /// Applies a command (after the tick its merchant is due) and checks everything.
-    fn step(&mut self, command: &Command, now: Timestamp) -> Result<(), TestCaseError> {
-        if self
-            .ledger
-            .due_at(&command.merchant)
-            .is_some_and(|due| due <= now)
-        {
-            let tick = tick_command(&command.merchant, now);
-            self.apply_checked(&tick, now)?;
-        }
-        self.apply_checked(command, now)
-    }
-
-    fn apply_checked(&mut self, command: &Command, now: Timestamp) -> Result<(), TestCaseError> {
+    fn apply_checked(
+        &mut self,
+        command: &Command,
+        now: Timestamp,
+    ) -> Result<CommandResult, TestCaseError> {
         let line = command.to_json_line();
         let digest_before = self.ledger.digest();
         let before = self.members(&command.merchant);
@@ -1107,7 +1108,8 @@ impl Checked {
             self.check_command(command, &line, &result, unchanged, written.len())?;
         }
         self.check_books(&line)?;
-        self.check_members(command, &line, &before)
+        self.check_members(command, &line, &before)?;
+        Ok(result)
     }
 
     fn check_tick(
@@ -1251,7 +1253,7 @@ impl Checked {
                 let earned = applied
                     .rules
                     .iter()
-                    .map(|r| (r.rule.clone(), r.points, r.cashback))
+                    .map(|r| (r.rule.to_string(), r.points, r.cashback))
                     .collect();
                 let model = OrderModel {
                     lines: order.lines.iter().map(|l| (l.sku.clone(), l.qty)).collect(),
@@ -1455,8 +1457,144 @@ impl Checked {
         }
         Ok(())
     }
+}
 
-    /// Ticks every merchant to the final time and checks once more.
+/// Applies commands with no checks, keeping every result (ticks included) in JSON, and
+/// counting what happened for the coverage check.
+struct Plain {
+    ledger: Ledger,
+    results: Vec<String>,
+    seen: HashMap<String, u64>,
+}
+
+impl Plain {
+    fn new() -> Plain {
+        Plain {
+            ledger: new_ledger(),
+            results: Vec::new(),
+            seen: HashMap::new(),
+        }
+    }
+
+    fn count(&mut self, label: &str, yes: bool) {
+        *self.seen.entry(label.to_string()).or_default() += u64::from(yes);
+    }
+
+    fn tick(&mut self, merchant: &str, now: Timestamp) {
+        if self.ledger.due_at(merchant).is_some_and(|due| due <= now) {
+            let result = self.ledger.apply(&tick_command(merchant, now), now);
+            self.ledger.take_entries();
+            let summary = result
+                .applied()
+                .and_then(|a| a.tick.clone())
+                .unwrap_or_default();
+            self.count("tick:expired", summary.points_expired > 0);
+            self.count("tick:released", summary.points_released > 0);
+            self.count("tick:lapsed", summary.holds_lapsed > 0);
+            self.count("tick:birthday", summary.birthday_bonuses > 0);
+            self.count("tick:tier_change", summary.tier_changes > 0);
+            self.results.push(result.to_json_line());
+        }
+    }
+
+    /// The members of both merchants.
+    fn members(&self) -> Vec<Vec<Member>> {
+        [DEMO, CLAMP]
+            .iter()
+            .map(|m| {
+                self.ledger
+                    .merchant(m)
+                    .map(|m| m.members.clone())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+impl Runner for Plain {
+    fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    fn apply(&mut self, command: &Command, now: Timestamp) -> Result<CommandResult, TestCaseError> {
+        self.tick(&command.merchant, now);
+        let result = self.ledger.apply(command, now);
+        self.ledger.take_entries();
+        self.results.push(result.to_json_line());
+        let kind = command.kind();
+        let label = match &result.status {
+            Status::Applied(_) => format!("{}:applied", kind.name()),
+            Status::Duplicate { .. } => "duplicate".to_string(),
+            Status::Rejected { reason, .. } => format!("rejected:{}", reason.code()),
+        };
+        self.count(&label, true);
+        if let Some(applied) = result.applied() {
+            let is = |k: CommandKind| kind == k;
+            self.count("written_off", applied.points_written_off > 0);
+            self.count("credit_written_off", !applied.credit_written_off.is_zero());
+            self.count(
+                "return:refund",
+                is(CommandKind::Return) && applied.points_redeemed < 0,
+            );
+            self.count(
+                "return:partial",
+                matches!(&command.body, Body::Return(r) if r.lines.is_some()),
+            );
+            self.count(
+                "purchase:with_hold",
+                matches!(&command.body, Body::Purchase(p) if p.hold.is_some()),
+            );
+            self.count(
+                "purchase:with_points",
+                is(CommandKind::Purchase) && applied.points_redeemed > 0,
+            );
+            self.count(
+                "purchase:with_reward",
+                is(CommandKind::Purchase) && !applied.discounts.is_empty(),
+            );
+            self.count(
+                "enrolled_on_the_spot",
+                applied.member.as_ref().is_some_and(|m| m.enrolled)
+                    && !is(CommandKind::Enroll)
+                    && !is(CommandKind::Quote),
+            );
+            self.count(
+                "tier:rise",
+                applied.tier.as_ref().is_some_and(|t| t.before != t.after),
+            );
+            let debt = self
+                .ledger
+                .merchants()
+                .any(|m| m.members.iter().any(|member| member.debt_points > 0));
+            self.count("debt", debt);
+        }
+        Ok(result)
+    }
+
+    fn finish(&mut self, now: Timestamp) -> Result<(), TestCaseError> {
+        for merchant in [DEMO, CLAMP] {
+            self.tick(merchant, now);
+        }
+        Ok(())
+    }
+}
+
+impl Runner for Checked {
+    fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    fn apply(&mut self, command: &Command, now: Timestamp) -> Result<CommandResult, TestCaseError> {
+        if self
+            .ledger
+            .due_at(&command.merchant)
+            .is_some_and(|due| due <= now)
+        {
+            self.apply_checked(&tick_command(&command.merchant, now), now)?;
+        }
+        self.apply_checked(command, now)
+    }
+
     fn finish(&mut self, now: Timestamp) -> Result<(), TestCaseError> {
         for merchant in [DEMO, CLAMP] {
             if self.ledger.due_at(merchant).is_some_and(|due| due <= now) {
@@ -1465,47 +1603,6 @@ impl Checked {
         }
         Ok(())
     }
-}
-
-/// Applies the commands with no checks: the state and every result.
-fn run_plain(commands: &[(Command, Timestamp)]) -> (u128, Vec<Vec<Member>>, Vec<String>) {
-    let mut ledger = new_ledger();
-    let mut results = Vec::new();
-    let mut last = start();
-    for (command, now) in commands {
-        if ledger
-            .due_at(&command.merchant)
-            .is_some_and(|due| due <= *now)
-        {
-            results.push(
-                ledger
-                    .apply(&tick_command(&command.merchant, *now), *now)
-                    .to_json_line(),
-            );
-        }
-        results.push(ledger.apply(command, *now).to_json_line());
-        ledger.take_entries();
-        last = *now;
-    }
-    for merchant in [DEMO, CLAMP] {
-        if ledger.due_at(merchant).is_some_and(|due| due <= last) {
-            results.push(
-                ledger
-                    .apply(&tick_command(merchant, last), last)
-                    .to_json_line(),
-            );
-        }
-    }
-    let members = [DEMO, CLAMP]
-        .iter()
-        .map(|m| {
-            ledger
-                .merchant(m)
-                .map(|m| m.members.clone())
-                .unwrap_or_default()
-        })
-        .collect();
-    (ledger.digest(), members, results)
 }
 
 fn config() -> ProptestConfig {
@@ -1524,32 +1621,26 @@ fn config() -> ProptestConfig {
 proptest! {
     #![proptest_config(config())]
 
-    /// Conservation, idempotency, rejections, quotes and available points, after every
-    /// command and every engine tick.
+    /// Conservation, idempotency, rejections, quotes, returns, holds, time-driven work and
+    /// available points, after every command and every engine tick.
     #[test]
     fn every_command_keeps_the_books(steps in steps()) {
-        let commands = commands_of(&steps);
-        let mut checked = Checked::new();
-        let mut last = start();
-        for (command, now) in &commands {
-            checked.step(command, *now)?;
-            last = *now;
-        }
-        checked.finish(last)?;
+        drive(&steps, &mut Checked::new())?;
     }
 
-    /// The same commands on two fresh ledgers end in the same state with the same results.
+    /// The same steps on two fresh ledgers give the same commands, the same results and the
+    /// same state.
     #[test]
     fn the_same_commands_give_the_same_state(steps in steps()) {
-        let commands = commands_of(&steps);
-        let (digest_a, members_a, results_a) = run_plain(&commands);
-        let (digest_b, members_b, results_b) = run_plain(&commands);
-        for (i, (a, b)) in results_a.iter().zip(&results_b).enumerate() {
-            prop_assert_eq!(a, b, "result {} differs", i);
+        let (mut a, mut b) = (Plain::new(), Plain::new());
+        drive(&steps, &mut a)?;
+        drive(&steps, &mut b)?;
+        for (i, (x, y)) in a.results.iter().zip(&b.results).enumerate() {
+            prop_assert_eq!(x, y, "result {} differs", i);
         }
-        prop_assert_eq!(results_a.len(), results_b.len());
-        prop_assert_eq!(&members_a, &members_b);
-        prop_assert_eq!(digest_a, digest_b);
+        prop_assert_eq!(a.results.len(), b.results.len());
+        prop_assert_eq!(a.members(), b.members());
+        prop_assert_eq!(a.ledger.digest(), b.ledger.digest());
     }
 }
 
@@ -1558,96 +1649,16 @@ proptest! {
 #[test]
 fn the_generator_reaches_every_kind_of_work() {
     use proptest::strategy::ValueTree;
-    use proptest::test_runner::{Config, TestRunner};
-    let mut runner = TestRunner::new_with_rng(
-        Config::default(),
-        proptest::test_runner::TestRng::deterministic_rng(
-            proptest::test_runner::RngAlgorithm::ChaCha,
-        ),
-    );
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+    let mut runner = TestRunner::new_with_rng(Config::default(), rng);
     let mut seen: HashMap<String, u64> = HashMap::new();
-    for _ in 0..40 {
+    for _ in 0..64 {
         let steps = steps().new_tree(&mut runner).expect("a tree").current();
-        let commands = commands_of(&steps);
-        let mut ledger = new_ledger();
-        for (command, now) in &commands {
-            if ledger
-                .due_at(&command.merchant)
-                .is_some_and(|due| due <= *now)
-            {
-                let tick = ledger.apply(&tick_command(&command.merchant, *now), *now);
-                let summary = tick
-                    .applied()
-                    .and_then(|a| a.tick.clone())
-                    .unwrap_or_default();
-                *seen.entry("tick:expired".into()).or_default() +=
-                    (summary.points_expired > 0) as u64;
-                *seen.entry("tick:released".into()).or_default() +=
-                    (summary.points_released > 0) as u64;
-                *seen.entry("tick:lapsed".into()).or_default() += summary.holds_lapsed;
-                *seen.entry("tick:birthday".into()).or_default() += summary.birthday_bonuses;
-            }
-            let result = ledger.apply(command, *now);
-            if std::env::var("DBG2").is_ok()
-                && matches!(
-                    command.kind(),
-                    CommandKind::Hold | CommandKind::Capture | CommandKind::Release
-                )
-            {
-                eprintln!(
-                    "{} {} => {}",
-                    now,
-                    command.to_json_line(),
-                    result.to_json_line()
-                );
-            }
-            let label = match &result.status {
-                Status::Applied(_) => format!("{}:applied", command.kind().name()),
-                Status::Duplicate { .. } => "duplicate".to_string(),
-                Status::Rejected { reason, message } => {
-                    if std::env::var("DBG").is_ok() {
-                        eprintln!("{} {} {}", command.kind().name(), reason.code(), message);
-                    }
-                    format!("rejected:{}", reason.code())
-                }
-            };
-            *seen.entry(label).or_default() += 1;
-            if let Some(applied) = result.applied() {
-                let mut count = |label: &str, yes: bool| {
-                    *seen.entry(label.to_string()).or_default() += u64::from(yes);
-                };
-                count("written_off", applied.points_written_off > 0);
-                count("credit_written_off", !applied.credit_written_off.is_zero());
-                count(
-                    "return:refund",
-                    command.kind() == CommandKind::Return && applied.points_redeemed < 0,
-                );
-                count(
-                    "purchase:with_hold",
-                    matches!(&command.body, Body::Purchase(p) if p.hold.is_some()),
-                );
-                count(
-                    "purchase:with_reward",
-                    command.kind() == CommandKind::Purchase && !applied.discounts.is_empty(),
-                );
-                count(
-                    "purchase:enrolled",
-                    command.kind() == CommandKind::Purchase
-                        && applied.member.as_ref().is_some_and(|m| m.enrolled),
-                );
-                count(
-                    "tier:rise",
-                    applied.tier.as_ref().is_some_and(|t| t.before != t.after),
-                );
-            }
-            ledger.take_entries();
-        }
-        for merchant in ledger.merchants() {
-            for member in &merchant.members {
-                if member.debt_points > 0 {
-                    *seen.entry("debt".into()).or_default() += 1;
-                }
-            }
+        let mut plain = Plain::new();
+        drive(&steps, &mut plain).expect("no checks to fail");
+        for (label, count) in plain.seen {
+            *seen.entry(label).or_default() += count;
         }
     }
     let wanted = [
@@ -1666,6 +1677,7 @@ fn the_generator_reaches_every_kind_of_work() {
         "duplicate",
         "rejected:conflict",
         "rejected:insufficient_points",
+        "rejected:hold_closed",
         "rejected:return_exceeds_order",
         "rejected:unknown_order",
         "rejected:stale_event",
@@ -1675,21 +1687,27 @@ fn the_generator_reaches_every_kind_of_work() {
         "tick:lapsed",
         "tick:birthday",
         "written_off",
-        "credit_written_off",
         "return:refund",
+        "return:partial",
         "purchase:with_hold",
+        "purchase:with_points",
         "purchase:with_reward",
-        "purchase:enrolled",
+        "enrolled_on_the_spot",
         "tier:rise",
         "debt",
     ];
     let missing: Vec<&str> = wanted
         .iter()
         .copied()
-        .filter(|label| !seen.contains_key(*label))
+        .filter(|label| seen.get(*label).copied().unwrap_or(0) == 0)
         .collect();
     assert!(
         missing.is_empty(),
         "the generator never reached {missing:?}; it reached {seen:?}"
     );
+    if std::env::var("SHOW_COVERAGE").is_ok() {
+        let mut seen: Vec<_> = seen.into_iter().collect();
+        seen.sort();
+        println!("{seen:#?}");
+    }
 }

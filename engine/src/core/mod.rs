@@ -533,7 +533,7 @@ pub(crate) fn entry_view(entry: &Entry, minor_units: u32) -> EntryView {
         wallet: entry.wallet,
         kind: entry.kind,
         amount,
-        rule: entry.rule.as_deref().map(str::to_string),
+        rule: entry.rule.clone(),
         lots: entry
             .lots
             .iter()

@@ -548,27 +548,30 @@ fn spread_discount(lines: &mut [PlanLine], amount: i64) {
     }
 }
 
-/// `floor(Σ numerators / denominator)`, shared out so that each part is its own floor plus
-/// one for the largest remainders (ties to the earlier part). The parts add up to the total.
-pub fn allocate(numerators: &[i128], denominator: i128) -> (i64, Vec<i64>) {
+/// `floor(Σ numerators / denominator)`, shared out into `parts` so that each part is its own
+/// floor plus one for the largest remainders (ties to the earlier part). The parts add up to
+/// the total, which is returned.
+pub fn allocate_into(numerators: &[i128], denominator: i128, parts: &mut Vec<i64>) -> i64 {
     let total = (numerators.iter().sum::<i128>() / denominator) as i64;
-    let mut parts: Vec<i64> = numerators
-        .iter()
-        .map(|n| (n / denominator) as i64)
-        .collect();
-    let mut left = total - parts.iter().sum::<i64>();
-    if left > 0 {
-        let mut order: Vec<usize> = (0..numerators.len()).collect();
-        order.sort_by_key(|&i| (std::cmp::Reverse(numerators[i] % denominator), i));
-        for i in order {
-            if left == 0 {
-                break;
-            }
-            parts[i] += 1;
-            left -= 1;
-        }
+    parts.clear();
+    parts.extend(numerators.iter().map(|n| (n / denominator) as i64));
+    let left = total - parts.iter().sum::<i64>();
+    // Fewer points are left over than there are parts: pick the largest remainder each time.
+    for _ in 0..left {
+        let best = (0..numerators.len())
+            .filter(|&i| parts[i] == (numerators[i] / denominator) as i64)
+            .max_by_key(|&i| (numerators[i] % denominator, std::cmp::Reverse(i)))
+            .expect("fewer left-over points than parts");
+        parts[best] += 1;
     }
     debug_assert_eq!(parts.iter().sum::<i64>(), total);
+    total
+}
+
+/// Like `allocate_into`, returning the parts.
+pub fn allocate(numerators: &[i128], denominator: i128) -> (i64, Vec<i64>) {
+    let mut parts = Vec::with_capacity(numerators.len());
+    let total = allocate_into(numerators, denominator, &mut parts);
     (total, parts)
 }
 
@@ -676,6 +679,7 @@ fn earn(program: &Program, ctx: &Ctx, order: &Purchase, channel: &str, plan: &mu
     let rate_scale = i128::from(RATE_SCALE);
     let store = order.store.as_deref();
     let mut numerators = vec![0i128; plan.lines.len()];
+    let mut parts = Vec::with_capacity(plan.lines.len());
     for (index, rule) in program.order_rules.iter().enumerate() {
         let filter = &rule.filter;
         if !filter.channels.is_empty() && !filter.channels.iter().any(|c| c == channel)
@@ -688,49 +692,55 @@ fn earn(program: &Program, ctx: &Ctx, order: &Purchase, channel: &str, plan: &mu
         {
             continue;
         }
-        let selected: Vec<usize> = (0..plan.lines.len())
-            .filter(|&l| plan.lines[l].selected.contains(index))
-            .collect();
-        if selected.is_empty() {
+        let selects = |l: usize| plan.lines[l].selected.contains(index);
+        if !(0..plan.lines.len()).any(selects) {
             continue;
         }
-        for n in numerators.iter_mut() {
-            *n = 0;
-        }
+        // Each selected line's exact share, as a numerator over the rule's denominator.
         let (denominator, is_cashback) = match rule.award {
             Award::PerAmount { points_e4 } => {
-                for &l in &selected {
-                    numerators[l] = i128::from(plan.lines[l].net_minor)
-                        * i128::from(points_e4)
-                        * multiplier_e4
-                        * eligible;
+                let factor = i128::from(points_e4) * multiplier_e4 * eligible;
+                for (l, n) in numerators.iter_mut().enumerate() {
+                    *n = if selects(l) {
+                        i128::from(plan.lines[l].net_minor) * factor
+                    } else {
+                        0
+                    };
                 }
                 (value * minor_scale * rate_scale * rate_scale, false)
             }
             Award::PerUnit { points_e4 } => {
-                for &l in &selected {
+                let factor = i128::from(points_e4) * multiplier_e4 * eligible;
+                for (l, n) in numerators.iter_mut().enumerate() {
                     let units = plan.lines[l].qty - plan.lines[l].free_units;
-                    numerators[l] =
-                        i128::from(units) * i128::from(points_e4) * multiplier_e4 * eligible;
+                    *n = if selects(l) {
+                        i128::from(units) * factor
+                    } else {
+                        0
+                    };
                 }
                 (value * rate_scale * rate_scale, false)
             }
             Award::Cashback { percent_e4 } => {
-                for &l in &selected {
-                    numerators[l] =
-                        i128::from(plan.lines[l].net_minor) * i128::from(percent_e4) * eligible;
+                let factor = i128::from(percent_e4) * eligible;
+                for (l, n) in numerators.iter_mut().enumerate() {
+                    *n = if selects(l) {
+                        i128::from(plan.lines[l].net_minor) * factor
+                    } else {
+                        0
+                    };
                 }
                 (value * 100 * rate_scale, true)
             }
             Award::PerOrder { points_e4 } => {
                 if eligible > 0 {
-                    order_level(
-                        plan,
-                        rule,
-                        index,
-                        &selected,
-                        i128::from(points_e4) * multiplier_e4 / (rate_scale * rate_scale),
-                    );
+                    let needs_lines: Vec<usize> = if rule.selects_lines {
+                        (0..plan.lines.len()).filter(|&l| selects(l)).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    let points = i128::from(points_e4) * multiplier_e4 / (rate_scale * rate_scale);
+                    order_level(plan, rule, needs_lines, points);
                 }
                 continue;
             }
@@ -739,7 +749,7 @@ fn earn(program: &Program, ctx: &Ctx, order: &Purchase, channel: &str, plan: &mu
         if value == 0 {
             continue;
         }
-        let (total, parts) = allocate(&numerators, denominator);
+        let total = allocate_into(&numerators, denominator, &mut parts);
         record_rule(plan, &rule.id, total, &parts, is_cashback);
     }
     if let Some(tier) = plan
@@ -768,8 +778,7 @@ fn earn(program: &Program, ctx: &Ctx, order: &Purchase, channel: &str, plan: &mu
 fn order_level(
     plan: &mut Plan,
     rule: &crate::program::Rule,
-    _index: usize,
-    selected: &[usize],
+    needs_lines: Vec<usize>,
     points: i128,
 ) {
     let points = points as i64;
@@ -782,11 +791,7 @@ fn order_level(
         rule: rule.id.clone(),
         points,
         min_total_minor: rule.filter.min_total_minor,
-        needs_lines: if rule.selects_lines {
-            selected.to_vec()
-        } else {
-            Vec::new()
-        },
+        needs_lines,
         taken_back: false,
     });
 }
@@ -830,7 +835,7 @@ fn applied_of(plan: &Plan, program: &Program) -> Applied {
             .rules
             .iter()
             .map(|(rule, points, cashback)| RuleEarning {
-                rule: rule.to_string(),
+                rule: rule.clone(),
                 points: *points,
                 cashback: from_minor(*cashback, minor),
             })

@@ -329,7 +329,7 @@ fn describe(applied: &mut Applied, record: &OrderRecord, plan: &ReturnPlan, mino
         .rules
         .iter()
         .map(|(rule, p, c)| RuleEarning {
-            rule: rule.to_string(),
+            rule: rule.clone(),
             points: -p,
             cashback: -from_minor(*c, minor_units),
         })
