@@ -211,7 +211,7 @@ fn print_members(replayer: &Replayer) {
     for (tier, count) in &by_tier {
         println!(
             "  {:<16} {count}",
-            program.tier_name(*tier).unwrap_or_else(|| "(none)".into())
+            program.tier_id(*tier).unwrap_or_else(|| "(none)".into())
         );
     }
     let liability = tally_engine::money::points_value_minor(
@@ -250,7 +250,7 @@ fn print_members(replayer: &Replayer) {
             member.points,
             member.available_points(),
             tally_engine::money::from_minor(member.credit_minor, program.minor_units),
-            program.tier_name(member.tier).unwrap_or_default(),
+            program.tier_id(member.tier).unwrap_or_default(),
             member.counters.lifetime.orders
         );
     }

@@ -2,7 +2,6 @@
 //! USD); rates and multipliers are integers in ten-thousandths. Decimals exist only at the
 //! edges, and converting one that has more places than allowed is an error, never a rounding.
 
-use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 
 /// Rates, percents and multipliers are stored × 10,000 (four decimal places).
@@ -36,12 +35,17 @@ pub fn to_point_value(value: Decimal) -> Result<i64, String> {
 }
 
 fn scaled(value: Decimal, places: u32, limit: i64) -> Option<i64> {
-    let normal = value.normalize();
+    // Fast path: few enough places already (the usual "4.50"): scale the mantissa up.
+    let normal = if value.scale() <= places {
+        value
+    } else {
+        value.normalize()
+    };
     if normal.scale() > places {
         return None;
     }
-    let factor = Decimal::from(10_i64.pow(places));
-    let result = normal.checked_mul(factor)?.to_i64()?;
+    let factor = 10_i128.checked_pow(places - normal.scale())?;
+    let result = i64::try_from(normal.mantissa().checked_mul(factor)?).ok()?;
     (result.abs() < limit).then_some(result)
 }
 

@@ -205,7 +205,7 @@ impl Replayer {
                     member.held_points,
                     from_minor(member.credit_minor, program.minor_units),
                     from_minor(member.held_credit_minor, program.minor_units),
-                    program.tier_name(member.tier).unwrap_or_default(),
+                    program.tier_id(member.tier).unwrap_or_default(),
                     lifetime.points_earned,
                     from_minor(lifetime.amount_spent_minor, program.minor_units),
                     lifetime.orders,

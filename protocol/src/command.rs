@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +35,18 @@ pub enum IdemKey {
     Terminal { terminal: String, txn: String },
     Admin { admin: String, txn: String },
     Id(u128),
+}
+
+impl IdemKey {
+    /// The key as text (`terminal/txn`, `admin:name/txn` or 32 hex digits), built directly:
+    /// every result carries it, so it avoids the formatting machinery.
+    pub fn text(&self) -> String {
+        match self {
+            IdemKey::Terminal { terminal, txn } => [terminal.as_str(), "/", txn.as_str()].concat(),
+            IdemKey::Admin { admin, txn } => ["admin:", admin.as_str(), "/", txn.as_str()].concat(),
+            IdemKey::Id(id) => format!("{id:032x}"),
+        }
+    }
 }
 
 impl std::fmt::Display for IdemKey {
@@ -170,9 +184,10 @@ pub struct TxnRef {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Line {
-    pub sku: String,
+    /// Shared, so results and order records name the SKU without copying it.
+    pub sku: Arc<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub category: Option<String>,
+    pub category: Option<Arc<str>>,
     pub qty: i64,
     pub unit_price: Decimal,
     /// The POS's own discount on this line, in money.

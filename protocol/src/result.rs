@@ -164,7 +164,7 @@ pub struct RuleEarning {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineEarning {
-    pub sku: String,
+    pub sku: Arc<str>,
     /// The amount points were earned on: line amount less discounts and its share of what
     /// was paid with points or credit.
     pub eligible: Decimal,
@@ -214,8 +214,8 @@ pub struct Balances {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TierChange {
-    pub before: Option<String>,
-    pub after: Option<String>,
+    pub before: Option<Arc<str>>,
+    pub after: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,21 +226,6 @@ pub struct TickSummary {
     pub holds_lapsed: u64,
     pub birthday_bonuses: u64,
     pub tier_changes: u64,
-}
-
-impl CommandResult {
-    /// A copy of the envelope (merchant, key, command) with an empty status.
-    pub fn clone_head(&self) -> CommandResult {
-        CommandResult {
-            merchant: self.merchant.clone(),
-            key: self.key.clone(),
-            command: self.command,
-            status: Status::Rejected {
-                reason: Reason::Invalid,
-                message: String::new(),
-            },
-        }
-    }
 }
 
 impl Applied {

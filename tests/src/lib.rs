@@ -97,7 +97,7 @@ pub fn balances(replayer: &Replayer) -> Vec<Value> {
                 "held": member.held_points,
                 "credit": money(member.credit_minor),
                 "credit_held": money(member.held_credit_minor),
-                "tier": program.tier_name(member.tier),
+                "tier": program.tier_id(member.tier),
                 "points_earned": member.counters.lifetime.points_earned,
                 "amount_spent": money(member.counters.lifetime.amount_spent_minor),
                 "orders": member.counters.lifetime.orders,

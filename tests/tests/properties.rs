@@ -6,25 +6,35 @@
 //! open hold, an applied purchase, the points a member has available), so the same steps on
 //! the same engine always give the same commands. Commands are applied with `Ledger::apply`
 //! at an engine clock that only moves forward; before each command its merchant is ticked
-//! when it has time-driven work due, as the replayer and the server do. Two merchants share one ledger: the demo program (`negative_balance = "allow"`,
-//! 14 pending days, expiry after 365 days) and a small program with `negative_balance =
-//! "clamp"`, one pending day, expiry at the end of the month and a two-minute hold timeout,
-//! so that pending release, expiry, hold lapse, birthdays and month boundaries all happen.
+//! when it has time-driven work due, as the replayer and the server do.
+//!
+//! Two merchants share one ledger: the demo program (`negative_balance = "allow"`, 14 pending
+//! days, expiry after 365 days) and a small program with `negative_balance = "clamp"`, one
+//! pending day, expiry at the end of the month and a two-minute hold timeout, so that pending
+//! release, expiry, hold lapse, birthdays and month boundaries all happen.
 //!
 //! Properties, checked after every command and every engine tick:
 //! - conservation: `Ledger::verify` holds, and every member's points and credit equal the
-//!   sums of the journal entries written for it (summed here, from `take_entries`);
+//!   sums of the journal entries written for it (summed here, from `take_entries`); what is
+//!   held equals what the member's open holds reserved;
 //! - idempotency: the same key with the same content gives `duplicate` with the first result
 //!   and changes nothing; the same key with other content is `conflict` and changes nothing;
-//! - a rejected command changes nothing (same digest, no entries); neither does a quote;
+//! - a rejected command changes nothing (same digest, no entries); neither does a quote, and
+//!   a quote made just before a purchase predicts it (same rules, lines, discounts, payment,
+//!   or the same rejection);
 //! - available points are never negative unless the member carries a debt, and a debt only
 //!   appears through a return under `negative_balance = "allow"`; under `"clamp"` neither
 //!   points nor credit go negative;
+//! - returns take back, per rule, no more than the order earned and no more than it paid,
+//!   and exactly that once the whole order is back;
+//! - after a tick nothing is left due (no expired or releasable lot, no lapsed hold); a tier
+//!   falls only at a tick or a program change; lifetime counters never go negative;
 //! - every command survives its JSON form unchanged;
-//! - determinism: two fresh ledgers given the same sequence end in the same digest, the
-//!   same members and the same results.
+//! - determinism: two fresh ledgers given the same steps give the same commands, the same
+//!   results (ticks included), the same members and the same digest.
 //!
-//! `PROPTEST_CASES` raises the number of cases for a deeper run.
+//! `PROPTEST_CASES` raises the number of cases for a deeper run; `SHOW_COVERAGE` prints what
+//! the generator reached.
 
 use std::collections::HashMap;
 
@@ -228,6 +238,8 @@ enum Op {
         member: u8,
         points: u8,
         credit: u8,
+        /// What the terminal does next with this hold, this many seconds later.
+        then: Option<(u16, Box<Op>)>,
     },
     Capture {
         pick: u16,
@@ -271,6 +283,15 @@ enum Op {
     Conflict {
         pick: u16,
         how: u8,
+    },
+    /// A member buys, waits `wait_hours`, spends everything available (`spend` even: by an
+    /// operator's debit; odd: by a hold), then returns the order: the return must take back
+    /// more than is left, which is a debt under "allow" and a write-off under "clamp".
+    Story {
+        order: Order,
+        wait_hours: u16,
+        spend: u8,
+        lines: Option<Vec<(u8, u8)>>,
     },
 }
 
@@ -361,8 +382,18 @@ fn op() -> impl Strategy<Value = Op> {
             prop::option::weighted(0.6, prop::collection::vec((any::<u8>(), 0u8..=3), 1..=3)),
         )
             .prop_map(|(pick, any_command, lines)| Op::Return { pick, any_command, lines }),
-        5 => (any::<u8>(), prop_oneof![5 => any::<u8>(), 1 => Just(ALL)], any::<u8>())
-            .prop_map(|(member, points, credit)| Op::Hold { member, points, credit }),
+        5 => (
+            any::<u8>(),
+            prop_oneof![5 => any::<u8>(), 1 => Just(ALL)],
+            any::<u8>(),
+            prop::option::weighted(0.7, (prop_oneof![4 => 0u16..100, 1 => 0u16..1_200], follow_up())),
+        )
+            .prop_map(|(member, points, credit, then)| Op::Hold {
+                member,
+                points,
+                credit,
+                then: then.map(|(delay, op)| (delay, Box::new(op))),
+            }),
         3 => (any::<u16>(), prop::option::of(any::<u8>()), prop::option::weighted(0.2, any::<u8>()))
             .prop_map(|(pick, points, credit)| Op::Capture { pick, points, credit }),
         2 => any::<u16>().prop_map(|pick| Op::Release { pick }),
@@ -386,6 +417,29 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(variant, stale)| Op::LoadProgram { variant, stale }),
         3 => any::<u16>().prop_map(|pick| Op::Duplicate { pick }),
         2 => (any::<u16>(), any::<u8>()).prop_map(|(pick, how)| Op::Conflict { pick, how }),
+        2 => (
+            order(),
+            0u16..(40 * 24),
+            any::<u8>(),
+            prop::option::weighted(0.4, prop::collection::vec((any::<u8>(), 1u8..=3), 1..=2)),
+        )
+            .prop_map(|(order, wait_hours, spend, lines)| Op::Story {
+                order: Order { member: 0, hold: None, quote: false, ..order },
+                wait_hours,
+                spend,
+                lines,
+            }),
+    ]
+}
+
+/// What follows a hold: a capture, a release or an order paying with it. `pick` 6 names the
+/// hold made last.
+fn follow_up() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => (prop::option::of(any::<u8>()), prop::option::weighted(0.3, any::<u8>()))
+            .prop_map(|(points, credit)| Op::Capture { pick: 6, points, credit }),
+        1 => Just(Op::Release { pick: 6 }),
+        2 => order().prop_map(|order| Op::Purchase(Order { hold: Some(6), quote: false, ..order })),
     ]
 }
 
@@ -429,7 +483,6 @@ const REWARDS: &[&str] = &[
     "no_such_reward",
 ];
 const PAY_POINTS: &[i64] = &[0, 10, 50, 100, 150, 300, 450, 1_000, 5_000];
-
 const PAY_CREDIT_CENTS: &[i64] = &[0, 50, 200, 1_000];
 const HOLD_POINTS: &[i64] = &[0, 20, 20, 50, 100, 200, 500];
 const HOLD_CREDIT_CENTS: &[i64] = &[0, 0, 0, 50, 100, 500];
@@ -818,6 +871,7 @@ impl Builder {
                 member,
                 points,
                 credit,
+                ..
             } => {
                 self.holds.push((merchant, key.clone()));
                 // Mostly the member who has points.
@@ -925,7 +979,9 @@ impl Builder {
                 };
                 Body::LoadProgram(LoadProgram { program })
             }
-            Op::Duplicate { .. } | Op::Conflict { .. } => unreachable!("handled by build"),
+            Op::Duplicate { .. } | Op::Conflict { .. } | Op::Story { .. } => {
+                unreachable!("handled by build and drive")
+            }
         };
         Command {
             merchant: merchant.into(),
@@ -1001,11 +1057,80 @@ fn drive(steps: &[Step], runner: &mut impl Runner) -> Result<(), TestCaseError> 
         builder.commands.push(command);
     }
     let mut now = now;
-    for step in steps {
-        now += TimeDelta::seconds(step.advance);
+    let mut queue: std::collections::VecDeque<(Step, bool)> =
+        steps.iter().map(|step| (step.clone(), false)).collect();
+    while let Some((step, follow_up)) = queue.pop_front() {
+        if let Op::Story {
+            order,
+            wait_hours,
+            spend,
+            lines,
+        } = &step.op
+        {
+            let spend = if spend % 2 == 0 {
+                Op::Adjust {
+                    member: 1,
+                    points: ALL,
+                    credit: if spend % 4 == 0 { ALL } else { 0 },
+                    reason: *spend,
+                }
+            } else {
+                Op::Hold {
+                    member: 1,
+                    points: ALL,
+                    credit: 0,
+                    then: None,
+                }
+            };
+            let story = [
+                (step.advance, Op::Purchase(order.clone())),
+                (i64::from(*wait_hours) * 3_600, spend),
+                (
+                    i64::from(*wait_hours % 300),
+                    Op::Return {
+                        pick: 1,
+                        any_command: false,
+                        lines: lines.clone(),
+                    },
+                ),
+            ];
+            for (advance, op) in story.into_iter().rev() {
+                let next = Step {
+                    advance,
+                    when: When::Now,
+                    op,
+                    ..step.clone()
+                };
+                queue.push_front((next, true));
+            }
+            continue;
+        }
+        let step = &step;
+        // A payment in progress is finished (or given up) soon after the hold, mostly.
+        let advance = match &step.op {
+            _ if follow_up => step.advance,
+            Op::Capture { .. } | Op::Release { .. } | Op::Purchase(Order { hold: Some(_), .. }) => {
+                step.advance % 90
+            }
+            _ => step.advance,
+        };
+        now += TimeDelta::seconds(advance);
         let command = builder.build(step, now, runner.ledger());
         let result = runner.apply(&command, now)?;
         builder.record(&command, &result);
+        if let Op::Hold {
+            then: Some((delay, op)),
+            ..
+        } = &step.op
+        {
+            let next = Step {
+                advance: i64::from(*delay),
+                when: When::Now,
+                op: (**op).clone(),
+                ..step.clone()
+            };
+            queue.push_front((next, true));
+        }
     }
     runner.finish(now)
 }
@@ -1052,6 +1177,8 @@ struct Checked {
     /// Applied purchases and holds, by key.
     orders: HashMap<(String, IdemKey), OrderModel>,
     holds: HashMap<(String, IdemKey), (i64, i64)>,
+    /// Every command applied, with the engine time, to reproduce a failure.
+    history: Vec<String>,
 }
 
 fn fail(message: String) -> Result<(), TestCaseError> {
@@ -1070,6 +1197,7 @@ impl Checked {
             remembered: HashMap::new(),
             orders: HashMap::new(),
             holds: HashMap::new(),
+            history: Vec::new(),
         }
     }
 
@@ -1086,6 +1214,12 @@ impl Checked {
         now: Timestamp,
     ) -> Result<CommandResult, TestCaseError> {
         let line = command.to_json_line();
+        self.history
+            .push(format!("now={} {line}", now.to_rfc3339()));
+        let quote = match &command.body {
+            Body::Purchase(order) => Some(self.quote_first(command, order, now, &line)?),
+            _ => None,
+        };
         let digest_before = self.ledger.digest();
         let before = self.members(&command.merchant);
         let result = self.ledger.apply(command, now);
@@ -1107,8 +1241,34 @@ impl Checked {
         } else {
             self.check_command(command, &line, &result, unchanged, written.len())?;
         }
+        if let Some(quote) = quote {
+            check_quote(&quote, &result, &line)?;
+        }
         self.check_books(&line)?;
         self.check_members(command, &line, &before)?;
+        Ok(result)
+    }
+
+    /// The same order as a quote, just before: it must change nothing.
+    fn quote_first(
+        &mut self,
+        command: &Command,
+        order: &Purchase,
+        now: Timestamp,
+        line: &str,
+    ) -> Result<CommandResult, TestCaseError> {
+        let quote = Command {
+            body: Body::Quote(order.clone()),
+            ..command.clone()
+        };
+        let digest = self.ledger.digest();
+        let result = self.ledger.apply(&quote, now);
+        let written = self.ledger.take_entries();
+        if self.ledger.digest() != digest || !written.is_empty() {
+            return Err(TestCaseError::fail(format!(
+                "the quote of this order changed the state: {line}"
+            )));
+        }
         Ok(result)
     }
 
@@ -1250,6 +1410,7 @@ impl Checked {
         }
         match &command.body {
             Body::Purchase(order) => {
+                check_order_shares(applied, line)?;
                 let earned = applied
                     .rules
                     .iter()
@@ -1459,6 +1620,91 @@ impl Checked {
     }
 }
 
+/// Rules selecting lines that give points once per order (not shared over lines).
+const PER_ORDER_RULES: &[&str] = &["visit", "downtown_early_bird", "big_basket"];
+
+/// An order's points and cashback are shared over its lines without loss, and its accrual
+/// is one lot.
+fn check_order_shares(applied: &tally_protocol::Applied, line: &str) -> Result<(), TestCaseError> {
+    let shared_points: i64 = applied
+        .rules
+        .iter()
+        .filter(|r| !PER_ORDER_RULES.contains(&&*r.rule.to_string()))
+        .map(|r| r.points)
+        .sum();
+    let line_points: i64 = applied.lines.iter().map(|l| l.points).sum();
+    let rule_cashback: Decimal = applied.rules.iter().map(|r| r.cashback).sum();
+    let line_cashback: Decimal = applied.lines.iter().map(|l| l.cashback).sum();
+    if shared_points != line_points || rule_cashback != line_cashback {
+        return fail(format!(
+            "the lines share {line_points} points and {line_cashback} cashback, the rules \
+             {shared_points} and {rule_cashback}: {line}"
+        ));
+    }
+    let lots: Vec<u32> = applied
+        .entries
+        .iter()
+        .filter(|e| e.kind == tally_protocol::EntryKind::Accrual)
+        .flat_map(|e| e.lots.iter().map(|slice| slice.lot))
+        .collect();
+    if lots.windows(2).any(|pair| pair[0] != pair[1]) {
+        return fail(format!(
+            "an order's accrual went to several lots {lots:?}: {line}"
+        ));
+    }
+    Ok(())
+}
+
+/// A quote made just before a purchase predicts it: what is earned by each rule and line,
+/// the discounts and the payment, or the same rejection.
+fn check_quote(
+    quote: &CommandResult,
+    purchase: &CommandResult,
+    line: &str,
+) -> Result<(), TestCaseError> {
+    let differs = |what: &str| {
+        fail(format!(
+            "the quote just before the purchase differs in {what}:\n  {line}\n  quote    \
+             {}\n  purchase {}",
+            quote.to_json_line(),
+            purchase.to_json_line()
+        ))
+    };
+    match (&quote.status, &purchase.status) {
+        // A repeat of a purchase is answered from memory; a quote is evaluated afresh.
+        (_, Status::Duplicate { .. }) => Ok(()),
+        (_, Status::Rejected { reason, .. }) if *reason == Reason::Conflict => Ok(()),
+        (Status::Rejected { reason: a, .. }, Status::Rejected { reason: b, .. }) => {
+            if a == b {
+                Ok(())
+            } else {
+                differs("the reason of the rejection")
+            }
+        }
+        (Status::Applied(q), Status::Applied(p)) => {
+            let enrolled = p.member.as_ref().is_some_and(|m| m.enrolled);
+            if q.rules != p.rules {
+                differs("the points per rule")
+            } else if q.lines != p.lines {
+                differs("the points per line")
+            } else if q.discounts != p.discounts {
+                differs("the discounts")
+            } else if (q.points_redeemed, q.credit_redeemed, q.cashback)
+                != (p.points_redeemed, p.credit_redeemed, p.cashback)
+            {
+                differs("the payment or the cashback")
+            } else if p.points_earned < q.points_earned
+                || !enrolled && p.points_earned != q.points_earned
+            {
+                differs("the points earned")
+            } else {
+                Ok(())
+            }
+        }
+        _ => differs("whether it is applied"),
+    }
+}
+
 /// Applies commands with no checks, keeping every result (ticks included) in JSON, and
 /// counting what happened for the coverage check.
 struct Plain {
@@ -1625,7 +1871,13 @@ proptest! {
     /// available points, after every command and every engine tick.
     #[test]
     fn every_command_keeps_the_books(steps in steps()) {
-        drive(&steps, &mut Checked::new())?;
+        let mut checked = Checked::new();
+        drive(&steps, &mut checked).map_err(|error| {
+            TestCaseError::fail(format!(
+                "{error}\nthe commands applied (engine time, command):\n{}",
+                checked.history.join("\n")
+            ))
+        })?;
     }
 
     /// The same steps on two fresh ledgers give the same commands, the same results and the
@@ -1687,6 +1939,8 @@ fn the_generator_reaches_every_kind_of_work() {
         "tick:lapsed",
         "tick:birthday",
         "written_off",
+        "credit_written_off",
+        "tick:tier_change",
         "return:refund",
         "return:partial",
         "purchase:with_hold",

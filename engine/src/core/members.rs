@@ -619,7 +619,7 @@ pub fn switch_program(merchant: &mut Merchant, program: Arc<Program>) {
     let old = merchant.program().clone();
     let month = month_index(&program, merchant.clock);
     for member in &mut merchant.members {
-        let tier_id = member.tier.map(|t| old.tiers[t].id.as_str());
+        let tier_id = member.tier.map(|t| &*old.tiers[t].id);
         member.tier = tier_id
             .and_then(|id| program.tier_index(id))
             .filter(|&t| program.tiers[t].active);

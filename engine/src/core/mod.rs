@@ -87,8 +87,29 @@ pub(crate) enum Record {
 #[derive(Debug, Clone)]
 pub(crate) struct Receipt {
     fingerprint: u128,
-    result: Arc<CommandResult>,
+    result: Stored,
     record: Record,
+}
+
+/// A remembered result: whole while recent, then only its summary (see `RESULTS_KEPT_WHOLE`).
+#[derive(Debug, Clone)]
+pub(crate) enum Stored {
+    Whole(Arc<CommandResult>),
+    Summary(CommandKind, Box<Applied>),
+}
+
+impl Stored {
+    fn result(&self, merchant: &str, key: &IdemKey) -> CommandResult {
+        match self {
+            Stored::Whole(result) => (**result).clone(),
+            Stored::Summary(command, applied) => CommandResult {
+                merchant: merchant.to_string(),
+                key: key.text(),
+                command: *command,
+                status: Status::Applied(applied.clone()),
+            },
+        }
+    }
 }
 
 /// Everything of one merchant. Nothing here is reachable from another merchant.
@@ -239,7 +260,7 @@ impl Ledger {
             Ok(result) => result,
             Err(rejection) => Arc::new(CommandResult::rejected(
                 &command.merchant,
-                command.key.to_string(),
+                command.key.text(),
                 command.kind(),
                 rejection.reason,
                 rejection.message,
@@ -295,10 +316,10 @@ impl Ledger {
                         ),
                     );
                 }
-                let first = Box::new((*receipt.result).clone());
+                let first = Box::new(receipt.result.result(&command.merchant, &command.key));
                 return Ok(Arc::new(CommandResult {
                     merchant: command.merchant.clone(),
-                    key: command.key.to_string(),
+                    key: command.key.text(),
                     command: kind,
                     status: Status::Duplicate { first },
                 }));
@@ -327,7 +348,7 @@ impl Ledger {
         }
         let result = Arc::new(CommandResult {
             merchant: command.merchant.clone(),
-            key: command.key.to_string(),
+            key: command.key.text(),
             command: kind,
             status: Status::Applied(Box::new(applied)),
         });
@@ -338,7 +359,7 @@ impl Ledger {
                 .expect("checked above");
             let receipt = Receipt {
                 fingerprint,
-                result: result.clone(),
+                result: Stored::Whole(result.clone()),
                 record,
             };
             remember(merchant, command.key.clone(), receipt);
@@ -361,13 +382,13 @@ impl Ledger {
         };
         let result = Arc::new(CommandResult {
             merchant: command.merchant.clone(),
-            key: command.key.to_string(),
+            key: command.key.text(),
             command: CommandKind::LoadProgram,
             status: Status::Applied(Box::new(applied)),
         });
         let receipt = Receipt {
             fingerprint: fingerprint(command),
-            result: result.clone(),
+            result: Stored::Whole(result.clone()),
             record: Record::None,
         };
         remember(&mut merchant, command.key.clone(), receipt);
@@ -409,20 +430,13 @@ fn remember(merchant: &mut Merchant, key: IdemKey, receipt: Receipt) {
     if merchant.recent_keys.len() > RESULTS_KEPT_WHOLE {
         let oldest = merchant.recent_keys.pop_front().expect("not empty");
         if let Some(receipt) = merchant.receipts.get_mut(&oldest) {
-            receipt.result = Arc::new(summary_of(&receipt.result));
+            if let Stored::Whole(result) = &receipt.result {
+                if let Status::Applied(applied) = &result.status {
+                    receipt.result =
+                        Stored::Summary(result.command, Box::new(applied.clone_summary()));
+                }
+            }
         }
-    }
-}
-
-/// A result without its per-rule, per-line and per-entry detail.
-fn summary_of(result: &CommandResult) -> CommandResult {
-    let status = match &result.status {
-        Status::Applied(applied) => Status::Applied(Box::new(applied.clone_summary())),
-        other => other.clone(),
-    };
-    CommandResult {
-        status,
-        ..result.clone_head()
     }
 }
 
@@ -577,7 +591,7 @@ pub(crate) fn finish_member(
     });
     applied.balances = Some(balances(member, program.minor_units));
     applied.tier = Some(TierChange {
-        before: program.tier_name(tier_before),
-        after: program.tier_name(member.tier),
+        before: program.tier_id(tier_before),
+        after: program.tier_id(member.tier),
     });
 }

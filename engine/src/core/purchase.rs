@@ -30,6 +30,8 @@ pub struct OrderRecord {
     pub month: i32,
     pub total_minor: i64,
     pub lines: Vec<RecordedLine>,
+    /// Per line and rule: what a return takes back, by the values recorded here.
+    pub earnings: Vec<LineEarned>,
     /// Points given once per order (`per_order` rules), taken back when the order no longer
     /// qualifies.
     pub order_points: Vec<OrderPoints>,
@@ -51,13 +53,14 @@ pub struct OrderRecord {
 
 #[derive(Debug, Clone)]
 pub struct RecordedLine {
-    pub sku: String,
+    pub sku: Arc<str>,
     pub qty: i64,
     pub returned: i64,
     pub net_minor: i64,
-    /// Per rule: points and cashback (minor units) this line earned.
-    pub earnings: Vec<(Arc<str>, i64, i64)>,
 }
+
+/// What one line earned from one rule: (line, rule, points, cashback in minor units).
+pub type LineEarned = (u32, Arc<str>, i64, i64);
 
 #[derive(Debug, Clone)]
 pub struct OrderPoints {
@@ -70,7 +73,7 @@ pub struct OrderPoints {
 }
 
 struct PlanLine<'a> {
-    sku: &'a str,
+    sku: &'a Arc<str>,
     qty: i64,
     unit_minor: i64,
     net_minor: i64,
@@ -78,7 +81,6 @@ struct PlanLine<'a> {
     selected: RuleMask,
     points: i64,
     cashback_minor: i64,
-    earnings: Vec<(Arc<str>, i64, i64)>,
 }
 
 struct Plan<'a> {
@@ -98,6 +100,7 @@ struct Plan<'a> {
     value_minor: i64,
     eligible_minor: i64,
     rules: Vec<(Arc<str>, i64, i64)>,
+    earnings: Vec<LineEarned>,
     order_points: Vec<OrderPoints>,
     points_earned: i64,
     cashback_minor: i64,
@@ -124,8 +127,8 @@ pub fn quote(merchant: &Merchant, ctx: &Ctx, order: &Purchase) -> Result<Applied
             });
             applied.balances = Some(super::balances(member, ctx.program.minor_units));
             applied.tier = Some(tally_protocol::TierChange {
-                before: ctx.program.tier_name(member.tier),
-                after: ctx.program.tier_name(after),
+                before: ctx.program.tier_id(member.tier),
+                after: ctx.program.tier_id(after),
             });
         }
         // Not enrolled yet: id 0 says "would be enrolled by a purchase".
@@ -214,13 +217,13 @@ pub fn purchase(
             .lines
             .into_iter()
             .map(|line| RecordedLine {
-                sku: line.sku.to_string(),
+                sku: line.sku.clone(),
                 qty: line.qty,
                 returned: 0,
                 net_minor: line.net_minor,
-                earnings: line.earnings,
             })
             .collect(),
+        earnings: plan.earnings,
         order_points: plan.order_points,
         paid_points: plan.reward_points + plan.pay_points + plan.hold_points,
         paid_credit_minor: plan.pay_credit_minor + plan.hold_credit_minor,
@@ -291,16 +294,26 @@ fn plan_totals(plan: &Plan) -> Totals {
 }
 
 fn money(amount: Decimal, program: &Program, what: &str) -> Result<i64, Rejection> {
+    money_of(amount, program, || what.to_string())
+}
+
+/// Converts an amount of the order; `what` names it in the rejection, built only then.
+fn money_of(
+    amount: Decimal,
+    program: &Program,
+    what: impl Fn() -> String,
+) -> Result<i64, Rejection> {
     match to_minor(amount, program.minor_units) {
         Ok(minor) if (0..ORDER_MINOR_MAX).contains(&minor) => Ok(minor),
         Ok(_) => reject(
             Reason::Invalid,
             format!(
-                "{what} {amount} must be at least 0 and below {}",
+                "{} {amount} must be at least 0 and below {}",
+                what(),
                 from_minor(ORDER_MINOR_MAX, program.minor_units)
             ),
         ),
-        Err(message) => reject(Reason::Invalid, format!("{what}: {message}")),
+        Err(message) => reject(Reason::Invalid, format!("{}: {message}", what())),
     }
 }
 
@@ -365,7 +378,8 @@ fn plan<'a>(merchant: &Merchant, ctx: &Ctx, order: &'a Purchase) -> Result<Plan<
         hold_credit_minor: 0,
         value_minor: 0,
         eligible_minor: 0,
-        rules: Vec::new(),
+        rules: Vec::with_capacity(program.order_rules.len() + 1),
+        earnings: Vec::with_capacity(4 * order.lines.len()),
         order_points: Vec::new(),
         points_earned: 0,
         cashback_minor: 0,
@@ -413,12 +427,12 @@ fn plan_lines<'a>(program: &Program, order: &'a Purchase) -> Result<Vec<PlanLine
                 ),
             );
         }
-        let unit_minor = money(
-            line.unit_price,
-            program,
-            &format!("line {} unit_price", i + 1),
-        )?;
-        let discount_minor = money(line.discount, program, &format!("line {} discount", i + 1))?;
+        let unit_minor = money_of(line.unit_price, program, || {
+            format!("line {} unit_price", i + 1)
+        })?;
+        let discount_minor = money_of(line.discount, program, || {
+            format!("line {} discount", i + 1)
+        })?;
         let gross = i128::from(unit_minor) * i128::from(line.qty);
         if gross >= i128::from(ORDER_MINOR_MAX) || i128::from(discount_minor) > gross {
             return reject(
@@ -444,7 +458,6 @@ fn plan_lines<'a>(program: &Program, order: &'a Purchase) -> Result<Vec<PlanLine
             selected,
             points: 0,
             cashback_minor: 0,
-            earnings: Vec::new(),
         });
     }
     Ok(lines)
@@ -491,7 +504,7 @@ fn apply_rewards(
             RewardAction::FreeProduct { sku } => {
                 let Some(line) = lines
                     .iter_mut()
-                    .find(|l| l.sku == sku && l.free_units < l.qty && l.net_minor > 0)
+                    .find(|l| **l.sku == **sku && l.free_units < l.qty && l.net_minor > 0)
                 else {
                     return reject(
                         Reason::Invalid,
@@ -552,20 +565,47 @@ fn spread_discount(lines: &mut [PlanLine], amount: i64) {
 /// floor plus one for the largest remainders (ties to the earlier part). The parts add up to
 /// the total, which is returned.
 pub fn allocate_into(numerators: &[i128], denominator: i128, parts: &mut Vec<i64>) -> i64 {
-    let total = (numerators.iter().sum::<i128>() / denominator) as i64;
+    let mut remainders = [0i128; 8];
+    let mut sum = 0i128;
     parts.clear();
-    parts.extend(numerators.iter().map(|n| (n / denominator) as i64));
+    for (i, &n) in numerators.iter().enumerate() {
+        sum += n;
+        let (quotient, remainder) = div_rem(n, denominator);
+        parts.push(quotient as i64);
+        if let Some(slot) = remainders.get_mut(i) {
+            *slot = remainder;
+        }
+    }
+    let total = div_rem(sum, denominator).0 as i64;
     let left = total - parts.iter().sum::<i64>();
     // Fewer points are left over than there are parts: pick the largest remainder each time.
     for _ in 0..left {
+        let remainder = |i: usize| {
+            remainders
+                .get(i)
+                .copied()
+                .unwrap_or_else(|| div_rem(numerators[i], denominator).1)
+        };
         let best = (0..numerators.len())
-            .filter(|&i| parts[i] == (numerators[i] / denominator) as i64)
-            .max_by_key(|&i| (numerators[i] % denominator, std::cmp::Reverse(i)))
+            .filter(|&i| parts[i] == div_rem(numerators[i], denominator).0 as i64)
+            .max_by_key(|&i| (remainder(i), std::cmp::Reverse(i)))
             .expect("fewer left-over points than parts");
         parts[best] += 1;
     }
     debug_assert_eq!(parts.iter().sum::<i64>(), total);
     total
+}
+
+/// Quotient and remainder of non-negative `n` by positive `d`, natively when both fit in 64
+/// bits (the common case: 128-bit division is a slow library call).
+fn div_rem(n: i128, d: i128) -> (i128, i128) {
+    if n == 0 {
+        return (0, 0);
+    }
+    match (u64::try_from(n), u64::try_from(d)) {
+        (Ok(n), Ok(d)) => ((n / d).into(), (n % d).into()),
+        _ => (n / d, n % d),
+    }
 }
 
 /// Like `allocate_into`, returning the parts.
@@ -673,8 +713,19 @@ fn check_limits(
 /// Evaluates every earning rule: per rule a floor, shared out over the selected lines.
 fn earn(program: &Program, ctx: &Ctx, order: &Purchase, channel: &str, plan: &mut Plan) {
     let multiplier_e4 = i128::from(program.multiplier_e4(plan.tier_before));
-    let value = i128::from(plan.value_minor);
-    let eligible = i128::from(plan.eligible_minor);
+    // Rules earn on `eligible / value` of each line; without loyalty payment the ratio is 1
+    // and is left out, which keeps the numbers small.
+    let (value, eligible) = if plan.eligible_minor == plan.value_minor {
+        (
+            i128::from(plan.value_minor.min(1)),
+            i128::from(plan.value_minor.min(1)),
+        )
+    } else {
+        (
+            i128::from(plan.value_minor),
+            i128::from(plan.eligible_minor),
+        )
+    };
     let minor_scale = 10_i128.pow(program.minor_units);
     let rate_scale = i128::from(RATE_SCALE);
     let store = order.store.as_deref();
@@ -764,13 +815,7 @@ fn earn(program: &Program, ctx: &Ctx, order: &Purchase, channel: &str, plan: &mu
                 .map(|l| i128::from(l.net_minor) * i128::from(tier.cashback_percent_e4) * eligible)
                 .collect();
             let (total, parts) = allocate(&numerators, value * 100 * rate_scale);
-            record_rule(
-                plan,
-                &Arc::from(format!("tier:{}:cashback", tier.id)),
-                total,
-                &parts,
-                true,
-            );
+            record_rule(plan, &tier.cashback_rule, total, &parts, true);
         }
     }
 }
@@ -800,18 +845,19 @@ fn record_rule(plan: &mut Plan, rule: &Arc<str>, total: i64, parts: &[i64], is_c
     if total == 0 {
         return;
     }
-    for (line, &part) in plan
+    for (l, (line, &part)) in plan
         .lines
         .iter_mut()
         .zip(parts)
-        .filter(|(_, part)| **part != 0)
+        .enumerate()
+        .filter(|(_, (_, part))| **part != 0)
     {
         if is_cashback {
             line.cashback_minor += part;
-            line.earnings.push((rule.clone(), 0, part));
+            plan.earnings.push((l as u32, rule.clone(), 0, part));
         } else {
             line.points += part;
-            line.earnings.push((rule.clone(), part, 0));
+            plan.earnings.push((l as u32, rule.clone(), part, 0));
         }
     }
     if is_cashback {
@@ -847,7 +893,7 @@ fn applied_of(plan: &Plan, program: &Program) -> Applied {
                 let eligible =
                     (i128::from(line.net_minor) * i128::from(plan.eligible_minor) / value) as i64;
                 LineEarning {
-                    sku: line.sku.to_string(),
+                    sku: line.sku.clone(),
                     eligible: from_minor(eligible, minor),
                     points: line.points,
                     cashback: from_minor(line.cashback_minor, minor),

@@ -91,7 +91,11 @@ fn plan(record: &OrderRecord, ret: &Return) -> Result<ReturnPlan, Rejection> {
         returned_after[l] = after;
         value_minor += share(line.net_minor, before, after, line.qty);
         let (mut line_points, mut line_cashback) = (0, 0);
-        for (rule, points, cashback) in &line.earnings {
+        for (_, rule, points, cashback) in record
+            .earnings
+            .iter()
+            .filter(|earned| earned.0 as usize == l)
+        {
             let (p, c) = (
                 share(*points, before, after, line.qty),
                 share(*cashback, before, after, line.qty),
@@ -200,7 +204,7 @@ fn returned_units(record: &OrderRecord, ret: &Return) -> Result<Vec<(usize, i64)
             );
         }
         let mut left = line.qty;
-        for l in (0..record.lines.len()).filter(|&l| record.lines[l].sku == line.sku) {
+        for l in (0..record.lines.len()).filter(|&l| *record.lines[l].sku == *line.sku) {
             let taken: i64 = units.iter().filter(|(u, _)| *u == l).map(|(_, q)| q).sum();
             let qty = left.min(remaining(l) - taken);
             if qty > 0 {

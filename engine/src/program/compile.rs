@@ -358,7 +358,7 @@ fn tiers(c: &mut Checker, tiers: &[TierFile], minor_units: u32) -> Vec<Tier> {
             "must not be negative",
         );
         compiled.push(Tier {
-            id: tier.id.clone(),
+            id: Arc::from(tier.id.as_str()),
             name: tier.name.clone(),
             color: tier.color.clone(),
             image_url: tier.image_url.clone(),
@@ -372,6 +372,8 @@ fn tiers(c: &mut Checker, tiers: &[TierFile], minor_units: u32) -> Vec<Tier> {
             multiplier_e4,
             cashback_percent_e4,
             birthday_bonus,
+            cashback_rule: Arc::from(format!("tier:{}:cashback", tier.id)),
+            birthday_rule: Arc::from(format!("tier:{}:birthday_bonus", tier.id)),
         });
     }
     compiled

@@ -149,7 +149,7 @@ pub enum Window {
 
 #[derive(Debug, Clone)]
 pub struct Tier {
-    pub id: String,
+    pub id: Arc<str>,
     pub name: String,
     pub color: String,
     pub image_url: String,
@@ -163,6 +163,9 @@ pub struct Tier {
     pub multiplier_e4: i64,
     pub cashback_percent_e4: i64,
     pub birthday_bonus: i64,
+    /// How the tier's cashback and birthday bonus are named in results and entries.
+    pub cashback_rule: Arc<str>,
+    pub birthday_rule: Arc<str>,
 }
 
 #[derive(Debug, Clone)]
@@ -191,10 +194,11 @@ pub enum RewardAction {
 
 impl Program {
     pub fn tier_index(&self, id: &str) -> Option<usize> {
-        self.tiers.iter().position(|tier| tier.id == id)
+        self.tiers.iter().position(|tier| &*tier.id == id)
     }
 
-    pub fn tier_name(&self, index: Option<usize>) -> Option<String> {
+    /// The id of the tier at `index`, as results name it.
+    pub fn tier_id(&self, index: Option<usize>) -> Option<Arc<str>> {
         index.map(|i| self.tiers[i].id.clone())
     }
 

@@ -1,0 +1,44 @@
+//! Applies purchases to a populated ledger and prints the rate, outside criterion: handy
+//! under a profiler (`perf record -D <ms after set-up>`).
+//! `cargo run --release -p tally-benches --example apply_rate -- [members] [purchases]`
+
+use std::time::Instant;
+
+use tally_benches::{commands, populated, purchases};
+use tally_engine::workload::Workload;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let mut args = std::env::args()
+        .skip(1)
+        .map(|a| a.parse::<u64>().expect("a number"));
+    let members = args.next().unwrap_or(1_000_000);
+    let count = args.next().unwrap_or(1_000_000);
+    let config = purchases(members);
+    let set_up = Instant::now();
+    let mut replayer = populated(members, &config);
+    let batch = commands(&mut Workload::new(config), count);
+    eprintln!("set-up {:.1} s", set_up.elapsed().as_secs_f64());
+    let started = Instant::now();
+    let mut chunk_started = Instant::now();
+    for (i, command) in batch.iter().enumerate() {
+        replayer.apply(command, &mut |_| {});
+        if (i + 1) % 50_000 == 0 {
+            eprintln!(
+                "  {:>8}: {:.0}/s",
+                i + 1,
+                50_000.0 / chunk_started.elapsed().as_secs_f64()
+            );
+            chunk_started = Instant::now();
+        }
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(replayer.stats.rejected, 0);
+    println!(
+        "{count} purchases in {:.3} s: {:.0} purchases/s",
+        elapsed.as_secs_f64(),
+        count as f64 / elapsed.as_secs_f64()
+    );
+}
