@@ -54,6 +54,9 @@ enum Tool {
         members: u64,
         #[arg(long, default_value_t = 500_000)]
         commands: u64,
+        /// Also write the generated commands here (JSON lines), e.g. to time `tally replay`.
+        #[arg(long)]
+        save_input: Option<PathBuf>,
     },
 }
 
@@ -66,7 +69,11 @@ fn main() -> Result<()> {
             results_out,
         } => replay(&programs, &input, balances_out, results_out),
         Tool::CheckProgram { files } => check_programs(&files),
-        Tool::Demo { members, commands } => demo(members, commands),
+        Tool::Demo {
+            members,
+            commands,
+            save_input,
+        } => demo(members, commands, save_input),
     }
 }
 
@@ -125,6 +132,8 @@ fn replay(
     }
     eprintln!("{}", summary(&replayer.stats, elapsed));
     eprintln!("state digest {:032x}", replayer.ledger().digest());
+    // Freeing millions of members one by one takes seconds; the process ends here anyway.
+    std::mem::forget(replayer);
     Ok(())
 }
 
@@ -176,13 +185,17 @@ fn check_programs(files: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-fn demo(members: u64, commands: u64) -> Result<()> {
+fn demo(members: u64, commands: u64, save_input: Option<PathBuf>) -> Result<()> {
     println!("tally demo: {commands} commands from a coffee chain's terminals, {members} members (Zipf), demo program");
     let workload = Workload::new(WorkloadConfig::demo(members));
     let mut input = Vec::with_capacity(commands as usize * 400);
     for command in workload.take(commands as usize) {
         input.extend_from_slice(command.to_json_line().as_bytes());
         input.push(b'\n');
+    }
+    if let Some(path) = save_input {
+        std::fs::write(&path, &input).with_context(|| format!("writing {}", path.display()))?;
+        println!("commands written to {}", path.display());
     }
     let mut replayer =
         Replayer::new(vec![DEMO_PROGRAM.to_string()]).expect("the demo program is valid");

@@ -42,8 +42,9 @@ use chrono::TimeDelta;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use rust_decimal::Decimal;
+use tally_engine::core::Counters;
 use tally_engine::core::{normalize_phone, Ledger, Member};
-use tally_engine::program::NegativeBalance;
+use tally_engine::program::{Combine, Downgrade, NegativeBalance, Program, Window};
 use tally_engine::replay::tick_command;
 use tally_engine::workload::DEMO_PROGRAM;
 use tally_protocol::{
@@ -524,10 +525,11 @@ fn recent<T: Clone>(list: &[T], selector: u16) -> Option<T> {
     if list.is_empty() {
         return None;
     }
-    let index = if selector % 4 == 0 {
-        selector as usize % list.len()
-    } else {
+    // One time in four any item, else one of the last three.
+    let index = if selector.rem_euclid(4) > 0 {
         list.len() - 1 - (selector as usize / 4) % list.len().min(3)
+    } else {
+        selector as usize % list.len()
     };
     Some(list[index].clone())
 }
@@ -645,7 +647,7 @@ impl Builder {
     /// Remembers what a command did, for the commands that name it later.
     fn record(&mut self, command: &Command, result: &CommandResult) {
         if let (Body::Purchase(order), Status::Applied(_)) = (&command.body, &result.status) {
-            let skus = order.lines.iter().map(|l| l.sku.clone()).collect();
+            let skus = order.lines.iter().map(|l| l.sku.to_string()).collect();
             let merchant = merchant_name(&command.merchant);
             if !self
                 .purchases
@@ -673,7 +675,7 @@ impl Builder {
             }
         }
         open.sort_by(|a, b| (a.0, &a.2).cmp(&(b.0, &b.2)));
-        if pick % 5 != 0 && !open.is_empty() {
+        if pick.rem_euclid(5) > 0 && !open.is_empty() {
             return recent(&open, pick / 5).map(|(_, m, k, owner)| (m, k, owner));
         }
         recent(&self.holds, pick / 5).map(|(m, k)| (m, k, None))
@@ -1177,6 +1179,11 @@ struct Checked {
     /// Applied purchases and holds, by key.
     orders: HashMap<(String, IdemKey), OrderModel>,
     holds: HashMap<(String, IdemKey), (i64, i64)>,
+    /// (merchant, member, lot) -> points, summed from the lot slices entries record.
+    lots: HashMap<(String, u64, u32), i64>,
+    /// Members that have had a debt: new points pay it off without reaching a lot, so their
+    /// lots are not checked against the slices.
+    had_debt: std::collections::HashSet<(String, u64)>,
     /// Every command applied, with the engine time, to reproduce a failure.
     history: Vec<String>,
 }
@@ -1197,6 +1204,8 @@ impl Checked {
             remembered: HashMap::new(),
             orders: HashMap::new(),
             holds: HashMap::new(),
+            lots: HashMap::new(),
+            had_debt: Default::default(),
             history: Vec::new(),
         }
     }
@@ -1222,6 +1231,7 @@ impl Checked {
         };
         let digest_before = self.ledger.digest();
         let before = self.members(&command.merchant);
+        let clock_before = self.ledger.merchant(&command.merchant).map(|m| m.clock);
         let result = self.ledger.apply(command, now);
         let written = self.ledger.take_entries();
         let digest_after = self.ledger.digest();
@@ -1234,17 +1244,22 @@ impl Checked {
                 Wallet::Points => sum.0 += entry.amount,
                 Wallet::Credit => sum.1 += entry.amount,
             }
+            for slice in &entry.lots {
+                let key = (entry.merchant.to_string(), entry.member, slice.lot);
+                *self.lots.entry(key).or_default() += entry.amount.signum() * slice.points;
+            }
         }
         let unchanged = digest_before == digest_after && written.is_empty();
         if command.kind() == CommandKind::Tick {
-            self.check_tick(command, now, &result)?;
+            self.check_tick(command, now, &result, clock_before)?;
         } else {
-            self.check_command(command, &line, &result, unchanged, written.len())?;
+            self.check_command(command, now, &line, &result, unchanged, written.len())?;
         }
         if let Some(quote) = quote {
             check_quote(&quote, &result, &line)?;
         }
         self.check_books(&line)?;
+        self.check_lots(&command.merchant, &line)?;
         self.check_members(command, &line, &before)?;
         Ok(result)
     }
@@ -1277,9 +1292,38 @@ impl Checked {
         command: &Command,
         now: Timestamp,
         result: &CommandResult,
+        clock_before: Option<Timestamp>,
     ) -> Result<(), TestCaseError> {
         if result.applied().is_none() {
             return fail(format!("an engine tick was not applied: {result:?}"));
+        }
+        // At a local month start every member is re-evaluated: none is below the tier its
+        // counters earn, and one holding a tier whose window has a boundary now holds exactly
+        // the tier it earns.
+        let merchant = self.ledger.merchant(&command.merchant).expect("ticked");
+        let program = merchant.program();
+        let month = local_month(program, now);
+        let month_started = clock_before.is_some_and(|clock| local_month(program, clock) < month);
+        if month_started && program.reevaluates_at_month_start {
+            for member in &merchant.members {
+                let earned = qualifying(program, &member.counters, now);
+                let must_equal = member.tier.is_some_and(|t| {
+                    let tier = &program.tiers[t];
+                    let boundary = match tier.window {
+                        Window::Lifetime => false,
+                        Window::CalendarYear => month.rem_euclid(12) == 0,
+                        Window::RollingMonths(_) => true,
+                    };
+                    boundary && tier.downgrade == Downgrade::Window || !tier.active
+                });
+                if member.tier < earned || must_equal && member.tier != earned {
+                    return fail(format!(
+                        "{} member {}: after the month start at {now} the tier is {:?}, its \
+                         counters earn {:?}: {:?}",
+                        command.merchant, member.id, member.tier, earned, member.counters
+                    ));
+                }
+            }
         }
         // Everything due by now is done.
         for member in self.members(&command.merchant) {
@@ -1311,6 +1355,7 @@ impl Checked {
     fn check_command(
         &mut self,
         command: &Command,
+        now: Timestamp,
         line: &str,
         result: &CommandResult,
         unchanged: bool,
@@ -1408,6 +1453,20 @@ impl Checked {
                 ));
             }
         }
+        // A tier rises right after the command that meets it.
+        if let (Some(view), Body::Purchase(_) | Body::Event(_) | Body::Enroll(_)) =
+            (&applied.member, &command.body)
+        {
+            let merchant = self.ledger.merchant(&command.merchant).expect("applied");
+            let member = &merchant.members[view.id as usize - 1];
+            let earned = qualifying(merchant.program(), &member.counters, now);
+            if member.tier < earned {
+                return fail(format!(
+                    "member {}'s counters earn tier {earned:?} but it holds {:?}: {line}",
+                    member.id, member.tier
+                ));
+            }
+        }
         match &command.body {
             Body::Purchase(order) => {
                 check_order_shares(applied, line)?;
@@ -1417,7 +1476,11 @@ impl Checked {
                     .map(|r| (r.rule.to_string(), r.points, r.cashback))
                     .collect();
                 let model = OrderModel {
-                    lines: order.lines.iter().map(|l| (l.sku.clone(), l.qty)).collect(),
+                    lines: order
+                        .lines
+                        .iter()
+                        .map(|l| (l.sku.to_string(), l.qty))
+                        .collect(),
                     earned,
                     taken: Vec::new(),
                     redeemed: (applied.points_redeemed, applied.credit_redeemed),
@@ -1457,7 +1520,7 @@ impl Checked {
             Some(lines) => {
                 for returned in lines {
                     let mut qty = returned.qty;
-                    for (_, left) in order.lines.iter_mut().filter(|(s, _)| *s == returned.sku) {
+                    for (_, left) in order.lines.iter_mut().filter(|(s, _)| *s == *returned.sku) {
                         let take = qty.min(*left);
                         *left -= take;
                         qty -= take;
@@ -1584,6 +1647,49 @@ impl Checked {
         Ok(())
     }
 
+    /// Every lot holds what the slices of its entries add up to: each spend, hold, release,
+    /// expiry and reversal names the lots it took from or gave back to, truthfully.
+    fn check_lots(&mut self, merchant: &str, line: &str) -> Result<(), TestCaseError> {
+        let members = self.members(merchant);
+        for member in &members {
+            let whose = (merchant.to_string(), member.id);
+            if member.debt_points > 0 {
+                self.had_debt.insert(whose.clone());
+            }
+            if self.had_debt.contains(&whose) {
+                continue;
+            }
+            for ((m, id, lot), points) in &self.lots {
+                if m != merchant || *id != member.id {
+                    continue;
+                }
+                let remaining = member
+                    .lots
+                    .iter()
+                    .find(|l| l.id == *lot)
+                    .map_or(0, |l| l.remaining);
+                if remaining != *points {
+                    return fail(format!(
+                        "{merchant} member {}: lot {lot} holds {remaining} points, its entries' \
+                         slices add up to {points} (after {line})",
+                        member.id
+                    ));
+                }
+            }
+            if let Some(lot) = member.lots.iter().find(|l| {
+                !self
+                    .lots
+                    .contains_key(&(merchant.to_string(), member.id, l.id))
+            }) {
+                return fail(format!(
+                    "{merchant} member {}: lot {} was never named by an entry (after {line})",
+                    member.id, lot.id
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Per member: a debt only comes from a return; a tier only falls at a month start.
     fn check_members(
         &self,
@@ -1618,6 +1724,47 @@ impl Checked {
         }
         Ok(())
     }
+}
+
+/// The local month of `at` in the program's zone, as `year * 12 + month0`.
+fn local_month(program: &Program, at: Timestamp) -> i32 {
+    use chrono::Datelike;
+    let local = at.with_timezone(&program.zone);
+    local.year() * 12 + local.month0() as i32
+}
+
+/// The highest active tier whose thresholds the counters meet over the tier's window at
+/// `now` (as the documentation states it, computed here independently of the engine).
+fn qualifying(program: &Program, counters: &Counters, now: Timestamp) -> Option<usize> {
+    let month = local_month(program, now);
+    program
+        .tiers
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, tier)| {
+            let totals = match tier.window {
+                Window::Lifetime => counters.lifetime,
+                Window::CalendarYear => counters.sum(month - month.rem_euclid(12), month),
+                Window::RollingMonths(n) => counters.sum(month - n as i32 + 1, month),
+            };
+            let checks: Vec<bool> = [
+                tier.points_earned.map(|min| totals.points_earned >= min),
+                tier.amount_spent_minor
+                    .map(|min| totals.amount_spent_minor >= min),
+                tier.orders.map(|min| totals.orders >= i64::from(min)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let met = checks.is_empty()
+                || match tier.combine {
+                    Combine::Any => checks.iter().any(|met| *met),
+                    Combine::All => checks.iter().all(|met| *met),
+                };
+            tier.active && met
+        })
+        .map(|(index, _)| index)
 }
 
 /// Rules selecting lines that give points once per order (not shared over lines).
