@@ -5,7 +5,7 @@
 use tally_protocol::{Applied, Capture, EntryKind, Hold, IdemKey, Reason, Release, Wallet};
 
 use super::member::{OpenHold, Slice};
-use super::members::{resolve, Who};
+use super::members::{debit_points, resolve, Who};
 use super::{finish_member, reject, Books, Ctx, Merchant, Record, Rejection};
 use crate::money::{from_minor, to_minor};
 
@@ -64,17 +64,8 @@ pub fn hold(
             "the member does not have that much store credit",
         );
     }
-    let slices = member.spend(hold.points);
+    let slices = debit_points(member, books, ctx, EntryKind::Hold, hold.points, None);
     member.held_points += hold.points;
-    books.post(
-        ctx,
-        member,
-        Wallet::Points,
-        EntryKind::Hold,
-        -hold.points,
-        None,
-        slices.clone(),
-    );
     member.credit_minor -= credit;
     member.held_credit_minor += credit;
     books.post(

@@ -176,6 +176,29 @@ pub fn credit_points(
     lot
 }
 
+/// Takes available points, earliest expiry first, and writes the (negative) entry naming the
+/// lots they came from; returns those lots.
+pub fn debit_points(
+    member: &mut Member,
+    books: &mut Books,
+    ctx: &Ctx,
+    kind: EntryKind,
+    points: i64,
+    rule: Option<&Arc<str>>,
+) -> Vec<super::Slice> {
+    let slices = member.spend(points);
+    books.post(
+        ctx,
+        member,
+        Wallet::Points,
+        kind,
+        -points,
+        rule,
+        slices.clone(),
+    );
+    slices
+}
+
 /// Awards the `per_event` rules for `name`; returns the points given.
 pub fn award_event(
     merchant: &mut Merchant,
@@ -558,15 +581,13 @@ pub fn adjust(
             ctx.at,
         );
     } else if adjust.points < 0 {
-        let lots = member.spend(-adjust.points);
-        books.post(
-            ctx,
+        debit_points(
             member,
-            Wallet::Points,
+            books,
+            ctx,
             EntryKind::Adjustment,
-            adjust.points,
+            -adjust.points,
             None,
-            lots,
         );
     }
     member.credit_minor += credit;

@@ -13,7 +13,7 @@ use tally_protocol::{
 
 use super::holds;
 use super::member::{Slice, Totals};
-use super::members::{filter_holds, materialize, resolve, Who};
+use super::members::{debit_points, filter_holds, materialize, resolve, Who};
 use super::time::{expiry_of, month_index};
 use super::{finish_member, reject, tiers, Books, Ctx, Merchant, Record, Rejection};
 use super::{MAX_LINES_PER_ORDER, MAX_QTY_PER_LINE, MAX_REWARDS_PER_ORDER, ORDER_MINOR_MAX};
@@ -158,29 +158,23 @@ pub fn purchase(
     };
     let member = &mut merchant.members[index as usize];
     for (reward, _, points) in &plan.discounts {
-        let slices = member.spend(*points);
-        paid_slices.extend_from_slice(&slices);
-        books.post(
-            ctx,
+        paid_slices.extend(debit_points(
             member,
-            Wallet::Points,
+            books,
+            ctx,
             EntryKind::Redemption,
-            -points,
+            *points,
             Some(reward),
-            slices,
-        );
+        ));
     }
-    let slices = member.spend(plan.pay_points);
-    paid_slices.extend_from_slice(&slices);
-    books.post(
-        ctx,
+    paid_slices.extend(debit_points(
         member,
-        Wallet::Points,
+        books,
+        ctx,
         EntryKind::Redemption,
-        -plan.pay_points,
+        plan.pay_points,
         None,
-        slices,
-    );
+    ));
     member.credit_minor -= plan.pay_credit_minor;
     books.post(
         ctx,
