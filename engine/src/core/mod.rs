@@ -299,8 +299,9 @@ impl Ledger {
                 ),
             };
         }
-        let fingerprint = fingerprint(command);
+        // Quotes change nothing and ticks are idempotent by nature: neither is remembered.
         let remembered = !matches!(kind, CommandKind::Quote | CommandKind::Tick);
+        let fingerprint = if remembered { fingerprint(command) } else { 0 };
         let merchant = self
             .merchants
             .get_mut(&command.merchant)
