@@ -559,35 +559,44 @@ fn spread_discount(lines: &mut [PlanLine], amount: i64) {
 /// floor plus one for the largest remainders (ties to the earlier part). The parts add up to
 /// the total, which is returned.
 pub fn allocate_into(numerators: &[i128], denominator: i128, parts: &mut Vec<i64>) -> i64 {
-    let mut remainders = [0i128; 8];
     let mut sum = 0i128;
     parts.clear();
-    for (i, &n) in numerators.iter().enumerate() {
+    for &n in numerators {
         sum += n;
-        let (quotient, remainder) = div_rem(n, denominator);
-        parts.push(quotient as i64);
-        if let Some(slot) = remainders.get_mut(i) {
-            *slot = remainder;
-        }
+        parts.push(div_rem(n, denominator).0 as i64);
     }
     let total = div_rem(sum, denominator).0 as i64;
     let left = total - parts.iter().sum::<i64>();
-    // Fewer points are left over than there are parts: pick the largest remainder each time.
-    for _ in 0..left {
-        let remainder = |i: usize| {
-            remainders
-                .get(i)
-                .copied()
-                .unwrap_or_else(|| div_rem(numerators[i], denominator).1)
-        };
-        let best = (0..numerators.len())
-            .filter(|&i| parts[i] == div_rem(numerators[i], denominator).0 as i64)
-            .max_by_key(|&i| (remainder(i), std::cmp::Reverse(i)))
-            .expect("fewer left-over points than parts");
-        parts[best] += 1;
+    if left > 0 {
+        give_leftovers(numerators, denominator, parts, left);
     }
     debug_assert_eq!(parts.iter().sum::<i64>(), total);
     total
+}
+
+/// Gives the `left` points (fewer than there are parts) one each to the parts with the
+/// largest remainders, ties to the earlier part.
+fn give_leftovers(numerators: &[i128], denominator: i128, parts: &mut [i64], left: i64) {
+    let remainder = |i: usize| div_rem(numerators[i], denominator).1;
+    if numerators.len() > 64 {
+        let mut order: Vec<usize> = (0..numerators.len()).collect();
+        order.sort_by_key(|&i| (std::cmp::Reverse(remainder(i)), i));
+        order
+            .iter()
+            .take(left as usize)
+            .for_each(|&i| parts[i] += 1);
+        return;
+    }
+    // Few parts: pick the largest remaining remainder `left` times, without allocating.
+    let mut given = 0u64;
+    for _ in 0..left {
+        let best = (0..numerators.len())
+            .filter(|&i| given & (1 << i) == 0)
+            .max_by_key(|&i| (remainder(i), std::cmp::Reverse(i)))
+            .expect("fewer left-over points than parts");
+        given |= 1 << best;
+        parts[best] += 1;
+    }
 }
 
 /// Quotient and remainder of non-negative `n` by positive `d`, natively when both fit in 64
@@ -723,7 +732,16 @@ fn earn(program: &Program, ctx: &Ctx, order: &Purchase, channel: &str, plan: &mu
     let minor_scale = 10_i128.pow(program.minor_units);
     let rate_scale = i128::from(RATE_SCALE);
     let store = order.store.as_deref();
-    let mut numerators = vec![0i128; plan.lines.len()];
+    // Orders rarely have more than 16 lines: keep the numerators on the stack then (a heap
+    // vector of i128 takes the allocator's slow aligned path).
+    let mut stack = [0i128; 16];
+    let mut heap = Vec::new();
+    let numerators: &mut [i128] = if plan.lines.len() <= stack.len() {
+        &mut stack[..plan.lines.len()]
+    } else {
+        heap.resize(plan.lines.len(), 0);
+        &mut heap
+    };
     let mut parts = Vec::with_capacity(plan.lines.len());
     for (index, rule) in program.order_rules.iter().enumerate() {
         let filter = &rule.filter;
@@ -794,7 +812,7 @@ fn earn(program: &Program, ctx: &Ctx, order: &Purchase, channel: &str, plan: &mu
         if value == 0 {
             continue;
         }
-        let total = allocate_into(&numerators, denominator, &mut parts);
+        let total = allocate_into(numerators, denominator, &mut parts);
         record_rule(plan, &rule.id, total, &parts, is_cashback);
     }
     if let Some(tier) = plan
