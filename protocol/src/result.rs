@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::command::CommandKind;
 use crate::reason::Reason;
@@ -194,8 +195,9 @@ pub struct EntryView {
     pub amount: Decimal,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<Arc<str>>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub lots: Vec<LotSlice>,
+    /// Almost always one lot: kept inline, without an allocation.
+    #[serde(default, skip_serializing_if = "SmallVec::is_empty")]
+    pub lots: SmallVec<[LotSlice; 1]>,
 }
 
 /// A member's balances after the command.

@@ -22,7 +22,7 @@ pub struct HoldRecord {
     pub member: u32,
     pub points: i64,
     pub credit_minor: i64,
-    pub slices: Vec<Slice>,
+    pub slices: super::Lots,
     pub state: HoldState,
 }
 
@@ -177,7 +177,8 @@ pub fn capture_for_order(
     key: &IdemKey,
 ) -> Vec<Slice> {
     let hold = open_hold(merchant, key).expect("the plan checked the hold is open");
-    let (points, credit, slices) = (hold.points, hold.credit_minor, hold.slices.clone());
+    let reserved = hold.slices.to_vec();
+    let (points, credit) = (hold.points, hold.credit_minor);
     close(
         merchant,
         books,
@@ -187,7 +188,7 @@ pub fn capture_for_order(
         points,
         credit,
     );
-    slices
+    reserved
 }
 
 /// Lapses the member's holds whose deadline has passed; returns how many.

@@ -7,6 +7,9 @@ use tally_protocol::{Alias, IdemKey};
 
 use crate::Timestamp;
 
+/// The lots an entry touched: almost always one, kept inline without an allocation.
+pub type Lots = smallvec::SmallVec<[Slice; 1]>;
+
 /// A slice of a lot that a spend, a hold or a clawback took. It keeps the lot's times so the
 /// points can go back to the same lot (with the same expiry) even if the lot was emptied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -239,15 +242,15 @@ impl Member {
 
     /// Takes `points` from available lots, earliest expiry first. The caller has checked
     /// that enough points are available.
-    pub fn spend(&mut self, points: i64) -> Vec<Slice> {
+    pub fn spend(&mut self, points: i64) -> Lots {
         if points == 0 {
-            return Vec::new();
+            return Lots::new();
         }
         assert!(
             points > 0 && points <= self.available_points(),
             "spend beyond available points"
         );
-        let mut slices = Vec::new();
+        let mut slices = Lots::new();
         let mut left = points;
         let mut emptied_inside = false;
         let mut skipped_pending = false;

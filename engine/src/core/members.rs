@@ -172,7 +172,15 @@ pub fn credit_points(
         earned_at: ctx.at,
         expires_at,
     };
-    books.post(ctx, member, Wallet::Points, kind, points, rule, vec![slice]);
+    books.post(
+        ctx,
+        member,
+        Wallet::Points,
+        kind,
+        points,
+        rule,
+        smallvec::smallvec![slice],
+    );
     lot
 }
 
@@ -185,7 +193,7 @@ pub fn debit_points(
     kind: EntryKind,
     points: i64,
     rule: Option<&Arc<str>>,
-) -> Vec<super::Slice> {
+) -> super::Lots {
     let slices = member.spend(points);
     books.post(
         ctx,

@@ -23,7 +23,7 @@ use tally_protocol::{
     IdemKey, LotSlice, MemberView, Origin, Reason, Status, TierChange, Wallet,
 };
 
-pub use member::{Counters, Lot, Member, Slice, Totals};
+pub use member::{Counters, Lot, Lots, Member, Slice, Totals};
 pub use phone::normalize_phone;
 
 use crate::money::from_minor;
@@ -59,7 +59,7 @@ pub struct Entry {
     pub command: Arc<IdemKey>,
     pub rule: Option<Arc<str>>,
     pub program_version: u32,
-    pub lots: Vec<Slice>,
+    pub lots: Lots,
 }
 
 /// A rejection: a stable reason and a sentence for the cashier.
@@ -119,12 +119,13 @@ pub struct Merchant {
     pub programs: Vec<Arc<Program>>,
     pub members: Vec<Member>,
     aliases: FxHashMap<Alias, u32>,
-    receipts: FxHashMap<IdemKey, Receipt>,
+    /// Keyed by the same `Arc` the command's entries share: one copy of each key.
+    receipts: FxHashMap<Arc<IdemKey>, Receipt>,
     /// Members with time-driven work, by due time (lazily deleted: see `Member::timer_at`).
     timers: BinaryHeap<std::cmp::Reverse<(Timestamp, u32)>>,
     birthdays: FxHashMap<(u32, u32), Vec<u32>>,
     /// Keys of the most recent remembered commands, oldest first.
-    recent_keys: std::collections::VecDeque<IdemKey>,
+    recent_keys: std::collections::VecDeque<Arc<IdemKey>>,
     /// Time-driven work is done up to here.
     pub clock: Timestamp,
     next_day_start: Option<Timestamp>,
@@ -179,7 +180,7 @@ impl Books<'_> {
         kind: EntryKind,
         amount: i64,
         rule: Option<&Arc<str>>,
-        lots: Vec<Slice>,
+        lots: impl Into<Lots>,
     ) {
         if amount == 0 {
             return;
@@ -198,7 +199,7 @@ impl Books<'_> {
             command: ctx.key.clone(),
             rule: rule.cloned(),
             program_version: ctx.program.version,
-            lots,
+            lots: lots.into(),
         });
     }
 }
@@ -363,7 +364,7 @@ impl Ledger {
                 result: Stored::Whole(result.clone()),
                 record,
             };
-            remember(merchant, command.key.clone(), receipt);
+            remember(merchant, ctx.key.clone(), receipt);
         }
         Ok(result)
     }
@@ -392,7 +393,7 @@ impl Ledger {
             result: Stored::Whole(result.clone()),
             record: Record::None,
         };
-        remember(&mut merchant, command.key.clone(), receipt);
+        remember(&mut merchant, Arc::new(command.key.clone()), receipt);
         self.merchants.insert(command.merchant.clone(), merchant);
         Ok(result)
     }
@@ -415,7 +416,7 @@ impl Ledger {
             merchant.program().version.hash(&mut hasher);
             merchant.clock.hash(&mut hasher);
             merchant.members.hash(&mut hasher);
-            let mut keys: Vec<&IdemKey> = merchant.receipts.keys().collect();
+            let mut keys: Vec<&Arc<IdemKey>> = merchant.receipts.keys().collect();
             keys.sort();
             keys.hash(&mut hasher);
         }
@@ -425,7 +426,7 @@ impl Ledger {
 
 /// Keeps a receipt; the result of the command that is now `RESULTS_KEPT_WHOLE` commands old
 /// is trimmed to its summary.
-fn remember(merchant: &mut Merchant, key: IdemKey, receipt: Receipt) {
+fn remember(merchant: &mut Merchant, key: Arc<IdemKey>, receipt: Receipt) {
     merchant.receipts.insert(key.clone(), receipt);
     merchant.recent_keys.push_back(key);
     if merchant.recent_keys.len() > RESULTS_KEPT_WHOLE {

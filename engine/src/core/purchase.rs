@@ -269,7 +269,7 @@ fn accrue(member: &mut super::Member, books: &mut Books, ctx: &Ctx, plan: &Plan)
             EntryKind::Accrual,
             *points,
             Some(rule),
-            vec![slice],
+            smallvec::smallvec![slice],
         );
     }
     Some(lot)
