@@ -2,11 +2,12 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use tally_engine::ingest::{Clock, Engine};
 use tally_engine::program::parse_and_compile;
 use tally_engine::replay::{Replayer, Stats};
 use tally_engine::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
@@ -42,6 +43,25 @@ enum Tool {
         #[arg(long)]
         results_out: Option<PathBuf>,
     },
+    /// Applies commands (JSON lines) durably: each result is written only after the command
+    /// is in the write-ahead log on disk. On start, recovers the state from the log.
+    Ingest {
+        /// The data directory (created if missing).
+        #[arg(long, default_value = "tally-data")]
+        data: PathBuf,
+        /// Programs installed on first start (logged); a version already installed is skipped.
+        #[arg(long = "program")]
+        programs: Vec<PathBuf>,
+        /// The command file, or `-` for standard input.
+        #[arg(long, default_value = "-")]
+        input: PathBuf,
+        /// `wall` (a live engine) or `event` (the latest event time: imports, comparisons with replay).
+        #[arg(long, default_value = "wall", value_parser = ["wall", "event"])]
+        clock: String,
+        /// Write the balances here when the input ends.
+        #[arg(long)]
+        balances_out: Option<PathBuf>,
+    },
     /// Validates program files and names each mistake with its place.
     CheckProgram {
         #[arg(required = true)]
@@ -68,6 +88,20 @@ fn main() -> Result<()> {
             balances_out,
             results_out,
         } => replay(&programs, &input, balances_out, results_out),
+        Tool::Ingest {
+            data,
+            programs,
+            input,
+            clock,
+            balances_out,
+        } => {
+            let clock = if clock == "event" {
+                Clock::Event
+            } else {
+                Clock::Wall
+            };
+            ingest(&data, &programs, &input, clock, balances_out)
+        }
         Tool::CheckProgram { files } => check_programs(&files),
         Tool::Demo {
             members,
@@ -134,6 +168,46 @@ fn replay(
     eprintln!("state digest {:032x}", replayer.ledger().digest());
     // Freeing millions of members one by one takes seconds; the process ends here anyway.
     std::mem::forget(replayer);
+    Ok(())
+}
+
+fn ingest(
+    data: &Path,
+    programs: &[PathBuf],
+    input: &Path,
+    clock: Clock,
+    balances_out: Option<PathBuf>,
+) -> Result<()> {
+    let texts = read_programs(programs)?;
+    let (mut engine, recovery) = Engine::open(data, clock)?;
+    eprintln!(
+        "recovered {} commands in {} batches ({} members) from {} in {:.3} s; state digest {:032x}",
+        recovery.commands,
+        recovery.batches,
+        recovery.members,
+        data.display(),
+        recovery.elapsed.as_secs_f64(),
+        recovery.digest
+    );
+    engine.install_programs(&texts)?;
+    let mut output = std::io::BufWriter::new(std::io::stdout().lock());
+    if input.as_os_str() == "-" {
+        engine.run(
+            BufReader::with_capacity(1 << 20, std::io::stdin()),
+            &mut output,
+        )?;
+    } else {
+        let file = File::open(input).with_context(|| format!("opening {}", input.display()))?;
+        engine.run(BufReader::with_capacity(1 << 20, file), &mut output)?;
+    }
+    if let Some(path) = balances_out {
+        tally_engine::replay::write_balances(
+            engine.ledger(),
+            BufWriter::new(File::create(&path)?),
+        )?;
+    }
+    eprintln!("state digest {:032x}", engine.ledger().digest());
+    std::mem::forget(engine);
     Ok(())
 }
 

@@ -179,41 +179,46 @@ impl Replayer {
     }
 
     /// Final balances as CSV, sorted by merchant and member.
-    pub fn write_balances(&self, mut out: impl Write) -> std::io::Result<()> {
-        writeln!(out, "merchant,member,aliases,points,available,pending,held,credit,credit_held,tier,points_earned,amount_spent,orders")?;
-        for merchant in self.ledger.merchants() {
-            let program = merchant.program();
-            for member in &merchant.members {
-                let aliases: Vec<String> = member
-                    .aliases
-                    .iter()
-                    .map(|alias| match alias {
-                        tally_protocol::Alias::Phone(phone) => phone.clone(),
-                        tally_protocol::Alias::Card(card) => format!("card:{card}"),
-                    })
-                    .collect();
-                let lifetime = member.counters.lifetime;
-                writeln!(
-                    out,
-                    "{},{},{},{},{},{},{},{},{},{},{},{},{}",
-                    merchant.name,
-                    member.id,
-                    aliases.join(";"),
-                    member.points,
-                    member.available_points(),
-                    member.pending_points,
-                    member.held_points,
-                    from_minor(member.credit_minor, program.minor_units),
-                    from_minor(member.held_credit_minor, program.minor_units),
-                    program.tier_id(member.tier).unwrap_or_default(),
-                    lifetime.points_earned,
-                    from_minor(lifetime.amount_spent_minor, program.minor_units),
-                    lifetime.orders,
-                )?;
-            }
-        }
-        Ok(())
+    pub fn write_balances(&self, out: impl Write) -> std::io::Result<()> {
+        write_balances(&self.ledger, out)
     }
+}
+
+/// Every member's balances as CSV, sorted by merchant and member.
+pub fn write_balances(ledger: &Ledger, mut out: impl Write) -> std::io::Result<()> {
+    writeln!(out, "merchant,member,aliases,points,available,pending,held,credit,credit_held,tier,points_earned,amount_spent,orders")?;
+    for merchant in ledger.merchants() {
+        let program = merchant.program();
+        for member in &merchant.members {
+            let aliases: Vec<String> = member
+                .aliases
+                .iter()
+                .map(|alias| match alias {
+                    tally_protocol::Alias::Phone(phone) => phone.clone(),
+                    tally_protocol::Alias::Card(card) => format!("card:{card}"),
+                })
+                .collect();
+            let lifetime = member.counters.lifetime;
+            writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                merchant.name,
+                member.id,
+                aliases.join(";"),
+                member.points,
+                member.available_points(),
+                member.pending_points,
+                member.held_points,
+                from_minor(member.credit_minor, program.minor_units),
+                from_minor(member.held_credit_minor, program.minor_units),
+                program.tier_id(member.tier).unwrap_or_default(),
+                lifetime.points_earned,
+                from_minor(lifetime.amount_spent_minor, program.minor_units),
+                lifetime.orders,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 type ParsedLine = (u64, Result<Command, tally_protocol::ParseError>);

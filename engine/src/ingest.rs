@@ -1,0 +1,326 @@
+//! The durable engine: the same core, with every change logged before it is acknowledged.
+//!
+//! Commands are read on one thread and applied in groups on another: the group is whatever
+//! arrived while the previous group was being committed (at most `MAX_GROUP_COMMANDS`), so it
+//! grows under load and a lone command is committed at once. A group's state-changing commands
+//! are written to the log in one durable transaction; only then are its results written out.
+//! An error while logging stops the engine: nothing that is not durable is acknowledged.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tally_protocol::{
+    parse_command_line, Body, Command, CommandKind, CommandResult, IdemKey, LoadProgram, Origin,
+    Reason, Status, ENGINE_ADMIN,
+};
+
+use crate::core::Ledger;
+use crate::log::{CommandLog, LogError, Logged};
+use crate::program::parse_and_compile;
+use crate::replay::tick_command;
+use crate::Timestamp;
+
+/// The most commands applied and committed as one group.
+pub const MAX_GROUP_COMMANDS: usize = 4096;
+/// Lines read ahead of the engine: bounds memory when the input is faster than the disk.
+pub const MAX_LINES_READ_AHEAD: usize = 16_384;
+
+/// Where the engine's time comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// The wall clock: a live engine.
+    Wall,
+    /// The latest event time seen: imports and tests, comparable with `tally replay`.
+    Event,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("reading commands: {0}")]
+    Input(std::io::Error),
+    #[error("writing results: {0}")]
+    Output(std::io::Error),
+    #[error("program: {0}")]
+    Program(String),
+}
+
+/// What recovery found.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    pub batches: u64,
+    pub commands: u64,
+    pub members: u64,
+    pub elapsed: Duration,
+    pub digest: u128,
+}
+
+pub struct Engine {
+    ledger: Ledger,
+    log: CommandLog,
+    clock: Clock,
+    now: Option<Timestamp>,
+    /// Programs to install at the first command's time (an event clock has no time before it).
+    pending_programs: Vec<String>,
+}
+
+impl Engine {
+    /// Opens the data directory and recovers the state by replaying the log, then checks it.
+    pub fn open(data: &Path, clock: Clock) -> Result<(Engine, Recovery), IngestError> {
+        let started = Instant::now();
+        std::fs::create_dir_all(data).map_err(|e| {
+            IngestError::Log(LogError::Storage {
+                path: data.display().to_string(),
+                message: e.to_string(),
+            })
+        })?;
+        let log = CommandLog::open(&data.join("log.redb"))?;
+        let mut ledger = Ledger::new();
+        let mut now = None;
+        let mut commands = 0u64;
+        let batches = log.replay(|logged| {
+            let result = ledger.apply_shared(&logged.command, logged.now);
+            ledger.clear_entries();
+            assert!(
+                matches!(result.status, Status::Applied(_)),
+                "a logged command must apply again on replay: {result:?}"
+            );
+            now = Some(now.map_or(logged.now, |t: Timestamp| t.max(logged.now)));
+            commands += 1;
+        })?;
+        ledger.verify();
+        let members = ledger.merchants().map(|m| m.members.len() as u64).sum();
+        let recovery = Recovery {
+            batches,
+            commands,
+            members,
+            elapsed: started.elapsed(),
+            digest: ledger.digest(),
+        };
+        Ok((
+            Engine {
+                ledger,
+                log,
+                clock,
+                now,
+                pending_programs: Vec::new(),
+            },
+            recovery,
+        ))
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// The engine time for a command: never earlier than any time already logged.
+    fn time_for(&mut self, at: Timestamp) -> Timestamp {
+        let source = match self.clock {
+            Clock::Wall => Utc::now(),
+            Clock::Event => at,
+        };
+        let now = self.now.map_or(source, |now| now.max(source));
+        self.now = Some(now);
+        now
+    }
+
+    /// Installs programs not installed yet (same or newer version already there: skipped),
+    /// logged as `load_program` commands so that the log alone rebuilds the state. With an
+    /// event clock and an empty log they are installed at the first command's time.
+    pub fn install_programs(&mut self, texts: &[String]) -> Result<(), IngestError> {
+        for text in texts {
+            let program =
+                parse_and_compile(text).map_err(|e| IngestError::Program(e.to_string()))?;
+            let installed = self
+                .ledger
+                .merchant(&program.merchant)
+                .map(|m| m.program().version);
+            if installed.is_none_or(|version| version < program.version) {
+                self.pending_programs.push(text.clone());
+            }
+        }
+        // An event clock has no time of its own: install at the recovered clock, or else at
+        // the first command's time.
+        let now = match (self.clock, self.now) {
+            (_, _) if self.pending_programs.is_empty() => return Ok(()),
+            (Clock::Wall, _) => self.time_for(Utc::now()),
+            (Clock::Event, Some(now)) => now,
+            (Clock::Event, None) => return Ok(()),
+        };
+        let mut group = Vec::new();
+        self.install_pending(now, &mut group)?;
+        Ok(self.log.append(&group)?)
+    }
+
+    fn install_pending(
+        &mut self,
+        now: Timestamp,
+        group: &mut Vec<Logged>,
+    ) -> Result<(), IngestError> {
+        for text in std::mem::take(&mut self.pending_programs) {
+            let text = &text;
+            let program =
+                parse_and_compile(text).map_err(|e| IngestError::Program(e.to_string()))?;
+            let command = Command {
+                merchant: program.merchant.clone(),
+                origin: Origin::Admin(ENGINE_ADMIN.into()),
+                key: IdemKey::Admin {
+                    admin: ENGINE_ADMIN.into(),
+                    txn: format!("program-{}-v{}", program.merchant, program.version),
+                },
+                at: now,
+                program_version: None,
+                body: Body::LoadProgram(LoadProgram {
+                    program: text.clone(),
+                }),
+            };
+            let result = self.ledger.apply_shared(&command, now);
+            if let Status::Rejected { message, .. } = &result.status {
+                return Err(IngestError::Program(message.clone()));
+            }
+            group.push(Logged { now, command });
+        }
+        self.ledger.clear_entries();
+        Ok(())
+    }
+
+    /// Reads commands until the end of `input`, writing each one's result after it is durable.
+    pub fn run(
+        &mut self,
+        input: impl BufRead + Send,
+        output: &mut impl Write,
+    ) -> Result<(), IngestError> {
+        std::thread::scope(|scope| {
+            let (sender, lines) = sync_channel(MAX_LINES_READ_AHEAD);
+            let reader = scope.spawn(move || -> std::io::Result<()> {
+                for (index, line) in input.lines().enumerate() {
+                    if sender.send((index as u64 + 1, line?)).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            });
+            let ran = self.apply_groups(&lines, output);
+            drop(lines);
+            let read = reader.join().expect("the reader thread does not panic");
+            ran?;
+            read.map_err(IngestError::Input)
+        })?;
+        self.finish()
+    }
+
+    fn apply_groups(
+        &mut self,
+        lines: &Receiver<(u64, String)>,
+        output: &mut impl Write,
+    ) -> Result<(), IngestError> {
+        let mut group = Vec::with_capacity(MAX_GROUP_COMMANDS);
+        while let Ok(first) = lines.recv() {
+            group.clear();
+            group.push(first);
+            while group.len() < MAX_GROUP_COMMANDS {
+                match lines.try_recv() {
+                    Ok(line) => group.push(line),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            self.apply_group(&group, output)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a group, logs what changed state in one durable write, then answers.
+    fn apply_group(
+        &mut self,
+        group: &[(u64, String)],
+        output: &mut impl Write,
+    ) -> Result<(), IngestError> {
+        let mut logged = Vec::with_capacity(group.len());
+        let mut results = Vec::with_capacity(group.len());
+        for (line_number, line) in group {
+            let trimmed = line.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            results.push(self.apply_line(*line_number, line, &mut logged));
+        }
+        self.log.append(&logged)?;
+        for result in &results {
+            writeln!(output, "{}", result.to_json_line()).map_err(IngestError::Output)?;
+        }
+        output.flush().map_err(IngestError::Output)
+    }
+
+    fn apply_line(
+        &mut self,
+        line_number: u64,
+        line: &str,
+        logged: &mut Vec<Logged>,
+    ) -> std::sync::Arc<CommandResult> {
+        let command = match parse_command_line(line) {
+            Ok(command) => command,
+            Err(error) => {
+                let key = error
+                    .key
+                    .as_ref()
+                    .map_or_else(|| format!("line:{line_number}"), IdemKey::text);
+                let merchant = error.merchant.clone().unwrap_or_default();
+                let message = format!("line {line_number}: {}", error.message);
+                return std::sync::Arc::new(CommandResult::rejected(
+                    &merchant,
+                    key,
+                    CommandKind::Unknown,
+                    Reason::Invalid,
+                    message,
+                ));
+            }
+        };
+        let now = self.time_for(command.at);
+        if !self.pending_programs.is_empty() {
+            self.install_pending(now, logged)
+                .expect("programs were checked when given");
+        }
+        self.tick_if_due(&command.merchant, now, logged);
+        let result = self.ledger.apply_shared(&command, now);
+        self.ledger.clear_entries();
+        // Only what changed the state is logged: rejections, duplicates and quotes are not.
+        if matches!(result.status, Status::Applied(_)) && command.kind() != CommandKind::Quote {
+            logged.push(Logged { now, command });
+        }
+        result
+    }
+
+    fn tick_if_due(&mut self, merchant: &str, now: Timestamp, logged: &mut Vec<Logged>) {
+        if self.ledger.due_at(merchant).is_some_and(|due| due <= now) {
+            let tick = tick_command(merchant, now);
+            let result = self.ledger.apply_shared(&tick, now);
+            assert!(
+                result.applied().is_some(),
+                "an engine tick is never rejected: {result:?}"
+            );
+            logged.push(Logged { now, command: tick });
+        }
+    }
+
+    /// At the end of input: time-driven work of every merchant up to the clock, logged.
+    fn finish(&mut self) -> Result<(), IngestError> {
+        let Some(now) = self.now else { return Ok(()) };
+        let names: Vec<String> = self
+            .ledger
+            .merchants()
+            .map(|m| m.name.to_string())
+            .collect();
+        let mut logged = Vec::new();
+        for name in names {
+            self.tick_if_due(&name, now, &mut logged);
+        }
+        self.ledger.clear_entries();
+        self.log.append(&logged)?;
+        self.ledger.verify();
+        Ok(())
+    }
+}

@@ -1,0 +1,251 @@
+//! The write-ahead log: the only module that knows redb.
+//!
+//! The log is a sequence of batches. A batch is one redb value holding many commands, each
+//! with the engine time it was applied at, written in one durable transaction: one fsync for
+//! the whole group, and large sequential values instead of a row per order. The format is in
+//! `docs/storage.md`.
+
+use std::path::Path;
+
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+use tally_protocol::{parse_command_line, Command};
+
+use crate::Timestamp;
+
+const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
+const MAGIC: [u8; 4] = *b"TLY1";
+const FORMAT_VERSION: u16 = 1;
+const HEADER_BYTES: usize = 4 + 2 + 4;
+const CHECKSUM_BYTES: usize = 8;
+/// A batch never exceeds this; larger groups are split before they reach the log.
+pub const MAX_BATCH_BYTES: usize = 64 << 20;
+
+/// One logged command and the engine time it was applied at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    pub now: Timestamp,
+    pub command: Command,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Reading or writing the log failed; nothing after the last durable batch is kept.
+    #[error("the log at {path} failed: {message}")]
+    Storage { path: String, message: String },
+    /// A batch does not read back as written: the engine refuses to guess.
+    #[error("the log is corrupt at batch {batch}: {what}")]
+    Corrupt { batch: u64, what: String },
+}
+
+pub struct CommandLog {
+    db: Database,
+    path: String,
+    next_batch: u64,
+}
+
+impl CommandLog {
+    /// Opens (or creates) the log file.
+    pub fn open(path: &Path) -> Result<CommandLog, LogError> {
+        let shown = path.display().to_string();
+        let storage = |error: &dyn std::fmt::Display| LogError::Storage {
+            path: shown.clone(),
+            message: error.to_string(),
+        };
+        let db = Database::create(path).map_err(|e| storage(&e))?;
+        let mut log = CommandLog {
+            db,
+            path: shown.clone(),
+            next_batch: 0,
+        };
+        let write = log.db.begin_write().map_err(|e| storage(&e))?;
+        write.open_table(BATCHES).map_err(|e| storage(&e))?;
+        write.commit().map_err(|e| storage(&e))?;
+        log.next_batch = log.last_batch()?.map_or(0, |last| last + 1);
+        Ok(log)
+    }
+
+    fn storage(&self, error: impl std::fmt::Display) -> LogError {
+        LogError::Storage {
+            path: self.path.clone(),
+            message: error.to_string(),
+        }
+    }
+
+    fn last_batch(&self) -> Result<Option<u64>, LogError> {
+        let read = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let table = read.open_table(BATCHES).map_err(|e| self.storage(e))?;
+        let last = table.last().map_err(|e| self.storage(e))?;
+        Ok(last.map(|(key, _)| key.value()))
+    }
+
+    pub fn batches(&self) -> u64 {
+        self.next_batch
+    }
+
+    /// Reads every batch in order and hands its commands to `visit`.
+    pub fn replay(&self, mut visit: impl FnMut(Logged)) -> Result<u64, LogError> {
+        let read = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let table = read.open_table(BATCHES).map_err(|e| self.storage(e))?;
+        let mut expected = 0u64;
+        for item in table.iter().map_err(|e| self.storage(e))? {
+            let (key, value) = item.map_err(|e| self.storage(e))?;
+            let batch = key.value();
+            if batch != expected {
+                return Err(LogError::Corrupt {
+                    batch,
+                    what: format!("batch {expected} is missing"),
+                });
+            }
+            for logged in decode(batch, value.value())? {
+                visit(logged);
+            }
+            expected += 1;
+        }
+        Ok(expected)
+    }
+
+    /// Appends one batch durably: when this returns `Ok`, the batch survives a crash. An
+    /// error means it may or may not be on disk; the caller must stop acknowledging.
+    pub fn append(&mut self, records: &[Logged]) -> Result<(), LogError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let bytes = encode(records);
+        assert!(
+            bytes.len() <= MAX_BATCH_BYTES,
+            "a batch over the size limit reached the log"
+        );
+        // Pair assertion: what is written must read back as the same commands.
+        debug_assert_eq!(
+            decode(self.next_batch, &bytes).expect("an encoded batch decodes"),
+            records
+        );
+        let mut write = self.db.begin_write().map_err(|e| self.storage(e))?;
+        write.set_durability(Durability::Immediate);
+        {
+            let mut table = write.open_table(BATCHES).map_err(|e| self.storage(e))?;
+            table
+                .insert(self.next_batch, bytes.as_slice())
+                .map_err(|e| self.storage(e))?;
+        }
+        write.commit().map_err(|e| self.storage(e))?;
+        self.next_batch += 1;
+        Ok(())
+    }
+}
+
+/// `TLY1`, format version (u16), count (u32), then per command: engine time in microseconds
+/// since the epoch (i64), JSON length (u32), the command's JSON; last an xxh3-64 checksum of
+/// everything before it. All integers little-endian.
+pub fn encode(records: &[Logged]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + records.len() * 320 + CHECKSUM_BYTES);
+    bytes.extend_from_slice(&MAGIC);
+    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for record in records {
+        let json = record.command.to_json_line();
+        bytes.extend_from_slice(&record.now.timestamp_micros().to_le_bytes());
+        bytes.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(json.as_bytes());
+    }
+    let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
+    bytes.extend_from_slice(&checksum.to_le_bytes());
+    bytes
+}
+
+pub fn decode(batch: u64, bytes: &[u8]) -> Result<Vec<Logged>, LogError> {
+    let corrupt = |what: &str| LogError::Corrupt {
+        batch,
+        what: what.to_string(),
+    };
+    if bytes.len() < HEADER_BYTES + CHECKSUM_BYTES {
+        return Err(corrupt("shorter than a header"));
+    }
+    let (body, tail) = bytes.split_at(bytes.len() - CHECKSUM_BYTES);
+    if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != tail {
+        return Err(corrupt("checksum mismatch"));
+    }
+    if body[..4] != MAGIC {
+        return Err(corrupt("not a tally log batch"));
+    }
+    let version = u16::from_le_bytes([body[4], body[5]]);
+    if version != FORMAT_VERSION {
+        return Err(corrupt(&format!(
+            "format version {version}, this engine reads {FORMAT_VERSION}"
+        )));
+    }
+    let count = u32::from_le_bytes(body[6..10].try_into().expect("4 bytes")) as usize;
+    let mut records = Vec::with_capacity(count.min(body.len() / 12));
+    let mut at = HEADER_BYTES;
+    for index in 0..count {
+        let header = body
+            .get(at..at + 12)
+            .ok_or_else(|| corrupt(&format!("command {index} is cut short")))?;
+        let micros = i64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes")) as usize;
+        at += 12;
+        let json = body
+            .get(at..at + len)
+            .ok_or_else(|| corrupt(&format!("command {index} is cut short")))?;
+        at += len;
+        let text = std::str::from_utf8(json)
+            .map_err(|_| corrupt(&format!("command {index} is not UTF-8")))?;
+        let command =
+            parse_command_line(text).map_err(|e| corrupt(&format!("command {index}: {e}")))?;
+        let now = chrono::DateTime::from_timestamp_micros(micros)
+            .ok_or_else(|| corrupt(&format!("command {index}: bad time")))?;
+        records.push(Logged { now, command });
+    }
+    if at != body.len() {
+        return Err(corrupt("bytes after the last command"));
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::{Workload, WorkloadConfig};
+
+    fn records(count: usize) -> Vec<Logged> {
+        Workload::new(WorkloadConfig::demo(100))
+            .take(count)
+            .map(|command| Logged {
+                now: command.at,
+                command,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_survive_reopening_in_order() {
+        let dir = std::env::temp_dir().join(format!("tally-log-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log.redb");
+        let written = records(50);
+        {
+            let mut log = CommandLog::open(&path).unwrap();
+            log.append(&written[..20]).unwrap();
+            log.append(&written[20..]).unwrap();
+        }
+        let log = CommandLog::open(&path).unwrap();
+        assert_eq!(log.batches(), 2);
+        let mut read = Vec::new();
+        assert_eq!(log.replay(|logged| read.push(logged)).unwrap(), 2);
+        assert_eq!(read, written);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_batch_is_reported_with_its_place() {
+        let mut bytes = encode(&records(3));
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        let error = decode(7, &bytes).unwrap_err().to_string();
+        assert!(
+            error.contains("batch 7") && error.contains("checksum"),
+            "{error}"
+        );
+        assert!(decode(7, &bytes[..5]).is_err());
+    }
+}
