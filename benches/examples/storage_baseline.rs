@@ -1,0 +1,122 @@
+//! The limits under durable ingest, measured in one run on one disk, and ingest itself:
+//! fsync rate, redb single-key durable commits, redb 1,000-key batches, large sequential
+//! values, and `tally ingest`'s durable commands/s, so each figure is also a ratio.
+//! `cargo run --release -p tally-benches --example storage_baseline -- [dir] [commands]`
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use redb::{Database, Durability, TableDefinition};
+use tally_engine::ingest::{Clock, Engine};
+use tally_engine::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
+/// Each measurement runs about this long.
+const SPAN: Duration = Duration::from_secs(3);
+/// A command's JSON form is about this long (the demo workload's average).
+const COMMAND_BYTES: usize = 380;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let dir = PathBuf::from(args.next().unwrap_or_else(|| "storage-baseline".into()));
+    let commands: usize = args
+        .next()
+        .map_or(200_000, |n| n.parse().expect("a number"));
+    std::fs::create_dir_all(&dir).expect("folder");
+    println!("{:<52} {:>14}", "measurement (one thread)", "per second");
+    report("fsync of a 4 KiB write", fsyncs(&dir), "fsyncs");
+    report(
+        "redb: one key per durable commit",
+        redb_commits(&dir, 1, 100),
+        "commits",
+    );
+    report(
+        "redb: 1,000 keys of 380 B per durable commit",
+        redb_commits(&dir, 1000, COMMAND_BYTES),
+        "keys",
+    );
+    report(
+        "redb: one 1,000-command value per durable commit",
+        redb_commits(&dir, 1, 1000 * COMMAND_BYTES) * 1000.0,
+        "commands",
+    );
+    report(
+        "tally ingest (demo commands, event clock)",
+        ingest(&dir, commands),
+        "commands",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn report(what: &str, per_second: f64, unit: &str) {
+    println!("{what:<52} {per_second:>14.0} {unit}");
+}
+
+/// Repeats `step` for about `SPAN` and returns steps per second.
+fn rate(mut step: impl FnMut()) -> f64 {
+    let started = Instant::now();
+    let mut steps = 0u64;
+    while started.elapsed() < SPAN {
+        step();
+        steps += 1;
+    }
+    steps as f64 / started.elapsed().as_secs_f64()
+}
+
+fn fsyncs(dir: &Path) -> f64 {
+    let mut file = std::fs::File::create(dir.join("fsync.bin")).expect("file");
+    let page = [7u8; 4096];
+    rate(|| {
+        file.write_all(&page).expect("write");
+        file.sync_data().expect("fsync");
+    })
+}
+
+/// Durable commits of `keys` keys of `bytes` bytes each; returns keys per second.
+fn redb_commits(dir: &Path, keys: usize, bytes: usize) -> f64 {
+    let path = dir.join(format!("redb-{keys}-{bytes}.redb"));
+    let _ = std::fs::remove_file(&path);
+    let db = Database::create(&path).expect("database");
+    let value = vec![42u8; bytes];
+    let mut next = 0u64;
+    let commits = rate(|| {
+        let mut write = db.begin_write().expect("write");
+        write.set_durability(Durability::Immediate);
+        {
+            let mut table = write.open_table(TABLE).expect("table");
+            for _ in 0..keys {
+                // Scattered keys, as order ids would be.
+                next = next.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                table.insert(next, value.as_slice()).expect("insert");
+            }
+        }
+        write.commit().expect("commit");
+    });
+    commits * keys as f64
+}
+
+fn ingest(dir: &Path, count: usize) -> f64 {
+    let data = dir.join("ingest");
+    let _ = std::fs::remove_dir_all(&data);
+    let mut input = Vec::with_capacity(count * COMMAND_BYTES);
+    for command in Workload::new(WorkloadConfig::demo(100_000)).take(count) {
+        input.extend_from_slice(command.to_json_line().as_bytes());
+        input.push(b'\n');
+    }
+    let (mut engine, _) = Engine::open(&data, Clock::Event).expect("engine");
+    engine
+        .install_programs(&[DEMO_PROGRAM.to_string()])
+        .expect("program");
+    let mut results = std::io::sink();
+    let started = Instant::now();
+    engine
+        .run(std::io::Cursor::new(input), &mut results)
+        .expect("ingest");
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    std::mem::forget(engine);
+    rate
+}
