@@ -78,7 +78,15 @@ impl Engine {
                 message: e.to_string(),
             })
         })?;
-        let log = CommandLog::open(&data.join("log.redb"))?;
+        Engine::open_log(CommandLog::open(&data.join("log.redb"))?, clock, started)
+    }
+
+    /// Recovers from an opened log (`CommandLog::open_faulty` in tests of IO faults).
+    pub fn open_log(
+        log: CommandLog,
+        clock: Clock,
+        started: Instant,
+    ) -> Result<(Engine, Recovery), IngestError> {
         let mut ledger = Ledger::new();
         let mut now = None;
         let mut commands = 0u64;

@@ -7,7 +7,11 @@
 
 use std::path::Path;
 
-use redb::{Database, Durability, ReadableTable, TableDefinition};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use redb::backends::FileBackend;
+use redb::{Builder, Database, Durability, ReadableTable, StorageBackend, TableDefinition};
 use tally_protocol::{parse_command_line, Command};
 
 use crate::Timestamp;
@@ -46,15 +50,31 @@ pub struct CommandLog {
 impl CommandLog {
     /// Opens (or creates) the log file.
     pub fn open(path: &Path) -> Result<CommandLog, LogError> {
-        let shown = path.display().to_string();
-        let storage = |error: &dyn std::fmt::Display| LogError::Storage {
-            path: shown.clone(),
-            message: error.to_string(),
-        };
-        let db = Database::create(path).map_err(|e| storage(&e))?;
+        let db = Database::create(path).map_err(|e| storage_error(path, &e))?;
+        CommandLog::start(db, path)
+    }
+
+    /// Opens the log on a disk that fails on cue (see `Faults`): tests of the fail-stop path.
+    pub fn open_faulty(path: &Path, faults: Faults) -> Result<CommandLog, LogError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| storage_error(path, &e))?;
+        let file = FileBackend::new(file).map_err(|e| storage_error(path, &e))?;
+        let db = Builder::new()
+            .create_with_backend(FaultyDisk { file, faults })
+            .map_err(|e| storage_error(path, &e))?;
+        CommandLog::start(db, path)
+    }
+
+    fn start(db: Database, path: &Path) -> Result<CommandLog, LogError> {
+        let storage = |error: &dyn std::fmt::Display| storage_error(path, error);
         let mut log = CommandLog {
             db,
-            path: shown.clone(),
+            path: path.display().to_string(),
             next_batch: 0,
         };
         let write = log.db.begin_write().map_err(|e| storage(&e))?;
@@ -131,6 +151,76 @@ impl CommandLog {
         write.commit().map_err(|e| self.storage(e))?;
         self.next_batch += 1;
         Ok(())
+    }
+}
+
+fn storage_error(path: &Path, error: &dyn std::fmt::Display) -> LogError {
+    LogError::Storage {
+        path: path.display().to_string(),
+        message: error.to_string(),
+    }
+}
+
+/// Switches for a disk that misbehaves on cue: every fsync fails, or every write finds the
+/// disk full. Shared with the log opened by `CommandLog::open_faulty`.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    failing_syncs: Arc<AtomicBool>,
+    full: Arc<AtomicBool>,
+}
+
+impl Faults {
+    pub fn fail_syncs(&self, on: bool) {
+        self.failing_syncs.store(on, Ordering::SeqCst);
+    }
+
+    pub fn fill_disk(&self, on: bool) {
+        self.full.store(on, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug)]
+struct FaultyDisk {
+    file: FileBackend,
+    faults: Faults,
+}
+
+impl FaultyDisk {
+    fn check_space(&self) -> Result<(), std::io::Error> {
+        const NO_SPACE_LEFT: i32 = 28; // ENOSPC
+        match self.faults.full.load(Ordering::SeqCst) {
+            true => Err(std::io::Error::from_raw_os_error(NO_SPACE_LEFT)),
+            false => Ok(()),
+        }
+    }
+}
+
+impl StorageBackend for FaultyDisk {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.file.len()
+    }
+
+    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, std::io::Error> {
+        self.file.read(offset, len)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        if len > self.file.len()? {
+            self.check_space()?;
+        }
+        self.file.set_len(len)
+    }
+
+    fn sync_data(&self, eventual: bool) -> Result<(), std::io::Error> {
+        if self.faults.failing_syncs.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("fsync failed (injected)"));
+        }
+        self.file.sync_data(eventual)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.check_space()?;
+        self.file.write(offset, data)
     }
 }
 
