@@ -1,6 +1,8 @@
 //! Applies purchases to a populated ledger and prints the rate, outside criterion: handy
 //! under a profiler (`perf record -D <ms after set-up>`).
 //! `cargo run --release -p tally-benches --example apply_rate -- [members] [purchases]`
+// Floats here are rates for display, never money.
+#![allow(clippy::float_arithmetic)]
 
 use std::time::Instant;
 

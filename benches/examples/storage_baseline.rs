@@ -2,6 +2,8 @@
 //! fsync rate, redb single-key durable commits, redb 1,000-key batches, large sequential
 //! values, and `tally ingest`'s durable commands/s, so each figure is also a ratio.
 //! `cargo run --release -p tally-benches --example storage_baseline -- [dir] [commands]`
+// Floats here are rates for display, never money.
+#![allow(clippy::float_arithmetic)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

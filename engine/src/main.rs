@@ -211,6 +211,8 @@ fn ingest(
     Ok(())
 }
 
+// A rate for display: the only float in the engine, never money.
+#[allow(clippy::float_arithmetic)]
 fn summary(stats: &Stats, elapsed: std::time::Duration) -> String {
     let rate = stats.commands as f64 / elapsed.as_secs_f64().max(1e-9);
     let mut text = format!(

@@ -396,7 +396,7 @@ impl Member {
     pub fn expire(&mut self, now: Timestamp) -> Vec<Slice> {
         let mut expired = Vec::new();
         while let Some(lot) = self.lots.front() {
-            if !lot.expires_at.is_some_and(|at| at <= now) {
+            if lot.expires_at.is_none_or(|at| at > now) {
                 break;
             }
             let lot = self.lots.pop_front().expect("front exists");
