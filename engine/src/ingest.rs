@@ -199,25 +199,26 @@ impl Engine {
     /// Reads commands until the end of `input`, writing each one's result after it is durable.
     pub fn run(
         &mut self,
-        input: impl BufRead + Send,
+        input: impl BufRead + Send + 'static,
         output: &mut impl Write,
     ) -> Result<(), IngestError> {
-        std::thread::scope(|scope| {
-            let (sender, lines) = sync_channel(MAX_LINES_READ_AHEAD);
-            let reader = scope.spawn(move || -> std::io::Result<()> {
-                for (index, line) in input.lines().enumerate() {
-                    if sender.send((index as u64 + 1, line?)).is_err() {
-                        break;
-                    }
+        let (sender, lines) = sync_channel(MAX_LINES_READ_AHEAD);
+        // Detached: after a failed commit the engine stops at once, even while the reader
+        // waits for a line on a terminal or a pipe.
+        let reader = std::thread::spawn(move || -> std::io::Result<()> {
+            for (index, line) in input.lines().enumerate() {
+                if sender.send((index as u64 + 1, line?)).is_err() {
+                    break;
                 }
-                Ok(())
-            });
-            let ran = self.apply_groups(&lines, output);
-            drop(lines);
-            let read = reader.join().expect("the reader thread does not panic");
-            ran?;
-            read.map_err(IngestError::Input)
-        })?;
+            }
+            Ok(())
+        });
+        self.apply_groups(&lines, output)?;
+        // The channel is closed: the reader has finished.
+        reader
+            .join()
+            .expect("the reader thread does not panic")
+            .map_err(IngestError::Input)?;
         self.finish()
     }
 
