@@ -9,18 +9,19 @@
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tally_protocol::{
     parse_command_line, Body, Command, CommandKind, CommandResult, IdemKey, LoadProgram, Origin,
-    Reason, Status, ENGINE_ADMIN,
+    Status, ENGINE_ADMIN,
 };
 
 use crate::core::Ledger;
 use crate::log::{CommandLog, LogError, Logged};
 use crate::program::parse_and_compile;
-use crate::replay::tick_command;
+use crate::replay::{parse_rejection, tick_if_due};
 use crate::Timestamp;
 
 /// The most commands applied and committed as one group.
@@ -59,13 +60,20 @@ pub struct Recovery {
     pub digest: u128,
 }
 
+/// A program given on the command line, checked and waiting to be installed.
+struct PendingProgram {
+    text: String,
+    merchant: String,
+    version: u32,
+}
+
 pub struct Engine {
     ledger: Ledger,
     log: CommandLog,
     clock: Clock,
     now: Option<Timestamp>,
     /// Programs to install at the first command's time (an event clock has no time before it).
-    pending_programs: Vec<String>,
+    pending_programs: Vec<PendingProgram>,
 }
 
 impl Engine {
@@ -148,7 +156,12 @@ impl Engine {
                 .merchant(&program.merchant)
                 .map(|m| m.program().version);
             if installed.is_none_or(|version| version < program.version) {
-                self.pending_programs.push(text.clone());
+                let (merchant, version) = (program.merchant, program.version);
+                self.pending_programs.push(PendingProgram {
+                    text: text.clone(),
+                    merchant,
+                    version,
+                });
             }
         }
         // An event clock has no time of its own: install at the recovered clock, or else at
@@ -169,22 +182,22 @@ impl Engine {
         now: Timestamp,
         group: &mut Vec<Logged>,
     ) -> Result<(), IngestError> {
-        for text in std::mem::take(&mut self.pending_programs) {
-            let text = &text;
-            let program =
-                parse_and_compile(text).map_err(|e| IngestError::Program(e.to_string()))?;
+        for PendingProgram {
+            text,
+            merchant,
+            version,
+        } in std::mem::take(&mut self.pending_programs)
+        {
             let command = Command {
-                merchant: program.merchant.clone(),
-                origin: Origin::Admin(ENGINE_ADMIN.into()),
                 key: IdemKey::Admin {
                     admin: ENGINE_ADMIN.into(),
-                    txn: format!("program-{}-v{}", program.merchant, program.version),
+                    txn: format!("program-{merchant}-v{version}"),
                 },
+                merchant,
+                origin: Origin::Admin(ENGINE_ADMIN.into()),
                 at: now,
                 program_version: None,
-                body: Body::LoadProgram(LoadProgram {
-                    program: text.clone(),
-                }),
+                body: Body::LoadProgram(LoadProgram { program: text }),
             };
             let result = self.ledger.apply_shared(&command, now);
             if let Status::Rejected { message, .. } = &result.status {
@@ -269,24 +282,10 @@ impl Engine {
         line_number: u64,
         line: &str,
         logged: &mut Vec<Logged>,
-    ) -> std::sync::Arc<CommandResult> {
+    ) -> Arc<CommandResult> {
         let command = match parse_command_line(line) {
             Ok(command) => command,
-            Err(error) => {
-                let key = error
-                    .key
-                    .as_ref()
-                    .map_or_else(|| format!("line:{line_number}"), IdemKey::text);
-                let merchant = error.merchant.clone().unwrap_or_default();
-                let message = format!("line {line_number}: {}", error.message);
-                return std::sync::Arc::new(CommandResult::rejected(
-                    &merchant,
-                    key,
-                    CommandKind::Unknown,
-                    Reason::Invalid,
-                    message,
-                ));
-            }
+            Err(error) => return Arc::new(parse_rejection(line_number, &error)),
         };
         let now = self.time_for(command.at);
         if !self.pending_programs.is_empty() {
@@ -304,13 +303,7 @@ impl Engine {
     }
 
     fn tick_if_due(&mut self, merchant: &str, now: Timestamp, logged: &mut Vec<Logged>) {
-        if self.ledger.due_at(merchant).is_some_and(|due| due <= now) {
-            let tick = tick_command(merchant, now);
-            let result = self.ledger.apply_shared(&tick, now);
-            assert!(
-                result.applied().is_some(),
-                "an engine tick is never rejected: {result:?}"
-            );
+        if let Some((tick, _)) = tick_if_due(&mut self.ledger, merchant, now) {
             logged.push(Logged { now, command: tick });
         }
     }

@@ -6,6 +6,7 @@
 //! every merchant is ticked to the final clock: the same commands the live engine would log.
 
 use std::io::{BufRead, Write};
+use std::sync::Arc;
 
 use tally_protocol::{
     parse_command_line, Body, Command, CommandKind, CommandResult, IdemKey, Origin, Reason, Status,
@@ -75,10 +76,6 @@ impl Replayer {
         &self.ledger
     }
 
-    pub fn ledger_mut(&mut self) -> &mut Ledger {
-        &mut self.ledger
-    }
-
     fn advance_clock(&mut self, at: Timestamp) -> Timestamp {
         let now = self.now.map_or(at, |now| now.max(at));
         if self.now.is_none() {
@@ -125,13 +122,8 @@ impl Replayer {
         now: Timestamp,
         out: &mut impl FnMut(&CommandResult),
     ) {
-        if self.ledger.due_at(merchant).is_some_and(|due| due <= now) {
-            let result = self.ledger.apply_shared(&tick_command(merchant, now), now);
+        if let Some((_, result)) = tick_if_due(&mut self.ledger, merchant, now) {
             self.ledger.clear_entries();
-            assert!(
-                result.applied().is_some(),
-                "an engine tick is never rejected: {result:?}"
-            );
             self.stats.count(&result);
             out(&result);
         }
@@ -247,6 +239,25 @@ fn parse_lines(
     Ok(())
 }
 
+/// Does the merchant's time-driven work due by `now` with an engine-issued tick, if any is
+/// due; returns the tick and its result.
+pub fn tick_if_due(
+    ledger: &mut Ledger,
+    merchant: &str,
+    now: Timestamp,
+) -> Option<(Command, Arc<CommandResult>)> {
+    if ledger.due_at(merchant).is_none_or(|due| due > now) {
+        return None;
+    }
+    let tick = tick_command(merchant, now);
+    let result = ledger.apply_shared(&tick, now);
+    assert!(
+        result.applied().is_some(),
+        "an engine tick is never rejected: {result:?}"
+    );
+    Some((tick, result))
+}
+
 /// The command the engine issues to do time-driven work for `merchant` up to `now`.
 pub fn tick_command(merchant: &str, now: Timestamp) -> Command {
     Command {
@@ -262,7 +273,11 @@ pub fn tick_command(merchant: &str, now: Timestamp) -> Command {
     }
 }
 
-fn parse_rejection(line_number: u64, error: &tally_protocol::ParseError) -> CommandResult {
+/// The rejection of a line that could not be read as a command.
+pub(crate) fn parse_rejection(
+    line_number: u64,
+    error: &tally_protocol::ParseError,
+) -> CommandResult {
     let key = error
         .key
         .as_ref()

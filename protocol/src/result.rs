@@ -63,14 +63,6 @@ impl CommandResult {
         }
     }
 
-    pub fn status_name(&self) -> &'static str {
-        match &self.status {
-            Status::Applied(_) => "applied",
-            Status::Duplicate { .. } => "duplicate",
-            Status::Rejected { .. } => "rejected",
-        }
-    }
-
     pub fn to_json_line(&self) -> String {
         serde_json::to_string(self).expect("results always serialise")
     }
