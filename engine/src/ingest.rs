@@ -7,7 +7,7 @@
 //! An error while logging stops the engine: nothing that is not durable is acknowledged.
 
 use std::io::{BufRead, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use tally_protocol::{
     Status, ENGINE_ADMIN,
 };
 
+use crate::checkpoint::{self, CheckpointError};
 use crate::core::Ledger;
 use crate::log::{CommandLog, LogError, Logged};
 use crate::program::parse_and_compile;
@@ -28,6 +29,8 @@ use crate::Timestamp;
 pub const MAX_GROUP_COMMANDS: usize = 4096;
 /// Lines read ahead of the engine: bounds memory when the input is faster than the disk.
 pub const MAX_LINES_READ_AHEAD: usize = 16_384;
+/// A checkpoint is taken after this many logged commands (and when the input ends).
+pub const CHECKPOINT_EVERY_COMMANDS: u64 = 1_000_000;
 
 /// Where the engine's time comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,16 +51,39 @@ pub enum IngestError {
     Output(std::io::Error),
     #[error("program: {0}")]
     Program(String),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
 }
 
 /// What recovery found.
 #[derive(Debug, Clone)]
 pub struct Recovery {
+    /// The checkpoint loaded, if there was one.
+    pub checkpoint: Option<CheckpointLoaded>,
+    /// Batches and commands replayed from the log (after the checkpoint).
     pub batches: u64,
     pub commands: u64,
     pub members: u64,
     pub elapsed: Duration,
     pub digest: u128,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckpointLoaded {
+    pub last_batch: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// Checkpoints taken while ingesting: at most one being written at a time, on its own thread.
+struct Checkpoints {
+    dir: PathBuf,
+    every_commands: u64,
+    commands_since: u64,
+    /// The writer's answer: the last batch the new checkpoint covers, once it is durable.
+    in_flight: Option<Receiver<Result<u64, CheckpointError>>>,
+    /// Background checkpoints that failed (the log kept everything; the next one retries).
+    failed: Vec<String>,
 }
 
 /// A program given on the command line, checked and waiting to be installed.
@@ -74,10 +100,12 @@ pub struct Engine {
     now: Option<Timestamp>,
     /// Programs to install at the first command's time (an event clock has no time before it).
     pending_programs: Vec<PendingProgram>,
+    checkpoints: Checkpoints,
 }
 
 impl Engine {
-    /// Opens the data directory and recovers the state by replaying the log, then checks it.
+    /// Opens the data directory and recovers the state: the last checkpoint, then the log
+    /// after it; then checks it.
     pub fn open(data: &Path, clock: Clock) -> Result<(Engine, Recovery), IngestError> {
         let started = Instant::now();
         std::fs::create_dir_all(data).map_err(|e| {
@@ -86,19 +114,32 @@ impl Engine {
                 message: e.to_string(),
             })
         })?;
-        Engine::open_log(CommandLog::open(&data.join("log.redb"))?, clock, started)
+        let log = CommandLog::open(&data.join("log.redb"))?;
+        Engine::open_log(data, log, clock, started)
     }
 
-    /// Recovers from an opened log (`CommandLog::open_faulty` in tests of IO faults).
+    /// Recovers from the checkpoint in `data` and an opened log (`CommandLog::open_faulty` in
+    /// tests of IO faults).
     pub fn open_log(
+        data: &Path,
         log: CommandLog,
         clock: Clock,
         started: Instant,
     ) -> Result<(Engine, Recovery), IngestError> {
-        let mut ledger = Ledger::new();
-        let mut now = None;
+        let (mut ledger, mut now, loaded) = match checkpoint::read(data)? {
+            Some(found) => {
+                let loaded = CheckpointLoaded {
+                    last_batch: found.last_batch,
+                    bytes: found.bytes,
+                    elapsed: started.elapsed(),
+                };
+                (found.ledger, found.now, Some(loaded))
+            }
+            None => (Ledger::new(), None, None),
+        };
         let mut commands = 0u64;
-        let batches = log.replay(|logged| {
+        let last_applied = loaded.as_ref().map(|c| c.last_batch);
+        let batches = log.replay_after(last_applied, |logged| {
             let result = ledger.apply_shared(&logged.command, logged.now);
             ledger.clear_entries();
             assert!(
@@ -111,22 +152,47 @@ impl Engine {
         ledger.verify();
         let members = ledger.merchants().map(|m| m.members.len() as u64).sum();
         let recovery = Recovery {
+            checkpoint: loaded,
             batches,
             commands,
             members,
             elapsed: started.elapsed(),
             digest: ledger.digest(),
         };
-        Ok((
-            Engine {
-                ledger,
-                log,
-                clock,
-                now,
-                pending_programs: Vec::new(),
-            },
-            recovery,
-        ))
+        let checkpoints = Checkpoints {
+            dir: data.to_path_buf(),
+            every_commands: CHECKPOINT_EVERY_COMMANDS,
+            commands_since: commands,
+            in_flight: None,
+            failed: Vec::new(),
+        };
+        let engine = Engine {
+            ledger,
+            log,
+            clock,
+            now,
+            pending_programs: Vec::new(),
+            checkpoints,
+        };
+        Ok((engine, recovery))
+    }
+
+    /// Background checkpoints that failed so far, with why.
+    pub fn failed_checkpoints(&self) -> &[String] {
+        &self.checkpoints.failed
+    }
+
+    /// Takes a checkpoint after this many logged commands; 0 takes none at all (recovery
+    /// then replays the whole log).
+    pub fn set_checkpoint_every(&mut self, commands: u64) {
+        self.checkpoints.every_commands = commands;
+    }
+
+    /// Closes the log (after any checkpoint being written) and hands back the state; the
+    /// data directory can then be opened again.
+    pub fn close(mut self) -> Result<Ledger, IngestError> {
+        self.collect_checkpoint(true)?;
+        Ok(self.ledger)
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -271,6 +337,8 @@ impl Engine {
             results.push(self.apply_line(*line_number, line, &mut logged));
         }
         self.log.append(&logged)?;
+        self.checkpoints.commands_since += logged.len() as u64;
+        self.checkpoint_if_due()?;
         for result in &results {
             writeln!(output, "{}", result.to_json_line()).map_err(IngestError::Output)?;
         }
@@ -308,7 +376,8 @@ impl Engine {
         }
     }
 
-    /// At the end of input: time-driven work of every merchant up to the clock, logged.
+    /// At the end of input: time-driven work of every merchant up to the clock, logged, and
+    /// a checkpoint of everything so the next start is quick.
     fn finish(&mut self) -> Result<(), IngestError> {
         let Some(now) = self.now else { return Ok(()) };
         let names: Vec<String> = self
@@ -322,7 +391,76 @@ impl Engine {
         }
         self.ledger.clear_entries();
         self.log.append(&logged)?;
+        self.checkpoints.commands_since += logged.len() as u64;
         self.ledger.verify();
+        self.checkpoint_now()
+    }
+
+    /// Starts a checkpoint in the background when enough commands were logged since the last
+    /// one, and compacts the log once a checkpoint is durable.
+    fn checkpoint_if_due(&mut self) -> Result<(), IngestError> {
+        self.collect_checkpoint(false)?;
+        let every = self.checkpoints.every_commands;
+        let due = every > 0 && self.checkpoints.commands_since >= every;
+        if due && self.checkpoints.in_flight.is_none() {
+            self.start_checkpoint();
+        }
         Ok(())
+    }
+
+    /// Takes a checkpoint of the state as it is now (unless checkpoints are off) and waits
+    /// until it is durable.
+    pub fn checkpoint_now(&mut self) -> Result<(), IngestError> {
+        self.collect_checkpoint(true)?;
+        if self.checkpoints.every_commands > 0 && self.checkpoints.commands_since > 0 {
+            self.start_checkpoint();
+            self.collect_checkpoint(true)?;
+        }
+        Ok(())
+    }
+
+    /// Serialises the state here, between groups (the only pause), and writes it on a
+    /// thread of its own.
+    fn start_checkpoint(&mut self) {
+        let Some(last_batch) = self.log.batches().checked_sub(1) else {
+            return;
+        };
+        let bytes = checkpoint::encode(&self.ledger, last_batch, self.now);
+        let dir = self.checkpoints.dir.clone();
+        let (answer, in_flight) = sync_channel(1);
+        std::thread::spawn(move || {
+            let written = checkpoint::write(&dir, &bytes).map(|()| last_batch);
+            // The engine may have stopped; then nobody waits for the answer.
+            let _ = answer.send(written);
+        });
+        self.checkpoints.in_flight = Some(in_flight);
+        self.checkpoints.commands_since = 0;
+    }
+
+    /// Takes the answer of a checkpoint being written, waiting for it or not. A durable
+    /// checkpoint lets the log drop the batches before its last one. A failed one loses
+    /// nothing (the log still has every batch) and is retried at the next occasion.
+    fn collect_checkpoint(&mut self, wait: bool) -> Result<(), IngestError> {
+        let Some(in_flight) = &self.checkpoints.in_flight else {
+            return Ok(());
+        };
+        let answer = match wait {
+            true => in_flight.recv().ok(),
+            false => match in_flight.try_recv() {
+                Ok(answer) => Some(answer),
+                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Disconnected) => None,
+            },
+        };
+        self.checkpoints.in_flight = None;
+        match answer {
+            Some(Ok(last_batch)) => Ok(self.log.compact_before(last_batch)?),
+            Some(Err(error)) if wait => Err(error.into()),
+            Some(Err(error)) => {
+                self.checkpoints.failed.push(error.to_string());
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 }

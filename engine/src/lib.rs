@@ -6,6 +6,7 @@ pub mod money;
 pub mod program;
 
 pub use tally_protocol::Timestamp;
+pub mod checkpoint;
 pub mod ingest;
 pub mod log;
 pub mod replay;

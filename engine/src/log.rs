@@ -103,11 +103,34 @@ impl CommandLog {
     }
 
     /// Reads every batch in order and hands its commands to `visit`.
-    pub fn replay(&self, mut visit: impl FnMut(Logged)) -> Result<u64, LogError> {
+    pub fn replay(&self, visit: impl FnMut(Logged)) -> Result<u64, LogError> {
+        self.replay_after(None, visit)
+    }
+
+    /// Reads, in order, every batch after `last_applied` (a checkpoint's last batch; `None`:
+    /// all of them) and hands its commands to `visit`. Returns how many batches it read.
+    /// Batches at or before `last_applied` that compaction has not removed yet are skipped;
+    /// a gap anywhere after it is corruption.
+    pub fn replay_after(
+        &self,
+        last_applied: Option<u64>,
+        mut visit: impl FnMut(Logged),
+    ) -> Result<u64, LogError> {
+        let first = last_applied.map_or(0, |last| last + 1);
+        if first > self.next_batch {
+            return Err(LogError::Corrupt {
+                batch: self.next_batch,
+                what: format!(
+                    "the checkpoint covers batches up to {}, but the log ends before {}",
+                    first - 1,
+                    self.next_batch
+                ),
+            });
+        }
         let read = self.db.begin_read().map_err(|e| self.storage(e))?;
         let table = read.open_table(BATCHES).map_err(|e| self.storage(e))?;
-        let mut expected = 0u64;
-        for item in table.iter().map_err(|e| self.storage(e))? {
+        let mut expected = first;
+        for item in table.range(first..).map_err(|e| self.storage(e))? {
             let (key, value) = item.map_err(|e| self.storage(e))?;
             let batch = key.value();
             if batch != expected {
@@ -121,7 +144,29 @@ impl CommandLog {
             }
             expected += 1;
         }
-        Ok(expected)
+        Ok(expected - first)
+    }
+
+    /// Removes the batches before `batch` (a durable checkpoint holds their effects). The
+    /// batch itself stays, so the log never runs behind the checkpoint.
+    pub fn compact_before(&mut self, batch: u64) -> Result<(), LogError> {
+        let mut write = self.db.begin_write().map_err(|e| self.storage(e))?;
+        write.set_durability(Durability::Immediate);
+        {
+            let mut table = write.open_table(BATCHES).map_err(|e| self.storage(e))?;
+            table
+                .retain_in(..batch, |_, _| false)
+                .map_err(|e| self.storage(e))?;
+        }
+        write.commit().map_err(|e| self.storage(e))
+    }
+
+    /// The number of the first batch still in the log, if any.
+    pub fn first_batch(&self) -> Result<Option<u64>, LogError> {
+        let read = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let table = read.open_table(BATCHES).map_err(|e| self.storage(e))?;
+        let first = table.first().map_err(|e| self.storage(e))?;
+        Ok(first.map(|(key, _)| key.value()))
     }
 
     /// Appends one batch durably: when this returns `Ok`, the batch survives a crash. An

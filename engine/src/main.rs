@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use tally_engine::ingest::{Clock, Engine};
+use tally_engine::ingest::{Clock, Engine, Recovery};
 use tally_engine::program::parse_and_compile;
 use tally_engine::replay::{Replayer, Stats};
 use tally_engine::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
@@ -61,6 +61,10 @@ enum Tool {
         /// Write the balances here when the input ends.
         #[arg(long)]
         balances_out: Option<PathBuf>,
+        /// Take a checkpoint (and compact the log) after this many logged commands; one is
+        /// also taken when the input ends. 0: none (recovery replays the whole log).
+        #[arg(long, default_value_t = tally_engine::ingest::CHECKPOINT_EVERY_COMMANDS)]
+        checkpoint_every: u64,
     },
     /// Validates program files and names each mistake with its place.
     CheckProgram {
@@ -94,13 +98,19 @@ fn main() -> Result<()> {
             input,
             clock,
             balances_out,
+            checkpoint_every,
         } => {
             let clock = if clock == "event" {
                 Clock::Event
             } else {
                 Clock::Wall
             };
-            ingest(&data, &programs, &input, clock, balances_out)
+            let options = IngestOptions {
+                clock,
+                balances_out,
+                checkpoint_every,
+            };
+            ingest(&data, &programs, &input, options)
         }
         Tool::CheckProgram { files } => check_programs(&files),
         Tool::Demo {
@@ -171,24 +181,17 @@ fn replay(
     Ok(())
 }
 
-fn ingest(
-    data: &Path,
-    programs: &[PathBuf],
-    input: &Path,
+struct IngestOptions {
     clock: Clock,
     balances_out: Option<PathBuf>,
-) -> Result<()> {
+    checkpoint_every: u64,
+}
+
+fn ingest(data: &Path, programs: &[PathBuf], input: &Path, options: IngestOptions) -> Result<()> {
     let texts = read_programs(programs)?;
-    let (mut engine, recovery) = Engine::open(data, clock)?;
-    eprintln!(
-        "recovered {} commands in {} batches ({} members) from {} in {:.3} s; state digest {:032x}",
-        recovery.commands,
-        recovery.batches,
-        recovery.members,
-        data.display(),
-        recovery.elapsed.as_secs_f64(),
-        recovery.digest
-    );
+    let (mut engine, recovery) = Engine::open(data, options.clock)?;
+    eprintln!("{}", recovered(data, &recovery));
+    engine.set_checkpoint_every(options.checkpoint_every);
     engine.install_programs(&texts)?;
     let mut output = std::io::BufWriter::new(std::io::stdout().lock());
     if input.as_os_str() == "-" {
@@ -200,7 +203,10 @@ fn ingest(
         let file = File::open(input).with_context(|| format!("opening {}", input.display()))?;
         engine.run(BufReader::with_capacity(1 << 20, file), &mut output)?;
     }
-    if let Some(path) = balances_out {
+    for failure in engine.failed_checkpoints() {
+        eprintln!("a background checkpoint failed (the log kept everything): {failure}");
+    }
+    if let Some(path) = options.balances_out {
         tally_engine::replay::write_balances(
             engine.ledger(),
             BufWriter::new(File::create(&path)?),
@@ -209,6 +215,28 @@ fn ingest(
     eprintln!("state digest {:032x}", engine.ledger().digest());
     std::mem::forget(engine);
     Ok(())
+}
+
+fn recovered(data: &Path, recovery: &Recovery) -> String {
+    let checkpoint = match &recovery.checkpoint {
+        Some(loaded) => format!(
+            "checkpoint of batch {} ({} bytes, loaded in {:.3} s), then ",
+            loaded.last_batch,
+            loaded.bytes,
+            loaded.elapsed.as_secs_f64()
+        ),
+        None => String::new(),
+    };
+    format!(
+        "recovered {}{} commands in {} batches ({} members) from {} in {:.3} s; state digest {:032x}",
+        checkpoint,
+        recovery.commands,
+        recovery.batches,
+        recovery.members,
+        data.display(),
+        recovery.elapsed.as_secs_f64(),
+        recovery.digest
+    )
 }
 
 // A rate for display: the only float in the engine, never money.

@@ -341,6 +341,8 @@ impl Ingest {
             .arg("--program")
             .arg(&setup.program)
             .args(["--clock", "event"])
+            // Checkpoints and compaction happen while the process is being killed too.
+            .args(["--checkpoint-every", "700"])
             .stdin(if input == Input::Empty {
                 Stdio::null()
             } else {

@@ -47,6 +47,10 @@ fn run(args: &[&str]) -> Output {
 }
 
 fn ingest(scratch: &Scratch, input: &Path, balances: &Path) -> Output {
+    ingest_with(scratch, input, balances, &[])
+}
+
+fn ingest_with(scratch: &Scratch, input: &Path, balances: &Path, more: &[&str]) -> Output {
     let data = scratch.path("data");
     let program = scratch.path("demo.toml");
     let args = [
@@ -61,6 +65,7 @@ fn ingest(scratch: &Scratch, input: &Path, balances: &Path) -> Output {
     let output = run(&[
         &args[..],
         &["--input", path(input), "--balances-out", path(balances)],
+        more,
     ]
     .concat());
     assert!(
@@ -138,7 +143,12 @@ fn a_damaged_batch_is_refused_with_its_place() {
     let scratch = Scratch::new("damaged");
     let commands = scratch.path("commands.jsonl");
     write_commands(&commands, 50);
-    ingest(&scratch, &commands, &scratch.path("balances.csv"));
+    ingest_with(
+        &scratch,
+        &commands,
+        &scratch.path("balances.csv"),
+        &["--checkpoint-every", "0"],
+    );
     damage_batch(&scratch.path("data").join("log.redb"), 0);
     let data = scratch.path("data");
     let output = run(&[
@@ -180,4 +190,93 @@ fn damage_batch(log: &Path, batch: u64) {
         batches.insert(batch, bytes.as_slice()).expect("written");
     }
     write.commit().expect("committed");
+}
+
+fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_restart_loads_the_checkpoint_and_replays_only_the_log_after_it() {
+    let scratch = Scratch::new("checkpointed");
+    let commands = scratch.path("commands.jsonl");
+    write_commands(&commands, 600);
+    let more = ["--checkpoint-every", "100"];
+    let first = ingest_with(&scratch, &commands, &scratch.path("first.csv"), &more);
+    assert!(
+        stderr_of(&first).contains("recovered 0 commands"),
+        "{}",
+        stderr_of(&first)
+    );
+    let second = ingest_with(&scratch, &commands, &scratch.path("second.csv"), &more);
+    let stderr = stderr_of(&second);
+    // The first run ended with a checkpoint: nothing is left to replay.
+    assert!(
+        stderr.contains("recovered checkpoint of batch") && stderr.contains("then 0 commands"),
+        "{stderr}"
+    );
+    let first_digest = stderr_of(&first).lines().last().unwrap().to_string();
+    assert!(
+        stderr.contains(first_digest.trim_start_matches("state ")),
+        "the state loaded is the state the first run ended with: {stderr}"
+    );
+    // Compaction removed the batches the checkpoints hold.
+    let log = redb::Database::open(scratch.path("data").join("log.redb")).expect("log opens");
+    let read = log.begin_read().expect("read");
+    let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("batches");
+    use redb::ReadableTableMetadata;
+    let batches = read.open_table(table).expect("table").len().expect("len");
+    assert!(batches <= 2, "{batches} batches left after compaction");
+    // Every command remembered by the first run is a duplicate after the restart.
+    let remembered = |output: &Output| -> Vec<bool> {
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| {
+                let result: serde_json::Value = serde_json::from_str(line).expect("JSON");
+                result["status"] == "applied" && result["command"] != "quote"
+            })
+            .collect()
+    };
+    let duplicates: Vec<bool> = statuses(&second).iter().map(|s| s == "duplicate").collect();
+    assert_eq!(duplicates, remembered(&first));
+}
+
+#[test]
+fn a_damaged_checkpoint_is_refused_with_its_place() {
+    let scratch = Scratch::new("bad-checkpoint");
+    let commands = scratch.path("commands.jsonl");
+    write_commands(&commands, 50);
+    ingest(&scratch, &commands, &scratch.path("balances.csv"));
+    let file = scratch.path("data").join("checkpoint");
+    let mut bytes = std::fs::read(&file).expect("a checkpoint was written");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&file, bytes).expect("damaged");
+    let data = scratch.path("data");
+    let output = run(&["ingest", "--data", path(&data), "--input", path(&commands)]);
+    let stderr = stderr_of(&output);
+    assert!(
+        !output.status.success(),
+        "a damaged checkpoint must not be served"
+    );
+    assert!(
+        stderr.contains("checkpoint") && stderr.contains("corrupt at byte"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "nothing is acknowledged");
+}
+
+#[test]
+fn a_log_behind_its_checkpoint_is_refused() {
+    let scratch = Scratch::new("lost-log");
+    let commands = scratch.path("commands.jsonl");
+    write_commands(&commands, 50);
+    ingest(&scratch, &commands, &scratch.path("balances.csv"));
+    std::fs::remove_file(scratch.path("data").join("log.redb")).expect("log removed");
+    let data = scratch.path("data");
+    let output = run(&["ingest", "--data", path(&data), "--input", path(&commands)]);
+    let stderr = stderr_of(&output);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("the log ends before"), "{stderr}");
+    assert!(output.stdout.is_empty(), "nothing is acknowledged");
 }

@@ -23,14 +23,14 @@ pub struct Command {
 }
 
 /// Who sent a command: a terminal (point of sale) or an operator.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Origin {
     Terminal(String),
     Admin(String),
 }
 
 /// The idempotency key: a terminal's (or admin's) transaction number, or a 128-bit id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum IdemKey {
     Terminal { terminal: String, txn: String },
     Admin { admin: String, txn: String },

@@ -8,8 +8,9 @@ use super::member::{OpenHold, Slice};
 use super::members::{debit_points, resolve, Who};
 use super::{finish_member, reject, Books, Ctx, Merchant, Record, Rejection};
 use crate::money::{from_minor, to_minor};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HoldState {
     Open,
     Captured,
@@ -17,7 +18,7 @@ pub enum HoldState {
     Lapsed,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HoldRecord {
     pub member: u32,
     pub points: i64,

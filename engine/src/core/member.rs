@@ -3,6 +3,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
+use super::micros;
 use tally_protocol::{Alias, IdemKey};
 
 use crate::Timestamp;
@@ -12,21 +15,26 @@ pub type Lots = smallvec::SmallVec<[Slice; 1]>;
 
 /// A slice of a lot that a spend, a hold or a clawback took. It keeps the lot's times so the
 /// points can go back to the same lot (with the same expiry) even if the lot was emptied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Slice {
     pub lot: u32,
     pub points: i64,
+    #[serde(with = "micros")]
     pub earned_at: Timestamp,
+    #[serde(with = "micros::option")]
     pub expires_at: Option<Timestamp>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Lot {
     pub id: u32,
     pub original: i64,
     pub remaining: i64,
+    #[serde(with = "micros")]
     pub earned_at: Timestamp,
+    #[serde(with = "micros")]
     pub available_at: Timestamp,
+    #[serde(with = "micros::option")]
     pub expires_at: Option<Timestamp>,
     /// Not yet spendable; its points count in `Member::pending_points`.
     pub pending: bool,
@@ -46,7 +54,7 @@ impl Lot {
 }
 
 /// Totals that tier thresholds read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Totals {
     pub points_earned: i64,
     pub amount_spent_minor: i64,
@@ -62,7 +70,7 @@ impl Totals {
 }
 
 /// Lifetime totals and per-month totals (local months, `year * 12 + month0`) for windows.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Counters {
     pub lifetime: Totals,
     pub months: Vec<(i32, Totals)>,
@@ -100,16 +108,18 @@ impl Counters {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct OpenHold {
+    #[serde(with = "micros")]
     pub deadline: Timestamp,
     pub key: IdemKey,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Member {
     pub id: u64,
     /// `None` for a card issued in bulk and not used yet.
+    #[serde(with = "micros::option")]
     pub enrolled_at: Option<Timestamp>,
     pub birthday: Option<(u32, u32)>,
     pub tags: Vec<String>,
@@ -127,6 +137,7 @@ pub struct Member {
     /// amortised O(1) at the ends or O(log n) by binary search, never a scan per command.
     pub lots: VecDeque<Lot>,
     /// Pending lots by the time they become available: (available_at, expires_at, lot).
+    #[serde(with = "micros::pending")]
     pub pending_queue: VecDeque<(Timestamp, Option<Timestamp>, u32)>,
     pub next_lot: u32,
     /// Index of the tier in the merchant's current program.
@@ -139,6 +150,7 @@ pub struct Member {
     pub last_birthday_year: i32,
     pub open_holds: Vec<OpenHold>,
     /// The earliest time-driven work registered in the merchant's timer queue.
+    #[serde(with = "micros::option")]
     pub timer_at: Option<Timestamp>,
 }
 

@@ -6,7 +6,9 @@
 //! after every command.
 
 mod holds;
+mod image;
 mod members;
+mod micros;
 mod phone;
 mod purchase;
 mod returns;
@@ -18,11 +20,13 @@ use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use tally_protocol::{
     Alias, Applied, Balances, Body, Command, CommandKind, CommandResult, EntryKind, EntryView,
     IdemKey, LotSlice, MemberView, Origin, Reason, Status, TierChange, Wallet,
 };
 
+pub use image::{ImageError, LedgerImage, LedgerImageRef};
 pub use member::{Counters, Lot, Lots, Member, Slice, Totals};
 pub use phone::normalize_phone;
 
@@ -77,14 +81,14 @@ pub(crate) fn reject<T>(reason: Reason, message: impl Into<String>) -> Result<T,
 }
 
 /// What a command left behind that later commands refer to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Record {
     None,
     Order(Box<purchase::OrderRecord>),
     Hold(Box<holds::HoldRecord>),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Receipt {
     fingerprint: u128,
     result: Stored,
@@ -148,10 +152,21 @@ impl Merchant {
 }
 
 /// The whole loyalty state of every merchant.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Ledger {
     merchants: BTreeMap<String, Merchant>,
     journal: Vec<Entry>,
+    results_kept_whole: usize,
+}
+
+impl Default for Ledger {
+    fn default() -> Ledger {
+        Ledger {
+            merchants: BTreeMap::new(),
+            journal: Vec::new(),
+            results_kept_whole: RESULTS_KEPT_WHOLE,
+        }
+    }
 }
 
 /// What one command is applied with.
@@ -225,6 +240,12 @@ impl Ledger {
             }
         }
         Ok(version)
+    }
+
+    /// How many recent results per merchant are kept whole (default `RESULTS_KEPT_WHOLE`):
+    /// less memory, or, in tests, older results trimmed sooner.
+    pub fn set_results_kept_whole(&mut self, count: usize) {
+        self.results_kept_whole = count;
     }
 
     pub fn merchant(&self, name: &str) -> Option<&Merchant> {
@@ -355,6 +376,7 @@ impl Ledger {
             status: Status::Applied(Box::new(applied)),
         });
         if remembered {
+            let kept_whole = self.results_kept_whole;
             let merchant = self
                 .merchants
                 .get_mut(&command.merchant)
@@ -364,7 +386,7 @@ impl Ledger {
                 result: Stored::Whole(result.clone()),
                 record,
             };
-            remember(merchant, ctx.key.clone(), receipt);
+            remember(merchant, ctx.key.clone(), receipt, kept_whole);
         }
         Ok(result)
     }
@@ -393,7 +415,12 @@ impl Ledger {
             result: Stored::Whole(result.clone()),
             record: Record::None,
         };
-        remember(&mut merchant, Arc::new(command.key.clone()), receipt);
+        remember(
+            &mut merchant,
+            Arc::new(command.key.clone()),
+            receipt,
+            self.results_kept_whole,
+        );
         self.merchants.insert(command.merchant.clone(), merchant);
         Ok(result)
     }
@@ -424,12 +451,12 @@ impl Ledger {
     }
 }
 
-/// Keeps a receipt; the result of the command that is now `RESULTS_KEPT_WHOLE` commands old
-/// is trimmed to its summary.
-fn remember(merchant: &mut Merchant, key: Arc<IdemKey>, receipt: Receipt) {
+/// Keeps a receipt; the result of the command that is now `kept_whole` commands old is
+/// trimmed to its summary.
+fn remember(merchant: &mut Merchant, key: Arc<IdemKey>, receipt: Receipt, kept_whole: usize) {
     merchant.receipts.insert(key.clone(), receipt);
     merchant.recent_keys.push_back(key);
-    if merchant.recent_keys.len() > RESULTS_KEPT_WHOLE {
+    if merchant.recent_keys.len() > kept_whole {
         let oldest = merchant.recent_keys.pop_front().expect("not empty");
         if let Some(receipt) = merchant.receipts.get_mut(&oldest) {
             if let Stored::Whole(result) = &receipt.result {

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 use tally_protocol::{
     Applied, Discount, EntryKind, IdemKey, LineEarning, Purchase, Reason, RuleEarning, Wallet,
 };
@@ -24,7 +25,7 @@ const DEFAULT_CHANNEL: &str = "in_store";
 const MAX_NAME_LEN: usize = 128;
 
 /// What a return needs to know about a purchase, as it was when it was applied.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OrderRecord {
     pub member: u32,
     pub month: i32,
@@ -51,7 +52,7 @@ pub struct OrderRecord {
     pub whole_returned: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecordedLine {
     pub sku: Arc<str>,
     pub qty: i64,
@@ -62,7 +63,7 @@ pub struct RecordedLine {
 /// What one line earned from one rule: (line, rule, points, cashback in minor units).
 pub type LineEarned = (u32, Arc<str>, i64, i64);
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OrderPoints {
     pub rule: Arc<str>,
     pub points: i64,

@@ -1,0 +1,216 @@
+//! Checkpoints: the whole ledger written to one file, so that recovery loads it and replays
+//! only the log after it. Recovery time then follows the size of the state, not the age of
+//! the log, and the log before a checkpoint can be compacted.
+//!
+//! The file is written beside the log as `checkpoint.tmp`, fsynced, renamed over
+//! `checkpoint` and the directory fsynced: a crash at any step leaves either the old
+//! checkpoint or the new one, never a mix. The format is in `docs/storage.md`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::core::{Ledger, LedgerImage};
+use crate::Timestamp;
+
+const MAGIC: [u8; 4] = *b"TLYC";
+const FORMAT_VERSION: u16 = 1;
+/// Magic, format version, last batch, engine time, body length.
+const HEADER_BYTES: usize = 4 + 2 + 8 + 8 + 8;
+const CHECKSUM_BYTES: usize = 8;
+const NO_TIME: i64 = i64::MIN;
+pub const FILE_NAME: &str = "checkpoint";
+const TEMPORARY_NAME: &str = "checkpoint.tmp";
+
+/// A checkpoint read back: the state after log batch `last_batch`.
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub last_batch: u64,
+    pub now: Option<Timestamp>,
+    pub ledger: Ledger,
+    pub bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("writing the checkpoint {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("reading the checkpoint {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file does not read back as written: the engine refuses to guess.
+    #[error("the checkpoint {path} is corrupt at byte {offset}: {what}")]
+    Corrupt {
+        path: PathBuf,
+        offset: usize,
+        what: String,
+    },
+}
+
+/// Serialises the ledger, as it is after log batch `last_batch`, into checkpoint bytes. This
+/// is the part that needs the state; writing the bytes can happen on another thread.
+pub fn encode(ledger: &Ledger, last_batch: u64, now: Option<Timestamp>) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(1 << 20);
+    bytes.extend_from_slice(&MAGIC);
+    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&last_batch.to_le_bytes());
+    let micros = now.map_or(NO_TIME, |now| now.timestamp_micros());
+    bytes.extend_from_slice(&micros.to_le_bytes());
+    bytes.extend_from_slice(&0u64.to_le_bytes());
+    bincode::serialize_into(&mut bytes, &ledger.image())
+        .expect("serialising into memory does not fail");
+    let body_bytes = (bytes.len() - HEADER_BYTES) as u64;
+    bytes[HEADER_BYTES - 8..HEADER_BYTES].copy_from_slice(&body_bytes.to_le_bytes());
+    let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
+    bytes.extend_from_slice(&checksum.to_le_bytes());
+    bytes
+}
+
+/// Writes checkpoint bytes durably into `dir`, replacing the previous checkpoint only once
+/// the new one is on disk.
+pub fn write(dir: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let temporary = dir.join(TEMPORARY_NAME);
+    let target = dir.join(FILE_NAME);
+    let error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CheckpointError::Write { path, source }
+    };
+    let mut file = std::fs::File::create(&temporary).map_err(error(&temporary))?;
+    file.write_all(bytes).map_err(error(&temporary))?;
+    file.sync_all().map_err(error(&temporary))?;
+    drop(file);
+    std::fs::rename(&temporary, &target).map_err(error(&target))?;
+    // The rename is durable only once the directory is.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(error(dir))
+}
+
+/// Reads the checkpoint in `dir`, if there is one, and checks it whole before using it.
+pub fn read(dir: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
+    let path = dir.join(FILE_NAME);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(CheckpointError::Read { path, source }),
+    };
+    decode(&path, &bytes).map(Some)
+}
+
+fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
+    let corrupt = |offset: usize, what: &str| CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        what: what.to_string(),
+    };
+    if bytes.len() < HEADER_BYTES + CHECKSUM_BYTES {
+        return Err(corrupt(0, "shorter than a header"));
+    }
+    let (body, tail) = bytes.split_at(bytes.len() - CHECKSUM_BYTES);
+    if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != tail {
+        return Err(corrupt(body.len(), "checksum mismatch"));
+    }
+    if body[..4] != MAGIC {
+        return Err(corrupt(0, "not a tally checkpoint"));
+    }
+    let version = u16::from_le_bytes([body[4], body[5]]);
+    if version != FORMAT_VERSION {
+        return Err(corrupt(
+            4,
+            &format!("format version {version}, this engine reads {FORMAT_VERSION}"),
+        ));
+    }
+    let field = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
+    let last_batch = field(6);
+    let micros = field(14) as i64;
+    let body_bytes = field(22);
+    if body_bytes != (body.len() - HEADER_BYTES) as u64 {
+        return Err(corrupt(22, "body length does not match the file"));
+    }
+    let now = match micros {
+        NO_TIME => None,
+        micros => Some(
+            chrono::DateTime::from_timestamp_micros(micros)
+                .ok_or_else(|| corrupt(14, "engine time out of range"))?,
+        ),
+    };
+    let image: LedgerImage = bincode::deserialize(&body[HEADER_BYTES..])
+        .map_err(|e| corrupt(HEADER_BYTES, &format!("state does not decode: {e}")))?;
+    let ledger = Ledger::from_image(image).map_err(|e| corrupt(HEADER_BYTES, &e.to_string()))?;
+    Ok(Checkpoint {
+        last_batch,
+        now,
+        ledger,
+        bytes: bytes.len() as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
+
+    fn busy_ledger(workload: &mut Workload) -> (Ledger, Timestamp) {
+        let mut ledger = Ledger::new();
+        // Most results trimmed to summaries, as in a long-running engine.
+        ledger.set_results_kept_whole(500);
+        let mut now = None;
+        for command in workload.take(3000) {
+            if now.is_none() {
+                ledger.install_program(DEMO_PROGRAM, command.at).unwrap();
+            }
+            now = Some(command.at);
+            ledger.apply_shared(&command, command.at);
+            ledger.clear_entries();
+        }
+        (ledger, now.unwrap())
+    }
+
+    #[test]
+    fn a_checkpoint_restores_a_ledger_that_goes_on_the_same() {
+        let mut workload = Workload::new(WorkloadConfig::demo(300));
+        let sent: Vec<_> = Workload::new(WorkloadConfig::demo(300))
+            .take(3000)
+            .collect();
+        let (mut ledger, now) = busy_ledger(&mut workload);
+        let bytes = encode(&ledger, 41, Some(now));
+        let dir = std::env::temp_dir().join(format!("tally-checkpoint-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write(&dir, &bytes).unwrap();
+        let checkpoint = read(&dir).unwrap().expect("written above");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(checkpoint.last_batch, 41);
+        assert_eq!(checkpoint.now, Some(now));
+        let mut restored = checkpoint.ledger;
+        restored.set_results_kept_whole(500);
+        assert_eq!(restored.digest(), ledger.digest());
+        restored.verify();
+        // Duplicates (whole and trimmed), returns of old orders and time-driven work see the
+        // same state.
+        let resent = sent.into_iter().step_by(7);
+        for command in resent.chain(workload.take(2000)) {
+            let expected = ledger.apply_shared(&command, command.at);
+            let actual = restored.apply_shared(&command, command.at);
+            assert_eq!(actual, expected, "{command:?}");
+            assert_eq!(restored.take_entries(), ledger.take_entries());
+        }
+        assert_eq!(restored.digest(), ledger.digest());
+    }
+
+    #[test]
+    fn a_damaged_checkpoint_is_refused_with_its_place() {
+        let (ledger, now) = busy_ledger(&mut Workload::new(WorkloadConfig::demo(300)));
+        let mut bytes = encode(&ledger, 7, Some(now));
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        let error = decode(Path::new("checkpoint"), &bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("checksum"), "{error}");
+        assert!(decode(Path::new("checkpoint"), &bytes[..10]).is_err());
+    }
+}

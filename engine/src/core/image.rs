@@ -1,0 +1,296 @@
+//! The ledger as plain data: what a checkpoint stores and loads. Everything that can be
+//! rebuilt from the members (alias index, timer queue, birthday index) is rebuilt rather
+//! than stored, so an image holds each fact once.
+
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use tally_protocol::IdemKey;
+
+use rust_decimal::Decimal;
+use tally_protocol::TierChange;
+use tally_protocol::{Applied, Balances, CommandKind, CommandResult, MemberView, TickSummary};
+
+use super::{Ledger, Member, Merchant, Receipt, Stored};
+use crate::program::{parse_and_compile, ProgramErrors};
+use crate::Timestamp;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LedgerImage {
+    merchants: Vec<MerchantImage>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct MerchantImage {
+    name: String,
+    /// The source of every program version, oldest first.
+    programs: Vec<String>,
+    members: Vec<Member>,
+    receipts: Vec<(IdemKey, Receipt)>,
+    /// Keys of the receipts still kept whole, oldest first.
+    recent_keys: Vec<IdemKey>,
+    clock: Timestamp,
+    next_day_start: Option<Timestamp>,
+    next_month_start: Option<Timestamp>,
+    next_card: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("merchant {merchant}: program version {version} no longer compiles: {errors}")]
+    Program {
+        merchant: String,
+        version: usize,
+        errors: ProgramErrors,
+    },
+    #[error("merchant {merchant}: {what}")]
+    Inconsistent { merchant: String, what: String },
+}
+
+/// The same layout as `LedgerImage`, borrowed from a live ledger: taking a checkpoint
+/// serialises the state without copying it first.
+#[derive(Debug, Serialize)]
+pub struct LedgerImageRef<'a> {
+    merchants: Vec<MerchantImageRef<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct MerchantImageRef<'a> {
+    name: &'a str,
+    programs: Vec<&'a str>,
+    members: &'a [Member],
+    receipts: ReceiptsRef<'a>,
+    recent_keys: &'a VecDeque<Arc<IdemKey>>,
+    clock: Timestamp,
+    next_day_start: Option<Timestamp>,
+    next_month_start: Option<Timestamp>,
+    next_card: u64,
+}
+
+#[derive(Debug)]
+struct ReceiptsRef<'a>(&'a FxHashMap<Arc<IdemKey>, Receipt>);
+
+impl Serialize for ReceiptsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|(key, receipt)| (&**key, receipt)))
+    }
+}
+
+impl Ledger {
+    /// The whole state as plain data, borrowed. The journal must be drained first: entries
+    /// belong to the log, not to the state.
+    pub fn image(&self) -> LedgerImageRef<'_> {
+        assert!(
+            self.journal.is_empty(),
+            "entries not yet logged would be lost from an image"
+        );
+        LedgerImageRef {
+            merchants: self.merchants.values().map(merchant_image).collect(),
+        }
+    }
+
+    /// Rebuilds a ledger from an image; `digest()` of the result equals the digest of the
+    /// ledger the image was taken from.
+    pub fn from_image(image: LedgerImage) -> Result<Ledger, ImageError> {
+        let mut ledger = Ledger::new();
+        for merchant in image.merchants {
+            let merchant = restore_merchant(merchant)?;
+            ledger.merchants.insert(merchant.name.to_string(), merchant);
+        }
+        Ok(ledger)
+    }
+}
+
+fn merchant_image(merchant: &Merchant) -> MerchantImageRef<'_> {
+    MerchantImageRef {
+        name: &merchant.name,
+        programs: merchant.programs.iter().map(|p| &*p.source).collect(),
+        members: &merchant.members,
+        receipts: ReceiptsRef(&merchant.receipts),
+        recent_keys: &merchant.recent_keys,
+        clock: merchant.clock,
+        next_day_start: merchant.next_day_start,
+        next_month_start: merchant.next_month_start,
+        next_card: merchant.next_card,
+    }
+}
+
+fn restore_merchant(image: MerchantImage) -> Result<Merchant, ImageError> {
+    let inconsistent = |what: String| ImageError::Inconsistent {
+        merchant: image.name.clone(),
+        what,
+    };
+    let mut programs = Vec::with_capacity(image.programs.len());
+    for (version, source) in image.programs.iter().enumerate() {
+        let program = parse_and_compile(source).map_err(|errors| ImageError::Program {
+            merchant: image.name.clone(),
+            version,
+            errors,
+        })?;
+        programs.push(Arc::new(program));
+    }
+    if programs.is_empty() {
+        return Err(inconsistent("no program".into()));
+    }
+    let mut receipts = FxHashMap::default();
+    receipts.reserve(image.receipts.len());
+    for (key, receipt) in image.receipts {
+        receipts.insert(Arc::new(key), receipt);
+    }
+    let mut recent_keys = VecDeque::with_capacity(image.recent_keys.len());
+    for key in image.recent_keys {
+        // Share the receipt's key, as a running ledger does.
+        let (shared, _) = receipts
+            .get_key_value(&key)
+            .ok_or_else(|| inconsistent(format!("recent key {key} has no receipt")))?;
+        recent_keys.push_back(shared.clone());
+    }
+    let mut merchant = Merchant {
+        name: Arc::from(image.name.as_str()),
+        programs,
+        members: image.members,
+        aliases: FxHashMap::default(),
+        receipts,
+        timers: BinaryHeap::new(),
+        birthdays: FxHashMap::default(),
+        recent_keys,
+        clock: image.clock,
+        next_day_start: image.next_day_start,
+        next_month_start: image.next_month_start,
+        next_card: image.next_card,
+    };
+    rebuild_indexes(&mut merchant).map_err(inconsistent)?;
+    Ok(merchant)
+}
+
+/// The alias, timer and birthday indexes, from the members.
+fn rebuild_indexes(merchant: &mut Merchant) -> Result<(), String> {
+    merchant.aliases.reserve(merchant.members.len());
+    for (index, member) in merchant.members.iter().enumerate() {
+        let index = index as u32;
+        for alias in &member.aliases {
+            if merchant.aliases.insert(alias.clone(), index).is_some() {
+                return Err(format!("alias {alias:?} belongs to two members"));
+            }
+        }
+        if let Some(due) = member.timer_at {
+            merchant.timers.push(std::cmp::Reverse((due, index)));
+        }
+        if let Some(birthday) = member.birthday {
+            merchant.birthdays.entry(birthday).or_default().push(index);
+        }
+    }
+    Ok(())
+}
+
+/// A remembered result in an image. Whole results go as their JSON (the result types are
+/// shaped for JSON, with optional fields left out); summaries, the bulk of the receipts, go
+/// field by field.
+#[derive(Debug, Serialize, Deserialize)]
+enum StoredImage {
+    Whole(String),
+    Summary(CommandKind, Box<SummaryImage>),
+}
+
+/// Tier before and after.
+type TierImage = (Option<Arc<str>>, Option<Arc<str>>);
+
+/// A decimal in its fixed 16-byte form (the JSON form of decimals is text).
+type DecimalImage = [u8; 16];
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SummaryImage {
+    program_version: u32,
+    member: Option<(u64, bool)>,
+    points_earned: i64,
+    points_redeemed: i64,
+    credit_redeemed: DecimalImage,
+    cashback: DecimalImage,
+    points_written_off: i64,
+    credit_written_off: DecimalImage,
+    /// points, available, pending, held, credit, credit held.
+    balances: Option<(i64, i64, i64, i64, DecimalImage, DecimalImage)>,
+    tier: Option<TierImage>,
+    tick: Option<TickSummary>,
+}
+
+impl Serialize for Stored {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let image = match self {
+            Stored::Whole(result) => StoredImage::Whole(result.to_json_line()),
+            Stored::Summary(command, applied) => {
+                StoredImage::Summary(*command, Box::new(summary_image(applied)))
+            }
+        };
+        image.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Stored {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match StoredImage::deserialize(deserializer)? {
+            StoredImage::Whole(json) => {
+                let result: CommandResult =
+                    serde_json::from_str(&json).map_err(serde::de::Error::custom)?;
+                Stored::Whole(Arc::new(result))
+            }
+            StoredImage::Summary(command, summary) => {
+                Stored::Summary(command, Box::new(applied_of(*summary)))
+            }
+        })
+    }
+}
+
+fn summary_image(applied: &Applied) -> SummaryImage {
+    SummaryImage {
+        program_version: applied.program_version,
+        member: applied.member.as_ref().map(|m| (m.id, m.enrolled)),
+        points_earned: applied.points_earned,
+        points_redeemed: applied.points_redeemed,
+        credit_redeemed: applied.credit_redeemed.serialize(),
+        cashback: applied.cashback.serialize(),
+        points_written_off: applied.points_written_off,
+        credit_written_off: applied.credit_written_off.serialize(),
+        balances: applied.balances.as_ref().map(|b| {
+            let (credit, held) = (b.credit.serialize(), b.credit_held.serialize());
+            (b.points, b.available, b.pending, b.held, credit, held)
+        }),
+        tier: applied
+            .tier
+            .as_ref()
+            .map(|t| (t.before.clone(), t.after.clone())),
+        tick: applied.tick.clone(),
+    }
+}
+
+fn applied_of(summary: SummaryImage) -> Applied {
+    Applied {
+        program_version: summary.program_version,
+        member: summary
+            .member
+            .map(|(id, enrolled)| MemberView { id, enrolled }),
+        points_earned: summary.points_earned,
+        points_redeemed: summary.points_redeemed,
+        credit_redeemed: Decimal::deserialize(summary.credit_redeemed),
+        cashback: Decimal::deserialize(summary.cashback),
+        points_written_off: summary.points_written_off,
+        credit_written_off: Decimal::deserialize(summary.credit_written_off),
+        balances: summary.balances.map(
+            |(points, available, pending, held, credit, credit_held)| Balances {
+                points,
+                available,
+                pending,
+                held,
+                credit: Decimal::deserialize(credit),
+                credit_held: Decimal::deserialize(credit_held),
+            },
+        ),
+        tier: summary
+            .tier
+            .map(|(before, after)| TierChange { before, after }),
+        tick: summary.tick,
+        ..Applied::default()
+    }
+}
