@@ -94,7 +94,7 @@ fn describe(recovery: &Recovery) -> String {
 /// Enrolments of every member, then Zipf-distributed 5-line purchases on them.
 fn commands(members: u64, purchases: usize) -> Vec<u8> {
     let mut input = Vec::with_capacity(members as usize * 200 + purchases * 400);
-    for rank in 0..members {
+    for rank in 1..=members {
         let card = card_of_rank(rank, members);
         writeln!(
             input,

@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tally_protocol::{
-    parse_command_line, Body, Command, CommandKind, CommandResult, IdemKey, LoadProgram, Origin,
-    Status, ENGINE_ADMIN,
+    parse_command_line, Applied, Body, Command, CommandKind, CommandResult, Decimal, IdemKey,
+    LoadProgram, LotSlice, MemberView, Origin, StatementEntry, StatementPage, Status, Wallet,
+    ENGINE_ADMIN,
 };
 
 use crate::checkpoint::{self, CheckpointError};
-use crate::core::Ledger;
-use crate::log::{CommandLog, LogError, Logged};
+use crate::core::{Ledger, StatementPlan};
+use crate::log::{CommandLog, LogError, Logged, LoggedEntry};
+use crate::money::from_minor;
 use crate::program::parse_and_compile;
 use crate::replay::{parse_rejection, tick_if_due};
 use crate::Timestamp;
@@ -84,6 +86,36 @@ struct Checkpoints {
     in_flight: Option<Receiver<Result<u64, CheckpointError>>>,
     /// Background checkpoints that failed (the log kept everything; the next one retries).
     failed: Vec<String>,
+}
+
+/// A command's answer, ready or (a statement) to be read from the log once the group is
+/// durable.
+enum Answer {
+    Ready(Arc<CommandResult>),
+    Statement(Box<(Command, StatementPlan)>),
+}
+
+fn statement_entry(entry: LoggedEntry, minor_units: u32) -> StatementEntry {
+    let amount = match entry.wallet {
+        Wallet::Points => Decimal::from(entry.amount),
+        Wallet::Credit => from_minor(entry.amount, minor_units),
+    };
+    StatementEntry {
+        seq: entry.seq,
+        at: chrono::DateTime::from_timestamp_micros(entry.at_micros)
+            .expect("logged times are in range"),
+        command: entry.command,
+        wallet: entry.wallet,
+        kind: entry.kind,
+        amount,
+        rule: entry.rule.map(Arc::from),
+        program_version: entry.program_version,
+        lots: entry
+            .lots
+            .into_iter()
+            .map(|(lot, points)| LotSlice { lot, points })
+            .collect(),
+    }
 }
 
 /// A program given on the command line, checked and waiting to be installed.
@@ -240,7 +272,7 @@ impl Engine {
         };
         let mut group = Vec::new();
         self.install_pending(now, &mut group)?;
-        Ok(self.log.append(&group)?)
+        self.append(&group)
     }
 
     fn install_pending(
@@ -271,7 +303,6 @@ impl Engine {
             }
             group.push(Logged { now, command });
         }
-        self.ledger.clear_entries();
         Ok(())
     }
 
@@ -336,38 +367,98 @@ impl Engine {
             }
             results.push(self.apply_line(*line_number, line, &mut logged));
         }
-        self.log.append(&logged)?;
-        self.checkpoints.commands_since += logged.len() as u64;
+        self.append(&logged)?;
         self.checkpoint_if_due()?;
-        for result in &results {
+        for answer in results {
+            let result = match answer {
+                Answer::Ready(result) => result,
+                // Read once the group is durable: the page shows every command before it.
+                Answer::Statement(query) => Arc::new(self.statement(&query.0, &query.1)?),
+            };
             writeln!(output, "{}", result.to_json_line()).map_err(IngestError::Output)?;
         }
         output.flush().map_err(IngestError::Output)
     }
 
-    fn apply_line(
-        &mut self,
-        line_number: u64,
-        line: &str,
-        logged: &mut Vec<Logged>,
-    ) -> Arc<CommandResult> {
+    /// Logs a group with the entries its commands wrote, in one durable transaction.
+    fn append(&mut self, logged: &[Logged]) -> Result<(), IngestError> {
+        let entries = self.ledger.take_entries();
+        self.log.append(logged, &entries)?;
+        self.checkpoints.commands_since += logged.len() as u64;
+        Ok(())
+    }
+
+    fn apply_line(&mut self, line_number: u64, line: &str, logged: &mut Vec<Logged>) -> Answer {
         let command = match parse_command_line(line) {
             Ok(command) => command,
-            Err(error) => return Arc::new(parse_rejection(line_number, &error)),
+            Err(error) => return Answer::Ready(Arc::new(parse_rejection(line_number, &error))),
         };
+        if let Body::Statement(_) = command.body {
+            return match self.ledger.statement_plan(&command) {
+                Ok(plan) => Answer::Statement(Box::new((command, plan))),
+                Err(rejection) => Answer::Ready(Arc::new(CommandResult::rejected(
+                    &command.merchant,
+                    command.key.text(),
+                    CommandKind::Statement,
+                    rejection.reason,
+                    rejection.message,
+                ))),
+            };
+        }
         let now = self.time_for(command.at);
         if !self.pending_programs.is_empty() {
             self.install_pending(now, logged)
                 .expect("programs were checked when given");
         }
         self.tick_if_due(&command.merchant, now, logged);
+        let entries_before = self.ledger.entries().len();
         let result = self.ledger.apply_shared(&command, now);
-        self.ledger.clear_entries();
         // Only what changed the state is logged: rejections, duplicates and quotes are not.
         if matches!(result.status, Status::Applied(_)) && command.kind() != CommandKind::Quote {
             logged.push(Logged { now, command });
+        } else {
+            assert_eq!(
+                self.ledger.entries().len(),
+                entries_before,
+                "a command that is not logged wrote entries"
+            );
         }
-        result
+        Answer::Ready(result)
+    }
+
+    /// Answers a statement query from the log's entries.
+    fn statement(
+        &self,
+        command: &Command,
+        plan: &StatementPlan,
+    ) -> Result<CommandResult, IngestError> {
+        let Body::Statement(query) = &command.body else {
+            unreachable!("planned from a statement query")
+        };
+        let entries = self.log.entries(&plan.seqs)?;
+        let page = StatementPage {
+            page: query.page,
+            per_page: query.per_page,
+            total_entries: plan.total_entries,
+            entries: entries
+                .into_iter()
+                .map(|entry| statement_entry(entry, plan.minor_units))
+                .collect(),
+        };
+        let applied = Applied {
+            member: Some(MemberView {
+                id: plan.member,
+                enrolled: false,
+            }),
+            statement: Some(page),
+            ..Applied::default()
+        };
+        Ok(CommandResult {
+            merchant: command.merchant.clone(),
+            key: command.key.text(),
+            command: CommandKind::Statement,
+            status: Status::Applied(Box::new(applied)),
+        })
     }
 
     fn tick_if_due(&mut self, merchant: &str, now: Timestamp, logged: &mut Vec<Logged>) {
@@ -389,9 +480,7 @@ impl Engine {
         for name in names {
             self.tick_if_due(&name, now, &mut logged);
         }
-        self.ledger.clear_entries();
-        self.log.append(&logged)?;
-        self.checkpoints.commands_since += logged.len() as u64;
+        self.append(&logged)?;
         self.ledger.verify();
         self.checkpoint_now()
     }

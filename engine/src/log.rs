@@ -12,11 +12,18 @@ use std::sync::Arc;
 
 use redb::backends::FileBackend;
 use redb::{Builder, Database, Durability, ReadableTable, StorageBackend, TableDefinition};
-use tally_protocol::{parse_command_line, Command};
+use serde::{Deserialize, Serialize};
+use tally_protocol::{parse_command_line, Command, EntryKind, Wallet};
+
+use crate::core::Entry;
 
 use crate::Timestamp;
 
 const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
+/// The ledger entries each batch wrote, keyed by the first entry's number. Never compacted:
+/// they are the members' statements.
+const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
+const ENTRIES_MAGIC: [u8; 4] = *b"TLYE";
 const MAGIC: [u8; 4] = *b"TLY1";
 const FORMAT_VERSION: u16 = 1;
 const HEADER_BYTES: usize = 4 + 2 + 4;
@@ -79,6 +86,7 @@ impl CommandLog {
         };
         let write = log.db.begin_write().map_err(|e| storage(&e))?;
         write.open_table(BATCHES).map_err(|e| storage(&e))?;
+        write.open_table(ENTRIES).map_err(|e| storage(&e))?;
         write.commit().map_err(|e| storage(&e))?;
         log.next_batch = log.last_batch()?.map_or(0, |last| last + 1);
         Ok(log)
@@ -171,8 +179,9 @@ impl CommandLog {
 
     /// Appends one batch durably: when this returns `Ok`, the batch survives a crash. An
     /// error means it may or may not be on disk; the caller must stop acknowledging.
-    pub fn append(&mut self, records: &[Logged]) -> Result<(), LogError> {
+    pub fn append(&mut self, records: &[Logged], entries: &[Entry]) -> Result<(), LogError> {
         if records.is_empty() {
+            assert!(entries.is_empty(), "entries come from logged commands");
             return Ok(());
         }
         let bytes = encode(records);
@@ -192,11 +201,112 @@ impl CommandLog {
             table
                 .insert(self.next_batch, bytes.as_slice())
                 .map_err(|e| self.storage(e))?;
+            if let Some(first) = entries.first() {
+                let mut table = write.open_table(ENTRIES).map_err(|e| self.storage(e))?;
+                table
+                    .insert(first.seq, encode_entries(entries).as_slice())
+                    .map_err(|e| self.storage(e))?;
+            }
         }
         write.commit().map_err(|e| self.storage(e))?;
         self.next_batch += 1;
         Ok(())
     }
+}
+
+impl CommandLog {
+    /// The entries with these numbers, in the order asked. Every number must have been
+    /// logged: a missing one is corruption.
+    pub fn entries(&self, seqs: &[u64]) -> Result<Vec<LoggedEntry>, LogError> {
+        let read = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let table = read.open_table(ENTRIES).map_err(|e| self.storage(e))?;
+        let mut found = Vec::with_capacity(seqs.len());
+        let mut group: Vec<LoggedEntry> = Vec::new();
+        for &seq in seqs {
+            let cached = group.first().is_some_and(|e| e.seq <= seq)
+                && group.last().is_some_and(|e| e.seq >= seq);
+            if !cached {
+                let missing = || LogError::Corrupt {
+                    batch: seq,
+                    what: format!("entry {seq} is not in the log"),
+                };
+                let mut range = table.range(..=seq).map_err(|e| self.storage(e))?;
+                let (key, value) = range
+                    .next_back()
+                    .ok_or_else(missing)?
+                    .map_err(|e| self.storage(e))?;
+                group = decode_entries(key.value(), value.value())?;
+            }
+            let at =
+                group
+                    .binary_search_by_key(&seq, |e| e.seq)
+                    .map_err(|_| LogError::Corrupt {
+                        batch: seq,
+                        what: format!("entry {seq} is not in the log"),
+                    })?;
+            found.push(group[at].clone());
+        }
+        Ok(found)
+    }
+}
+
+/// A ledger entry as the log keeps it. Amounts are points or credit in minor units.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedEntry {
+    pub seq: u64,
+    pub member: u64,
+    pub wallet: Wallet,
+    pub kind: EntryKind,
+    pub amount: i64,
+    pub at_micros: i64,
+    pub command: String,
+    pub rule: Option<String>,
+    pub program_version: u32,
+    pub lots: Vec<(u32, i64)>,
+}
+
+/// `TLYE`, format version (u16), the entries (bincode), an xxh3-64 checksum of all before.
+fn encode_entries(entries: &[Entry]) -> Vec<u8> {
+    let logged: Vec<LoggedEntry> = entries
+        .iter()
+        .map(|entry| LoggedEntry {
+            seq: entry.seq,
+            member: entry.member,
+            wallet: entry.wallet,
+            kind: entry.kind,
+            amount: entry.amount,
+            at_micros: entry.at.timestamp_micros(),
+            command: entry.command.text(),
+            rule: entry.rule.as_deref().map(str::to_string),
+            program_version: entry.program_version,
+            lots: entry.lots.iter().map(|s| (s.lot, s.points)).collect(),
+        })
+        .collect();
+    let mut bytes = Vec::with_capacity(entries.len() * 64);
+    bytes.extend_from_slice(&ENTRIES_MAGIC);
+    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    bincode::serialize_into(&mut bytes, &logged).expect("serialising into memory does not fail");
+    let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
+    bytes.extend_from_slice(&checksum.to_le_bytes());
+    bytes
+}
+
+fn decode_entries(first_seq: u64, bytes: &[u8]) -> Result<Vec<LoggedEntry>, LogError> {
+    let corrupt = |what: &str| LogError::Corrupt {
+        batch: first_seq,
+        what: format!("entries from {first_seq}: {what}"),
+    };
+    if bytes.len() < 6 + CHECKSUM_BYTES {
+        return Err(corrupt("shorter than a header"));
+    }
+    let (body, tail) = bytes.split_at(bytes.len() - CHECKSUM_BYTES);
+    if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != tail {
+        return Err(corrupt("checksum mismatch"));
+    }
+    if body[..4] != ENTRIES_MAGIC || u16::from_le_bytes([body[4], body[5]]) != FORMAT_VERSION {
+        return Err(corrupt("not a tally entries record of this version"));
+    }
+    bincode::deserialize(&body[6..]).map_err(|e| corrupt(&e.to_string()))
 }
 
 fn storage_error(path: &Path, error: &dyn std::fmt::Display) -> LogError {
@@ -360,8 +470,8 @@ mod tests {
         let written = records(50);
         {
             let mut log = CommandLog::open(&path).unwrap();
-            log.append(&written[..20]).unwrap();
-            log.append(&written[20..]).unwrap();
+            log.append(&written[..20], &[]).unwrap();
+            log.append(&written[20..], &[]).unwrap();
         }
         let log = CommandLog::open(&path).unwrap();
         assert_eq!(log.batches(), 2);

@@ -280,3 +280,97 @@ fn a_log_behind_its_checkpoint_is_refused() {
     assert!(stderr.contains("the log ends before"), "{stderr}");
     assert!(output.stdout.is_empty(), "nothing is acknowledged");
 }
+
+/// The busiest member's card (the workload's members are drawn Zipf-distributed by rank).
+fn busiest_card() -> String {
+    format!("C{:010}", tally_engine::workload::card_of_rank(1, 300))
+}
+
+/// Pages of the busiest member's statement, `per_page` entries each.
+fn statement_lines(per_page: u32, pages: u32) -> String {
+    let card = busiest_card();
+    (0..pages)
+        .map(|page| {
+            format!(
+                r#"{{"merchant":"demo","admin":"ops","txn":"statement-{page}","at":"2026-01-05T12:00:00Z","statement":{{"member":{{"card":"{card}"}},"page":{page},"per_page":{per_page}}}}}"#
+            ) + "\n"
+        })
+        .collect()
+}
+
+fn statement_pages(output: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("JSON"))
+        .filter(|result| result["command"] == "statement")
+        .collect()
+}
+
+#[test]
+fn a_statement_pages_through_a_members_entries_newest_first_and_survives_a_restart() {
+    let scratch = Scratch::new("statement");
+    let commands = scratch.path("commands.jsonl");
+    write_commands(&commands, 600);
+    let with_queries = scratch.path("with-queries.jsonl");
+    let text = std::fs::read_to_string(&commands).unwrap() + &statement_lines(50, 20);
+    std::fs::write(&with_queries, text).unwrap();
+    let first = ingest(&scratch, &with_queries, &scratch.path("first.csv"));
+    let pages = statement_pages(&first);
+    assert_eq!(pages.len(), 20);
+    let mut seqs = Vec::new();
+    let (mut points, mut credit) = (0i64, rust_decimal::Decimal::ZERO);
+    for page in &pages {
+        assert_eq!(page["status"], "applied", "{page}");
+        let statement = &page["statement"];
+        for entry in statement["entries"].as_array().unwrap() {
+            seqs.push(entry["seq"].as_u64().unwrap());
+            let amount: rust_decimal::Decimal = entry["amount"].as_str().unwrap().parse().unwrap();
+            match entry["wallet"].as_str().unwrap() {
+                "points" => points += i64::try_from(amount.mantissa()).unwrap(),
+                _ => credit += amount,
+            }
+            assert!(entry["command"].as_str().unwrap().contains('/'), "{entry}");
+        }
+    }
+    let total = pages[0]["statement"]["total_entries"].as_u64().unwrap();
+    assert!(total > 50 * 3, "several pages: {total} entries");
+    assert!(total < 50 * 20, "the last pages are empty: {total} entries");
+    assert_eq!(seqs.len() as u64, total, "the pages hold every entry once");
+    assert!(seqs.windows(2).all(|w| w[0] > w[1]), "newest first");
+    // Balances are the sum of entries.
+    let balances = std::fs::read_to_string(scratch.path("first.csv")).unwrap();
+    let card = format!("card:{}", busiest_card());
+    let member = balances
+        .lines()
+        .find(|line| line.contains(&card))
+        .expect("the busiest member");
+    let columns: Vec<&str> = member.split(',').collect();
+    assert_eq!(columns[3], points.to_string(), "{member}");
+    assert_eq!(columns[7].parse::<rust_decimal::Decimal>().unwrap(), credit);
+
+    // After a restart (from the checkpoint) the statement reads the same.
+    let queries = scratch.path("queries.jsonl");
+    std::fs::write(&queries, statement_lines(50, 20)).unwrap();
+    let second = ingest(&scratch, &queries, &scratch.path("second.csv"));
+    assert_eq!(statement_pages(&second), pages);
+}
+
+#[test]
+fn a_statement_is_for_operators_and_names_a_known_member() {
+    let scratch = Scratch::new("statement-refused");
+    let commands = scratch.path("commands.jsonl");
+    write_commands(&commands, 20);
+    let queries = [
+        r#"{"merchant":"demo","terminal":"pos-1","txn":"q1","at":"2026-01-05T12:00:00Z","statement":{"member":{"id":1}}}"#,
+        r#"{"merchant":"demo","admin":"ops","txn":"q2","at":"2026-01-05T12:00:00Z","statement":{"member":{"id":999999}}}"#,
+        r#"{"merchant":"demo","admin":"ops","txn":"q3","at":"2026-01-05T12:00:00Z","statement":{"member":{"id":1},"per_page":0}}"#,
+    ];
+    let text = std::fs::read_to_string(&commands).unwrap() + &queries.join("\n") + "\n";
+    std::fs::write(&commands, text).unwrap();
+    let output = ingest(&scratch, &commands, &scratch.path("balances.csv"));
+    let reasons: Vec<String> = statement_pages(&output)
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap_or("none").to_string())
+        .collect();
+    assert_eq!(reasons, ["unauthorized", "unknown_member", "invalid"]);
+}

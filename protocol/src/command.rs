@@ -74,6 +74,7 @@ pub enum Body {
     Link(Link),
     LoadProgram(LoadProgram),
     Tick(Tick),
+    Statement(StatementQuery),
 }
 
 /// The name of a command, as in its JSON key and in results.
@@ -93,6 +94,7 @@ pub enum CommandKind {
     Link,
     LoadProgram,
     Tick,
+    Statement,
     /// A command that could not be read, so its kind is not known.
     Unknown,
 }
@@ -113,6 +115,7 @@ impl CommandKind {
             CommandKind::Link => "link",
             CommandKind::LoadProgram => "load_program",
             CommandKind::Tick => "tick",
+            CommandKind::Statement => "statement",
             CommandKind::Unknown => "unknown",
         }
     }
@@ -125,6 +128,7 @@ impl CommandKind {
                 | CommandKind::IssueCards
                 | CommandKind::LoadProgram
                 | CommandKind::Tick
+                | CommandKind::Statement
         )
     }
 }
@@ -145,6 +149,7 @@ impl Body {
             Body::Link(_) => CommandKind::Link,
             Body::LoadProgram(_) => CommandKind::LoadProgram,
             Body::Tick(_) => CommandKind::Tick,
+            Body::Statement(_) => CommandKind::Statement,
         }
     }
 }
@@ -358,3 +363,23 @@ pub struct LoadProgram {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tick {}
+
+/// The most entries one statement page holds.
+pub const MAX_STATEMENT_PAGE: u32 = 500;
+
+/// A query (operators only): one page of a member's ledger entries, newest first. Changes
+/// nothing and is not remembered.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatementQuery {
+    pub member: MemberRef,
+    /// Page number, 0 for the newest entries.
+    #[serde(default)]
+    pub page: u32,
+    #[serde(default = "default_per_page")]
+    pub per_page: u32,
+}
+
+fn default_per_page() -> u32 {
+    50
+}

@@ -49,6 +49,8 @@ pub struct CommandJson {
     pub load_program: Option<LoadProgram>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tick: Option<Tick>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<StatementQuery>,
 }
 
 /// A command line that could not be read. `key` is set when the envelope was readable, so
@@ -206,10 +208,11 @@ fn take_body(json: &CommandJson) -> Result<Body, String> {
     push(json.link.clone().map(Body::Link));
     push(json.load_program.clone().map(Body::LoadProgram));
     push(json.tick.clone().map(Body::Tick));
+    push(json.statement.clone().map(Body::Statement));
     match bodies.len() {
         1 => Ok(bodies.pop().expect("one body")),
         0 => Err("the command has no body: add one of `purchase`, `quote`, `return`, `hold`, `capture`, \
-                  `release`, `adjust`, `event`, `enroll`, `issue_cards`, `link`, `load_program`, `tick`"
+                  `release`, `adjust`, `event`, `enroll`, `issue_cards`, `link`, `load_program`, `tick`, `statement`"
             .into()),
         _ => Err("a command has exactly one body".into()),
     }
@@ -248,6 +251,7 @@ impl From<&Command> for CommandJson {
             Body::Link(b) => json.link = Some(b),
             Body::LoadProgram(b) => json.load_program = Some(b),
             Body::Tick(b) => json.tick = Some(b),
+            Body::Statement(b) => json.statement = Some(b),
         }
         json
     }

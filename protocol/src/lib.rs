@@ -12,13 +12,14 @@ mod result;
 pub use command::{
     Adjust, AdjustReason, Alias, Body, Capture, Command, CommandKind, Enroll, Event, Hold, IdemKey,
     IssueCards, Line, Link, LoadProgram, MemberRef, Origin, Payment, Purchase, Release, Return,
-    ReturnLine, Tick, TxnRef, ENGINE_ADMIN,
+    ReturnLine, StatementQuery, Tick, TxnRef, ENGINE_ADMIN, MAX_STATEMENT_PAGE,
 };
 pub use json::{parse_command_line, CommandJson, ParseError};
 pub use reason::Reason;
 pub use result::{
     Applied, Balances, CommandResult, Discount, EntryKind, EntryView, LineEarning, LotSlice,
-    MemberView, RuleEarning, Status, TickSummary, TierChange, Wallet,
+    MemberView, RuleEarning, StatementEntry, StatementPage, Status, TickSummary, TierChange,
+    Wallet,
 };
 
 /// Money as it crosses the boundary: an exact decimal in the merchant's currency.

@@ -132,6 +132,9 @@ pub struct Applied {
     /// For `tick`: how much time-driven work was done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tick: Option<TickSummary>,
+    /// For `statement`: one page of the member's entries, newest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<StatementPage>,
 }
 
 fn is_zero(value: &i64) -> bool {
@@ -220,6 +223,33 @@ pub struct TickSummary {
     pub holds_lapsed: u64,
     pub birthday_bonuses: u64,
     pub tier_changes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementPage {
+    pub page: u32,
+    pub per_page: u32,
+    /// All the member's entries, on every page.
+    pub total_entries: u64,
+    pub entries: Vec<StatementEntry>,
+}
+
+/// A ledger entry as a statement shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementEntry {
+    /// The entry's place in the merchant's ledger: later entries have higher numbers.
+    pub seq: u64,
+    pub at: crate::Timestamp,
+    /// The key of the command that wrote it.
+    pub command: String,
+    pub wallet: Wallet,
+    pub kind: EntryKind,
+    pub amount: Decimal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Arc<str>>,
+    pub program_version: u32,
+    #[serde(default, skip_serializing_if = "SmallVec::is_empty")]
+    pub lots: SmallVec<[LotSlice; 1]>,
 }
 
 impl Applied {

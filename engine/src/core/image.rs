@@ -19,6 +19,7 @@ use crate::Timestamp;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LedgerImage {
+    next_entry_seq: u64,
     merchants: Vec<MerchantImage>,
 }
 
@@ -53,6 +54,7 @@ pub enum ImageError {
 /// serialises the state without copying it first.
 #[derive(Debug, Serialize)]
 pub struct LedgerImageRef<'a> {
+    next_entry_seq: u64,
     merchants: Vec<MerchantImageRef<'a>>,
 }
 
@@ -87,6 +89,7 @@ impl Ledger {
             "entries not yet logged would be lost from an image"
         );
         LedgerImageRef {
+            next_entry_seq: self.next_entry_seq,
             merchants: self.merchants.values().map(merchant_image).collect(),
         }
     }
@@ -95,6 +98,7 @@ impl Ledger {
     /// ledger the image was taken from.
     pub fn from_image(image: LedgerImage) -> Result<Ledger, ImageError> {
         let mut ledger = Ledger::new();
+        ledger.next_entry_seq = image.next_entry_seq;
         for merchant in image.merchants {
             let merchant = restore_merchant(merchant)?;
             ledger.merchants.insert(merchant.name.to_string(), merchant);

@@ -152,6 +152,8 @@ pub struct Member {
     /// The earliest time-driven work registered in the merchant's timer queue.
     #[serde(with = "micros::option")]
     pub timer_at: Option<Timestamp>,
+    /// The numbers of the entries written for this member, oldest first: its statement.
+    pub history: Vec<u64>,
 }
 
 impl Member {
@@ -179,6 +181,7 @@ impl Member {
             last_birthday_year: i32::MIN,
             open_holds: Vec::new(),
             timer_at: None,
+            history: Vec::new(),
         }
     }
 

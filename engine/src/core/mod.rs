@@ -52,6 +52,8 @@ pub const RESULTS_KEPT_WHOLE: usize = 65_536;
 /// One immutable change of one wallet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// Its place in the ledger, counted over all merchants: statements fetch entries by it.
+    pub seq: u64,
     pub merchant: Arc<str>,
     pub member: u64,
     pub wallet: Wallet,
@@ -64,6 +66,16 @@ pub struct Entry {
     pub rule: Option<Arc<str>>,
     pub program_version: u32,
     pub lots: Lots,
+}
+
+/// What a statement page shows, before its entries are read from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementPlan {
+    pub member: u64,
+    pub minor_units: u32,
+    pub total_entries: u64,
+    /// Entry numbers, newest first.
+    pub seqs: Vec<u64>,
 }
 
 /// A rejection: a stable reason and a sentence for the cashier.
@@ -156,6 +168,8 @@ impl Merchant {
 pub struct Ledger {
     merchants: BTreeMap<String, Merchant>,
     journal: Vec<Entry>,
+    /// The sequence number the next entry gets.
+    next_entry_seq: u64,
     results_kept_whole: usize,
 }
 
@@ -164,6 +178,7 @@ impl Default for Ledger {
         Ledger {
             merchants: BTreeMap::new(),
             journal: Vec::new(),
+            next_entry_seq: 1,
             results_kept_whole: RESULTS_KEPT_WHOLE,
         }
     }
@@ -183,6 +198,7 @@ pub(crate) struct Ctx {
 /// Writes entries to the journal and keeps the members' running sums of them.
 pub(crate) struct Books<'a> {
     journal: &'a mut Vec<Entry>,
+    next_seq: &'a mut u64,
 }
 
 impl Books<'_> {
@@ -204,7 +220,11 @@ impl Books<'_> {
             Wallet::Points => member.entry_points += amount,
             Wallet::Credit => member.entry_credit_minor += amount,
         }
+        let seq = *self.next_seq;
+        *self.next_seq += 1;
+        member.history.push(seq);
         self.journal.push(Entry {
+            seq,
             merchant: ctx.merchant.clone(),
             member: member.id,
             wallet,
@@ -265,6 +285,56 @@ impl Ledger {
         &self.journal
     }
 
+    /// Which entries a `statement` query shows: the member's entry numbers on the page asked
+    /// for, newest first, and how many entries the member has in all. The entries themselves
+    /// are in the log.
+    pub fn statement_plan(&self, command: &Command) -> Result<StatementPlan, Rejection> {
+        let Body::Statement(query) = &command.body else {
+            return reject(Reason::Invalid, "not a statement query");
+        };
+        if matches!(command.origin, Origin::Terminal(_)) {
+            return reject(
+                Reason::Unauthorized,
+                "`statement` needs an operator (admin) identity",
+            );
+        }
+        if query.per_page == 0 || query.per_page > tally_protocol::MAX_STATEMENT_PAGE {
+            return reject(
+                Reason::Invalid,
+                format!(
+                    "per_page must be 1..={}",
+                    tally_protocol::MAX_STATEMENT_PAGE
+                ),
+            );
+        }
+        let Some(merchant) = self.merchants.get(&command.merchant) else {
+            return reject(
+                Reason::UnknownMerchant,
+                format!("merchant {:?} has no loyalty program", command.merchant),
+            );
+        };
+        let (members::Who::Existing(index) | members::Who::Activate(index)) =
+            members::resolve(merchant, &query.member, false)?
+        else {
+            unreachable!("resolve without enrolment finds a member or rejects")
+        };
+        let history = &merchant.members[index as usize].history;
+        let skip = u64::from(query.page) * u64::from(query.per_page);
+        let seqs = history
+            .iter()
+            .rev()
+            .skip(skip.min(history.len() as u64) as usize)
+            .take(query.per_page as usize)
+            .copied()
+            .collect();
+        Ok(StatementPlan {
+            member: merchant.members[index as usize].id,
+            minor_units: merchant.program().minor_units,
+            total_entries: history.len() as u64,
+            seqs,
+        })
+    }
+
     /// When the merchant next has time-driven work, if ever.
     pub fn due_at(&self, merchant: &str) -> Option<Timestamp> {
         self.merchants.get(merchant).and_then(time::due_at)
@@ -321,8 +391,11 @@ impl Ledger {
                 ),
             };
         }
-        // Quotes change nothing and ticks are idempotent by nature: neither is remembered.
-        let remembered = !matches!(kind, CommandKind::Quote | CommandKind::Tick);
+        // Queries change nothing and ticks are idempotent by nature: none is remembered.
+        let remembered = !matches!(
+            kind,
+            CommandKind::Quote | CommandKind::Tick | CommandKind::Statement
+        );
         let fingerprint = if remembered { fingerprint(command) } else { 0 };
         let merchant = self
             .merchants
@@ -360,6 +433,7 @@ impl Ledger {
         };
         let mut books = Books {
             journal: &mut self.journal,
+            next_seq: &mut self.next_entry_seq,
         };
         let first_entry = books.journal.len();
         let (mut applied, record) = dispatch(merchant, &mut books, &ctx, &command.body)?;
@@ -440,6 +514,7 @@ impl Ledger {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         for (name, merchant) in &self.merchants {
             name.hash(&mut hasher);
+            self.next_entry_seq.hash(&mut hasher);
             merchant.program().version.hash(&mut hasher);
             merchant.clock.hash(&mut hasher);
             merchant.members.hash(&mut hasher);
@@ -564,6 +639,10 @@ fn dispatch(
         Body::Link(link) => members::link(merchant, ctx, link).map(none),
         Body::LoadProgram(load) => members::load_program(merchant, ctx, &load.program).map(none),
         Body::Tick(_) => time::tick(merchant, books, ctx).map(none),
+        Body::Statement(_) => reject(
+            Reason::Invalid,
+            "statements are answered by the durable engine, which keeps the entries",
+        ),
     }
 }
 
