@@ -446,6 +446,7 @@ impl Engine {
                 .collect(),
         };
         let applied = Applied {
+            program_version: plan.program_version,
             member: Some(MemberView {
                 id: plan.member,
                 enrolled: false,

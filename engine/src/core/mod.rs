@@ -72,6 +72,7 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatementPlan {
     pub member: u64,
+    pub program_version: u32,
     pub minor_units: u32,
     pub total_entries: u64,
     /// Entry numbers, newest first.
@@ -329,6 +330,7 @@ impl Ledger {
             .collect();
         Ok(StatementPlan {
             member: merchant.members[index as usize].id,
+            program_version: merchant.program().version,
             minor_units: merchant.program().minor_units,
             total_entries: history.len() as u64,
             seqs,
