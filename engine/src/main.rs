@@ -238,14 +238,15 @@ fn check_programs(files: &[PathBuf]) -> Result<()> {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         match parse_and_compile(&text) {
             Ok(program) => println!(
-                "{}: ok: merchant {:?} version {}: {} order rules, {} event rules, {} tiers, {} rewards",
+                "{}: ok: merchant {:?} version {}: {} order rules, {} event rules, {} tiers, {} rewards, {} promotions",
                 path.display(),
                 program.merchant,
                 program.version,
                 program.order_rules.len(),
                 program.event_rules.len(),
                 program.tiers.len(),
-                program.rewards.len()
+                program.rewards.len(),
+                program.promotions.list.len()
             ),
             Err(errors) => {
                 failed = true;

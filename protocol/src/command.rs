@@ -74,6 +74,9 @@ pub enum Body {
     Link(Link),
     LoadProgram(LoadProgram),
     Tick(Tick),
+    AssignPromotion(AssignPromotion),
+    IssueCodes(IssueCodes),
+    Tag(Tag),
 }
 
 /// The name of a command, as in its JSON key and in results.
@@ -93,6 +96,9 @@ pub enum CommandKind {
     Link,
     LoadProgram,
     Tick,
+    AssignPromotion,
+    IssueCodes,
+    Tag,
     /// A command that could not be read, so its kind is not known.
     Unknown,
 }
@@ -113,6 +119,9 @@ impl CommandKind {
             CommandKind::Link => "link",
             CommandKind::LoadProgram => "load_program",
             CommandKind::Tick => "tick",
+            CommandKind::AssignPromotion => "assign_promotion",
+            CommandKind::IssueCodes => "issue_codes",
+            CommandKind::Tag => "tag",
             CommandKind::Unknown => "unknown",
         }
     }
@@ -125,6 +134,9 @@ impl CommandKind {
                 | CommandKind::IssueCards
                 | CommandKind::LoadProgram
                 | CommandKind::Tick
+                | CommandKind::AssignPromotion
+                | CommandKind::IssueCodes
+                | CommandKind::Tag
         )
     }
 }
@@ -145,6 +157,9 @@ impl Body {
             Body::Link(_) => CommandKind::Link,
             Body::LoadProgram(_) => CommandKind::LoadProgram,
             Body::Tick(_) => CommandKind::Tick,
+            Body::AssignPromotion(_) => CommandKind::AssignPromotion,
+            Body::IssueCodes(_) => CommandKind::IssueCodes,
+            Body::Tag(_) => CommandKind::Tag,
         }
     }
 }
@@ -358,3 +373,37 @@ pub struct LoadProgram {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tick {}
+
+/// Gives a `regular` promotion to members, or to everyone who holds a tier.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignPromotion {
+    pub promotion: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberRef>,
+    /// A tier id: members holding it at the start of an order may use the promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+}
+
+/// Generates `count` single-use codes of a `scratch` promotion. The codes are drawn from a
+/// cryptographic generator keyed by `seed` (64 hex digits, 256 bits), so replaying the
+/// command gives the same codes; the sender must choose the seed at random and keep it secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueCodes {
+    pub promotion: String,
+    pub count: u32,
+    pub seed: String,
+}
+
+/// Adds tags to a member and removes tags from it (promotion conditions read tags).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tag {
+    pub member: MemberRef,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}

@@ -49,6 +49,12 @@ pub struct CommandJson {
     pub load_program: Option<LoadProgram>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tick: Option<Tick>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assign_promotion: Option<AssignPromotion>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue_codes: Option<IssueCodes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<Tag>,
 }
 
 /// A command line that could not be read. `key` is set when the envelope was readable, so
@@ -206,10 +212,14 @@ fn take_body(json: &CommandJson) -> Result<Body, String> {
     push(json.link.clone().map(Body::Link));
     push(json.load_program.clone().map(Body::LoadProgram));
     push(json.tick.clone().map(Body::Tick));
+    push(json.assign_promotion.clone().map(Body::AssignPromotion));
+    push(json.issue_codes.clone().map(Body::IssueCodes));
+    push(json.tag.clone().map(Body::Tag));
     match bodies.len() {
         1 => Ok(bodies.pop().expect("one body")),
         0 => Err("the command has no body: add one of `purchase`, `quote`, `return`, `hold`, `capture`, \
-                  `release`, `adjust`, `event`, `enroll`, `issue_cards`, `link`, `load_program`, `tick`"
+                  `release`, `adjust`, `event`, `enroll`, `issue_cards`, `link`, `load_program`, `tick`, \
+                  `assign_promotion`, `issue_codes`, `tag`"
             .into()),
         _ => Err("a command has exactly one body".into()),
     }
@@ -248,6 +258,9 @@ impl From<&Command> for CommandJson {
             Body::Link(b) => json.link = Some(b),
             Body::LoadProgram(b) => json.load_program = Some(b),
             Body::Tick(b) => json.tick = Some(b),
+            Body::AssignPromotion(b) => json.assign_promotion = Some(b),
+            Body::IssueCodes(b) => json.issue_codes = Some(b),
+            Body::Tag(b) => json.tag = Some(b),
         }
         json
     }

@@ -10,15 +10,16 @@ mod reason;
 mod result;
 
 pub use command::{
-    Adjust, AdjustReason, Alias, Body, Capture, Command, CommandKind, Enroll, Event, Hold, IdemKey,
-    IssueCards, Line, Link, LoadProgram, MemberRef, Origin, Payment, Purchase, Release, Return,
-    ReturnLine, Tick, TxnRef, ENGINE_ADMIN,
+    Adjust, AdjustReason, Alias, AssignPromotion, Body, Capture, Command, CommandKind, Enroll,
+    Event, Hold, IdemKey, IssueCards, IssueCodes, Line, Link, LoadProgram, MemberRef, Origin,
+    Payment, Purchase, Release, Return, ReturnLine, Tag, Tick, TxnRef, ENGINE_ADMIN,
 };
 pub use json::{parse_command_line, CommandJson, ParseError};
 pub use reason::Reason;
 pub use result::{
     Applied, Balances, CommandResult, Discount, EntryKind, EntryView, LineEarning, LotSlice,
-    MemberView, RuleEarning, Status, TickSummary, TierChange, Wallet,
+    MemberView, PromotionApplied, PromotionLine, PromotionNotApplied, PunchCard, RuleEarning,
+    Status, TickSummary, TierChange, Wallet,
 };
 
 /// Money as it crosses the boundary: an exact decimal in the merchant's currency.

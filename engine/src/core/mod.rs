@@ -8,6 +8,7 @@
 mod holds;
 mod members;
 mod phone;
+mod promotions;
 mod purchase;
 mod returns;
 mod tiers;
@@ -131,6 +132,8 @@ pub struct Merchant {
     next_day_start: Option<Timestamp>,
     next_month_start: Option<Timestamp>,
     next_card: u64,
+    /// Per-member uses, punch cards, budgets, assignments and scratch codes.
+    promotions: promotions::State,
 }
 
 impl Merchant {
@@ -419,6 +422,7 @@ impl Ledger {
             let mut keys: Vec<&Arc<IdemKey>> = merchant.receipts.keys().collect();
             keys.sort();
             keys.hash(&mut hasher);
+            merchant.promotions.digest_into(&mut hasher);
         }
         hasher.digest128()
     }
@@ -456,6 +460,7 @@ fn new_merchant(program: Arc<Program>, now: Timestamp) -> Merchant {
         next_day_start: None,
         next_month_start: None,
         next_card: 1,
+        promotions: promotions::State::default(),
     };
     time::schedule_boundaries(&mut merchant);
     merchant
@@ -537,6 +542,9 @@ fn dispatch(
         Body::Link(link) => members::link(merchant, ctx, link).map(none),
         Body::LoadProgram(load) => members::load_program(merchant, ctx, &load.program).map(none),
         Body::Tick(_) => time::tick(merchant, books, ctx).map(none),
+        Body::AssignPromotion(assign) => promotions::assign(merchant, ctx, assign).map(none),
+        Body::IssueCodes(issue) => promotions::issue_codes(merchant, ctx, issue).map(none),
+        Body::Tag(tag) => promotions::tag(merchant, ctx, tag).map(none),
     }
 }
 
