@@ -1047,7 +1047,10 @@ pub(super) fn commit_return(
                 view.code_returned = true;
             }
         }
-        applied.promotions.push(view);
+        // A use given back silently (nothing to hand back, no code) is not listed.
+        if take.take || view.code_returned {
+            applied.promotions.push(view);
+        }
     }
 }
 
