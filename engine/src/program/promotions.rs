@@ -969,3 +969,130 @@ fn rate(r: &mut dyn Report, path: &str, value: Option<Decimal>) -> Option<i64> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::program::parse_and_compile;
+
+    const HEAD: &str = "merchant = \"m\"\nversion = 1\ncurrency = \"USD\"\ntime_zone = \"UTC\"\npoint_value = \"0.01\"\n[[tiers]]\nid = \"member\"\nname = \"Member\"\n";
+
+    fn errors(promotions: &str) -> Vec<String> {
+        match parse_and_compile(&format!("{HEAD}{promotions}")) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn names_each_mistake_with_its_place() {
+        let text = r#"
+[[promotions]]
+id = "a"
+kind = "benefit"
+title = "A"
+[[promotions.cases]]
+actions = [{ kind = "award_points", points = 5 }]
+
+[[promotions]]
+id = "a"
+kind = "code"
+title = "B"
+limit_per_member = 2
+[[promotions.cases]]
+conditions = { min_tier = "diamond", contains = [{ sku = "X", qty = 0 }], hours = ["07:00", "7pm"] }
+actions = [{ kind = "award_points", points = 5 }]
+
+[[promotions]]
+id = "c"
+kind = "benefit"
+title = "C"
+budget = { points = 10 }
+[[promotions.cases]]
+actions = [{ kind = "award_points", points = 5 }, { kind = "percent_discount", percent = 150 }, { kind = "punch" }]
+"#;
+        assert_eq!(
+            errors(text),
+            vec![
+                "promotions[1].limit_per_member: a code promotion is used once per member",
+                "promotions[1].code: a code promotion names its `code`",
+                "promotions[1].cases[0].conditions.contains[0].qty: must be 1..=1000000",
+                "promotions[1].cases[0].conditions.min_tier: no tier has id \"diamond\"",
+                "promotions[1].cases[0].conditions.hours[1]: \"7pm\" is not a time \"HH:MM\" (00:00..=24:00)",
+                "promotions[1].id: \"a\" is used by an earlier promotion",
+                "promotions[2].cases[0].actions[1].percent: must be 0..=100",
+                "promotions[2].cases[0].actions: only punch cards punch",
+                "promotions[2].budget: a budget in points is for promotions that give only points and gifts",
+            ]
+        );
+    }
+
+    #[test]
+    fn kinds_need_their_fields() {
+        let text = r#"
+[[promotions]]
+id = "card"
+kind = "punch_card"
+title = "Card"
+[[promotions.cases]]
+actions = [{ kind = "award_points", points = 5, factor = 2 }]
+
+[[promotions]]
+id = "gift"
+kind = "external_gift"
+title = "Gift"
+code = "X"
+[[promotions.cases]]
+actions = [{ kind = "free_product" }]
+"#;
+        assert_eq!(
+            errors(text),
+            vec![
+                "promotions[0].punches: a punch card says how many `punches` fill it",
+                "promotions[0].cases[0].actions[0].factor: does not belong to this kind of action",
+                "promotions[0].reward: a punch card gives 1 to 8 reward actions",
+                "promotions[0].cases[0].actions: every case of a punch card punches once (`kind = \"punch\"`)",
+                "promotions[1].code: only code promotions have a `code` (scratch codes come from `issue_codes`)",
+                "promotions[1].cases[0].actions[0].sku: a free_product action names its `sku`",
+                "promotions[1].cases: an external_gift promotion hands over a gift (`kind = \"external_gift\"`)",
+            ]
+        );
+    }
+
+    #[test]
+    fn indexes_automatic_promotions_by_what_triggers_them() {
+        let text = r#"
+[[promotions]]
+id = "by_sku"
+kind = "benefit"
+title = "S"
+[[promotions.cases]]
+conditions = { contains = [{ sku = "LATTE" }] }
+actions = [{ kind = "award_points", points = 1 }]
+[[promotions.cases]]
+conditions = { contains = [{ category = "pastry" }] }
+actions = [{ kind = "award_points", points = 1 }]
+
+[[promotions]]
+id = "always"
+kind = "benefit"
+title = "A"
+[[promotions.cases]]
+conditions = { min_total = "5.00" }
+actions = [{ kind = "award_points", points = 1 }]
+
+[[promotions]]
+id = "code"
+kind = "code"
+code = "sp-ring"
+title = "C"
+[[promotions.cases]]
+actions = [{ kind = "award_points", points = 1 }]
+"#;
+        let program = parse_and_compile(&format!("{HEAD}{text}")).expect("valid");
+        let index = &program.promotions;
+        assert_eq!(index.automatic_by_sku["LATTE"], vec![0]);
+        assert_eq!(index.automatic_by_category["pastry"], vec![0]);
+        assert_eq!(index.automatic_always, vec![1]);
+        assert_eq!(index.by_code["SPRING"], 2);
+    }
+}
