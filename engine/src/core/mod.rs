@@ -26,6 +26,7 @@ use tally_protocol::{
 
 pub use member::{Counters, Lot, Lots, Member, Slice, Totals};
 pub use phone::normalize_phone;
+pub use promotions::scratch_codes;
 
 use crate::money::from_minor;
 use crate::program::{parse_and_compile, Program};

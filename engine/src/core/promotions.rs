@@ -1183,7 +1183,7 @@ pub(super) fn issue_codes(
             format!("a merchant has at most {MAX_CODES_PER_MERCHANT} scratch codes"),
         );
     }
-    let mut rng = rand_chacha::ChaCha20Rng::from_seed(seed);
+    let mut draws = CodeDraws::new(seed);
     let mut codes: Vec<String> = Vec::with_capacity(issue.count as usize);
     let mut fresh: FxHashMap<Box<str>, ()> = FxHashMap::default();
     // Bounded: a reused seed repeats earlier codes, and is refused rather than looped on.
@@ -1192,7 +1192,7 @@ pub(super) fn issue_codes(
         if codes.len() == issue.count as usize {
             break;
         }
-        let code = scratch_code(&mut rng);
+        let code = draws.next_code();
         let taken = state.scratch.contains_key(code.as_str())
             || fresh.contains_key(code.as_str())
             || program.promotions.by_code.contains_key(&code);
@@ -1238,11 +1238,31 @@ fn parse_seed(text: &str) -> Result<[u8; 32], Rejection> {
     Ok(seed)
 }
 
-/// 80 random bits as 16 Crockford base-32 characters (normalised form, no dashes).
-fn scratch_code(rng: &mut rand_chacha::ChaCha20Rng) -> String {
-    let bits = (u128::from(rng.next_u64()) << 16) | u128::from(rng.next_u32() & 0xFFFF);
-    (0..SCRATCH_CODE_CHARS)
-        .map(|i| CROCKFORD[((bits >> (5 * (SCRATCH_CODE_CHARS - 1 - i))) & 31) as usize] as char)
+/// The stream of candidate scratch codes a seed gives: 80 random bits each, as 16 Crockford
+/// base-32 characters (normalised form, no dashes).
+struct CodeDraws(rand_chacha::ChaCha20Rng);
+
+impl CodeDraws {
+    fn new(seed: [u8; 32]) -> CodeDraws {
+        CodeDraws(rand_chacha::ChaCha20Rng::from_seed(seed))
+    }
+
+    fn next_code(&mut self) -> String {
+        let bits = (u128::from(self.0.next_u64()) << 16) | u128::from(self.0.next_u32() & 0xFFFF);
+        (0..SCRATCH_CODE_CHARS)
+            .map(|i| {
+                CROCKFORD[((bits >> (5 * (SCRATCH_CODE_CHARS - 1 - i))) & 31) as usize] as char
+            })
+            .collect()
+    }
+}
+
+/// The first `count` codes a seed gives, as `issue_codes` prints them for a merchant that has
+/// no scratch codes yet (synthetic traffic uses it to present real codes).
+pub fn scratch_codes(seed: [u8; 32], count: usize) -> Vec<String> {
+    let mut draws = CodeDraws::new(seed);
+    (0..count)
+        .map(|_| display_code(&draws.next_code()))
         .collect()
 }
 
