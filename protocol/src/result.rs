@@ -298,7 +298,8 @@ pub struct TickSummary {
 }
 
 impl Applied {
-    /// A copy without the detail lists (rules, lines, discounts, entries, cards).
+    /// A copy without the detail lists (rules, lines, discounts, entries, cards, codes and the
+    /// promotion lists).
     pub fn clone_summary(&self) -> Applied {
         Applied {
             program_version: self.program_version,
