@@ -346,6 +346,22 @@ mod tests {
     }
 
     #[test]
+    fn promotion_commands_round_trip() {
+        for line in [
+            r#"{"merchant":"m","admin":"ops","txn":"1","at":"2026-03-01T10:00:00Z","issue_codes":{"promotion":"s","count":3,"seed":"00"}}"#,
+            r#"{"merchant":"m","admin":"ops","txn":"2","at":"2026-03-01T10:00:00Z","assign_promotion":{"promotion":"r","tier":"gold"}}"#,
+            r#"{"merchant":"m","admin":"ops","txn":"3","at":"2026-03-01T10:00:00Z","tag":{"member":{"id":1},"add":["staff"]}}"#,
+        ] {
+            let command = parse_command_line(line).unwrap();
+            assert!(command.kind().admin_only(), "{line}");
+            assert_eq!(
+                parse_command_line(&command.to_json_line()).unwrap(),
+                command
+            );
+        }
+    }
+
+    #[test]
     fn reads_uuid_style_ids() {
         let line = r#"{"merchant":"demo","admin":"ops","id":"0123abcd-0123-abcd-0123-abcdef012345","at":"2026-03-01T10:00:00Z","tick":{}}"#;
         let command = parse_command_line(line).unwrap();

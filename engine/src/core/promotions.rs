@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use tally_protocol::{
     Applied, AssignPromotion, IssueCodes, MemberRef, PromotionApplied, PromotionLine,
     PromotionNotApplied, PunchCard, Purchase, Reason, Tag,
@@ -46,7 +47,8 @@ const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 // ---------------------------------------------------------------------------------------------
 
 /// A merchant's promotion state. Keyed by promotion id, so it outlives program versions.
-#[derive(Debug, Default)]
+/// Plain data (serde), so a checkpoint of the merchant can hold it.
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct State {
     spent: FxHashMap<Arc<str>, Spent>,
     members: FxHashMap<u32, MemberState>,
@@ -57,14 +59,16 @@ pub struct State {
 }
 
 /// What a promotion has given in all: what its budget is measured against.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct Spent {
     pub uses: u64,
     pub points: i64,
     pub amount_minor: i64,
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct MemberState {
     uses: Vec<(Arc<str>, u32)>,
     /// Holes on the current card of each punch card.
@@ -72,7 +76,7 @@ struct MemberState {
     assigned: Vec<Arc<str>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct ScratchCode {
     promotion: Arc<str>,
     used: bool,
@@ -169,7 +173,7 @@ struct Application {
     contains: Vec<(Vec<u32>, i64)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Punch {
     after: u32,
     of: u32,
@@ -873,7 +877,7 @@ pub(super) fn describe(
 // ---------------------------------------------------------------------------------------------
 
 /// What a return needs to know about a promotion an order got.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PromotionRecord {
     id: Arc<str>,
     rule: Arc<str>,
