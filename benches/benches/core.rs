@@ -1,5 +1,6 @@
 //! Purchases applied by the ledger core on one thread: 5-line baskets, the demo program
-//! (11 order rules, 5 tiers), 1,000,000 members drawn Zipf-distributed (exponent 1.1).
+//! (11 order rules, 5 tiers, 9 promotions), 1,000,000 members drawn Zipf-distributed
+//! (exponent 1.1); and the same purchases with 0, 20 and 1,000 active promotions.
 //!
 //! Run: `cargo bench -p tally-benches --bench core`. Reports purchases/s (criterion's
 //! "thrpt" in elements/s). Commands are generated before measuring, so only applying them
@@ -9,7 +10,7 @@ use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tally_benches::{commands, populated, purchases};
+use tally_benches::{commands, demo_program_with_promotions, populated, populated_with, purchases};
 use tally_engine::workload::Workload;
 
 #[global_allocator]
@@ -55,5 +56,48 @@ fn apply_purchases(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, apply_purchases);
+/// Members of the promotion comparison: fewer than above, so three ledgers fit and set up fast.
+const PROMOTION_MEMBERS: u64 = 100_000;
+
+/// The same purchases against the demo program with 0, 20 and 1,000 active promotions: an
+/// order looks only at the promotions its codes, member, SKUs and categories can trigger, so
+/// the cost should barely grow with the number of promotions.
+fn apply_purchases_with_promotions(c: &mut Criterion) {
+    let mut group = c.benchmark_group("core");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(2));
+    group.measurement_time(Duration::from_secs(6));
+    for count in [0, 20, 1_000] {
+        let config = purchases(PROMOTION_MEMBERS);
+        let program = demo_program_with_promotions(count);
+        let replayer = RefCell::new(populated_with(&program, PROMOTION_MEMBERS, &config));
+        let mut workload = Workload::new(config);
+        let pool = RefCell::new(commands(&mut workload, POOL / 4));
+        let next = RefCell::new(0usize);
+        let name = format!("purchase_5_lines_100k_members_{count}_promotions");
+        group.bench_function(name.as_str(), |b| {
+            b.iter_custom(|iters| {
+                let mut pool = pool.borrow_mut();
+                let mut next = next.borrow_mut();
+                if *next + iters as usize > pool.len() {
+                    pool.extend(commands(&mut workload, iters));
+                }
+                let batch = &pool[*next..*next + iters as usize];
+                *next += iters as usize;
+                let mut replayer = replayer.borrow_mut();
+                let started = Instant::now();
+                for command in batch {
+                    replayer.apply(command, &mut |_| {});
+                }
+                started.elapsed()
+            })
+        });
+        let stats = &replayer.borrow().stats;
+        assert_eq!(stats.rejected, 0, "purchases must all apply: {stats:?}");
+    }
+    group.finish();
+}
+
+criterion_group!(benches, apply_purchases, apply_purchases_with_promotions);
 criterion_main!(benches);

@@ -1,12 +1,13 @@
 //! Applies purchases to a populated ledger and prints the rate, outside criterion: handy
 //! under a profiler (`perf record -D <ms after set-up>`).
-//! `cargo run --release -p tally-benches --example apply_rate -- [members] [purchases]`
+//! `cargo run --release -p tally-benches --example apply_rate -- [members] [purchases] [promotions]`
+//! (with a third number: the demo program with that many generated promotions instead of its own).
 // Floats here are rates for display, never money.
 #![allow(clippy::float_arithmetic)]
 
 use std::time::Instant;
 
-use tally_benches::{commands, populated, purchases};
+use tally_benches::{commands, demo_program_with_promotions, populated, populated_with, purchases};
 use tally_engine::workload::Workload;
 
 #[global_allocator]
@@ -18,9 +19,13 @@ fn main() {
         .map(|a| a.parse::<u64>().expect("a number"));
     let members = args.next().unwrap_or(1_000_000);
     let count = args.next().unwrap_or(1_000_000);
+    let promotions = args.next();
     let config = purchases(members);
     let set_up = Instant::now();
-    let mut replayer = populated(members, &config);
+    let mut replayer = match promotions {
+        Some(n) => populated_with(&demo_program_with_promotions(n as usize), members, &config),
+        None => populated(members, &config),
+    };
     let batch = commands(&mut Workload::new(config), count);
     eprintln!("set-up {:.1} s", set_up.elapsed().as_secs_f64());
     let started = Instant::now();

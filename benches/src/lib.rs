@@ -11,8 +11,12 @@ const CARDS_PER_COMMAND: u64 = 100_000;
 
 /// A replayer with the demo program and `members` issued cards `C0000000001…`.
 pub fn populated(members: u64, config: &WorkloadConfig) -> Replayer {
-    let mut replayer =
-        Replayer::new(vec![DEMO_PROGRAM.to_string()]).expect("demo program is valid");
+    populated_with(DEMO_PROGRAM, members, config)
+}
+
+/// A replayer with `program` and `members` issued cards `C0000000001…`.
+pub fn populated_with(program: &str, members: u64, config: &WorkloadConfig) -> Replayer {
+    let mut replayer = Replayer::new(vec![program.to_string()]).expect("the program is valid");
     let at = config.start - TimeDelta::hours(1);
     let mut issued = 0;
     let mut batch = 0;
@@ -49,4 +53,77 @@ pub fn purchases(members: u64) -> WorkloadConfig {
 
 pub fn commands(workload: &mut Workload, count: u64) -> Vec<Command> {
     workload.take(count as usize).collect()
+}
+
+/// The demo program without its own promotions and with `count` generated ones, active all
+/// the time, of every kind. Three can be met by the benchmark's orders, whatever the count (a
+/// punch card on pastries, a benefit on two lattes, a benefit for web orders of 30.00 or
+/// more); the others are triggered by codes, assignments, or SKUs and categories the workload
+/// never sells, as in a real catalog of promotions. So 20 against 1,000 measures how the cost
+/// of an order grows with promotions it cannot meet, and 0 against 20 what meeting a few
+/// costs.
+pub fn demo_program_with_promotions(count: usize) -> String {
+    let marker = "# ---- promotions";
+    let end = DEMO_PROGRAM
+        .find(marker)
+        .expect("the demo program has promotions");
+    let mut text = DEMO_PROGRAM[..end].to_string();
+    for i in 0..count {
+        let promotion = match i % 10 {
+            _ if i == 7 => catalog_benefit("LATTE"),
+            _ if i == 9 => catalog_punch_card("pastry"),
+            _ if i == 19 => "kind = \"benefit\"\nchannels = [\"web\"]\n[[promotions.cases]]\n\
+                             conditions = { min_total = \"30.00\" }\n\
+                             actions = [{ kind = \"award_points\", points = 20 }]\n"
+                .to_string(),
+            0..=3 => format!(
+                "kind = \"code\"\ncode = \"BENCH{i}\"\n[[promotions.cases]]\n\
+                 actions = [{{ kind = \"percent_discount\", percent = 10 }}]\n"
+            ),
+            4 | 5 => "kind = \"regular\"\n[[promotions.cases]]\n\
+                      actions = [{ kind = \"fixed_discount\", amount = \"2.00\" }]\n"
+                .to_string(),
+            6 => "kind = \"scratch\"\n[[promotions.cases]]\n\
+                  actions = [{ kind = \"award_points\", points = 50 }]\n"
+                .to_string(),
+            7 | 8 => catalog_benefit(&format!("SKU-{i}")),
+            _ => catalog_punch_card(&format!("category-{i}")),
+        };
+        text.push_str(&format!(
+            "\n[[promotions]]\nid = \"bench_{i}\"\ntitle = \"Promotion {i}\"\n{promotion}"
+        ));
+    }
+    text
+}
+
+/// 5% off a SKU when the order has two of it.
+fn catalog_benefit(sku: &str) -> String {
+    format!(
+        "kind = \"benefit\"\nbudget = {{ uses = 1000000000 }}\n[[promotions.cases]]\n\
+         conditions = {{ contains = [{{ sku = \"{sku}\", qty = 2 }}] }}\n\
+         actions = [{{ kind = \"percent_discount\", percent = 5, skus = [\"{sku}\"] }}]\n"
+    )
+}
+
+/// Eight orders with something of the category: 100 points.
+fn catalog_punch_card(category: &str) -> String {
+    format!(
+        "kind = \"punch_card\"\npunches = 8\n[[promotions.cases]]\n\
+         conditions = {{ contains = [{{ category = \"{category}\" }}] }}\n\
+         actions = [{{ kind = \"punch\" }}]\n\
+         [[promotions.reward]]\nkind = \"award_points\"\npoints = 100\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn generated_programs_are_valid() {
+        for count in [0, 20, 1_000] {
+            let text = super::demo_program_with_promotions(count);
+            let program = tally_engine::program::parse_and_compile(&text)
+                .unwrap_or_else(|errors| panic!("{count} promotions: {errors}"));
+            assert_eq!(program.promotions.list.len(), count);
+        }
+    }
 }

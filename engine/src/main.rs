@@ -266,14 +266,15 @@ fn check_programs(files: &[PathBuf]) -> Result<()> {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         match parse_and_compile(&text) {
             Ok(program) => println!(
-                "{}: ok: merchant {:?} version {}: {} order rules, {} event rules, {} tiers, {} rewards",
+                "{}: ok: merchant {:?} version {}: {} order rules, {} event rules, {} tiers, {} rewards, {} promotions",
                 path.display(),
                 program.merchant,
                 program.version,
                 program.order_rules.len(),
                 program.event_rules.len(),
                 program.tiers.len(),
-                program.rewards.len()
+                program.rewards.len(),
+                program.promotions.list.len()
             ),
             Err(errors) => {
                 failed = true;
@@ -303,10 +304,35 @@ fn demo(members: u64, commands: u64, save_input: Option<PathBuf>) -> Result<()> 
     }
     let mut replayer =
         Replayer::new(vec![DEMO_PROGRAM.to_string()]).expect("the demo program is valid");
+    let mut promotions = std::collections::BTreeMap::<String, (u64, u64)>::new();
+    let mut count_promotions = |result: &CommandResult| {
+        let Some(applied) = result.applied() else {
+            return;
+        };
+        if result.command != tally_protocol::CommandKind::Purchase {
+            return;
+        }
+        for promotion in &applied.promotions {
+            promotions
+                .entry(promotion.promotion.to_string())
+                .or_default()
+                .0 += 1;
+        }
+        for skipped in &applied.promotions_not_applied {
+            promotions
+                .entry(skipped.promotion.to_string())
+                .or_default()
+                .1 += 1;
+        }
+    };
     let started = Instant::now();
-    replayer.run(std::io::Cursor::new(input), &mut |_| {})?;
+    replayer.run(std::io::Cursor::new(input), &mut count_promotions)?;
     let elapsed = started.elapsed();
     println!("{}", summary(&replayer.stats, elapsed));
+    println!("\npromotions (purchases applied to / considered but not applied):");
+    for (id, (applied, skipped)) in &promotions {
+        println!("  {id:<16} {applied:>8} {skipped:>8}");
+    }
     print_members(&replayer);
     Ok(())
 }

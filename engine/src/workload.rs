@@ -7,7 +7,8 @@
 
 use rust_decimal::Decimal;
 use tally_protocol::{
-    Body, Command, Event, IdemKey, Line, MemberRef, Origin, Payment, Purchase, Return, TxnRef,
+    AssignPromotion, Body, Command, Event, IdemKey, IssueCodes, Line, MemberRef, Origin, Payment,
+    Purchase, Return, TxnRef,
 };
 
 use crate::Timestamp;
@@ -54,6 +55,10 @@ pub struct WorkloadConfig {
     pub redeem_percent: u32,
     pub event_percent: u32,
     pub quote_percent: u32,
+    /// Percent of purchases that present a promotion code (the demo program's `SPRING10` or
+    /// one of the scratch codes the workload issues first). With any, the workload starts
+    /// with two operator commands: `issue_codes` and `assign_promotion` to a tier.
+    pub code_percent: u32,
 }
 
 impl WorkloadConfig {
@@ -71,6 +76,7 @@ impl WorkloadConfig {
             redeem_percent: 4,
             event_percent: 3,
             quote_percent: 2,
+            code_percent: 4,
         }
     }
 
@@ -82,6 +88,7 @@ impl WorkloadConfig {
             redeem_percent: 0,
             event_percent: 0,
             quote_percent: 0,
+            code_percent: 0,
             ..WorkloadConfig::demo(members)
         }
     }
@@ -149,18 +156,74 @@ pub struct Workload {
     sequence: u64,
     /// Recent purchases (key, member) that a return can name.
     recent: Vec<(String, String)>,
+    /// Operator commands sent before the traffic, and the scratch codes they issue.
+    prelude: std::collections::VecDeque<Command>,
+    scratch_codes: Vec<String>,
 }
+
+/// The demo's scratch cards: promotion, how many, and the seed they are drawn from.
+const SCRATCH_PROMOTION: &str = "summer_scratch";
+const SCRATCH_CODES: u32 = 2_000;
+const SCRATCH_SEED: [u8; 32] = [0x5c; 32];
 
 impl Workload {
     pub fn new(config: WorkloadConfig) -> Workload {
         let zipf = Zipf::new(config.members, config.zipf_exponent);
-        Workload {
+        let mut workload = Workload {
             rng: Rng::new(config.seed),
             zipf,
             sequence: 0,
             recent: Vec::new(),
+            prelude: std::collections::VecDeque::new(),
+            scratch_codes: Vec::new(),
             config,
+        };
+        if workload.config.code_percent > 0 {
+            workload.scratch_codes =
+                crate::core::scratch_codes(SCRATCH_SEED, SCRATCH_CODES as usize);
+            workload.prelude = workload.promotion_set_up().into();
         }
+        workload
+    }
+
+    /// Scratch codes to present and a regular promotion for silver members.
+    fn promotion_set_up(&mut self) -> Vec<Command> {
+        let seed: String = SCRATCH_SEED.iter().map(|b| format!("{b:02x}")).collect();
+        let issue = Body::IssueCodes(IssueCodes {
+            promotion: SCRATCH_PROMOTION.into(),
+            count: SCRATCH_CODES,
+            seed,
+        });
+        let assign = Body::AssignPromotion(AssignPromotion {
+            promotion: "welcome_back".into(),
+            members: Vec::new(),
+            tier: Some("silver".into()),
+        });
+        [("codes-1", issue), ("assign-1", assign)]
+            .into_iter()
+            .map(|(txn, body)| Command {
+                merchant: self.config.merchant.clone(),
+                origin: Origin::Admin("ops".into()),
+                key: IdemKey::Admin {
+                    admin: "ops".into(),
+                    txn: txn.into(),
+                },
+                at: self.config.start,
+                program_version: None,
+                body,
+            })
+            .collect()
+    }
+
+    fn codes(&mut self) -> Vec<String> {
+        if self.rng.below(100) as u32 >= self.config.code_percent {
+            return Vec::new();
+        }
+        if self.rng.below(2) == 0 {
+            return vec!["SPRING10".into()];
+        }
+        let at = self.rng.below(self.scratch_codes.len() as u64) as usize;
+        vec![self.scratch_codes[at].clone()]
     }
 
     fn card(&mut self) -> String {
@@ -225,6 +288,11 @@ impl Workload {
         } else {
             Payment::default()
         };
+        let codes = if self.config.code_percent > 0 {
+            self.codes()
+        } else {
+            Vec::new()
+        };
         let order = Purchase {
             member: MemberRef::Card(card),
             store: Some(store.into()),
@@ -235,7 +303,7 @@ impl Workload {
             pay,
             hold: None,
             rewards: Vec::new(),
-            codes: Vec::new(),
+            codes,
         };
         let command = self.command(Body::Purchase(order));
         if let IdemKey::Terminal { terminal, txn } = &command.key {
@@ -274,6 +342,9 @@ impl Iterator for Workload {
     type Item = Command;
 
     fn next(&mut self) -> Option<Command> {
+        if let Some(command) = self.prelude.pop_front() {
+            return Some(command);
+        }
         let c = &self.config;
         let roll = self.rng.below(100) as u32;
         let returns = c.return_percent;

@@ -75,6 +75,9 @@ pub enum Body {
     LoadProgram(LoadProgram),
     Tick(Tick),
     Statement(StatementQuery),
+    AssignPromotion(AssignPromotion),
+    IssueCodes(IssueCodes),
+    Tag(Tag),
 }
 
 /// The name of a command, as in its JSON key and in results.
@@ -95,6 +98,9 @@ pub enum CommandKind {
     LoadProgram,
     Tick,
     Statement,
+    AssignPromotion,
+    IssueCodes,
+    Tag,
     /// A command that could not be read, so its kind is not known.
     Unknown,
 }
@@ -116,6 +122,9 @@ impl CommandKind {
             CommandKind::LoadProgram => "load_program",
             CommandKind::Tick => "tick",
             CommandKind::Statement => "statement",
+            CommandKind::AssignPromotion => "assign_promotion",
+            CommandKind::IssueCodes => "issue_codes",
+            CommandKind::Tag => "tag",
             CommandKind::Unknown => "unknown",
         }
     }
@@ -129,6 +138,9 @@ impl CommandKind {
                 | CommandKind::LoadProgram
                 | CommandKind::Tick
                 | CommandKind::Statement
+                | CommandKind::AssignPromotion
+                | CommandKind::IssueCodes
+                | CommandKind::Tag
         )
     }
 }
@@ -150,6 +162,9 @@ impl Body {
             Body::LoadProgram(_) => CommandKind::LoadProgram,
             Body::Tick(_) => CommandKind::Tick,
             Body::Statement(_) => CommandKind::Statement,
+            Body::AssignPromotion(_) => CommandKind::AssignPromotion,
+            Body::IssueCodes(_) => CommandKind::IssueCodes,
+            Body::Tag(_) => CommandKind::Tag,
         }
     }
 }
@@ -382,4 +397,38 @@ pub struct StatementQuery {
 
 fn default_per_page() -> u32 {
     50
+}
+
+/// Gives a `regular` promotion to members, or to everyone who holds a tier.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignPromotion {
+    pub promotion: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberRef>,
+    /// A tier id: members holding it at the start of an order may use the promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+}
+
+/// Generates `count` single-use codes of a `scratch` promotion. The codes are drawn from a
+/// cryptographic generator keyed by `seed` (64 hex digits, 256 bits), so replaying the
+/// command gives the same codes; the sender must choose the seed at random and keep it secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueCodes {
+    pub promotion: String,
+    pub count: u32,
+    pub seed: String,
+}
+
+/// Adds tags to a member and removes tags from it (promotion conditions read tags).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tag {
+    pub member: MemberRef,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
 }

@@ -51,6 +51,11 @@ pub struct CommandJson {
     pub tick: Option<Tick>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement: Option<StatementQuery>,
+    pub assign_promotion: Option<AssignPromotion>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue_codes: Option<IssueCodes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<Tag>,
 }
 
 /// A command line that could not be read. `key` is set when the envelope was readable, so
@@ -209,10 +214,14 @@ fn take_body(json: &CommandJson) -> Result<Body, String> {
     push(json.load_program.clone().map(Body::LoadProgram));
     push(json.tick.clone().map(Body::Tick));
     push(json.statement.clone().map(Body::Statement));
+    push(json.assign_promotion.clone().map(Body::AssignPromotion));
+    push(json.issue_codes.clone().map(Body::IssueCodes));
+    push(json.tag.clone().map(Body::Tag));
     match bodies.len() {
         1 => Ok(bodies.pop().expect("one body")),
         0 => Err("the command has no body: add one of `purchase`, `quote`, `return`, `hold`, `capture`, \
-                  `release`, `adjust`, `event`, `enroll`, `issue_cards`, `link`, `load_program`, `tick`, `statement`"
+                  `release`, `adjust`, `event`, `enroll`, `issue_cards`, `link`, `load_program`, `tick`, \
+                  `assign_promotion`, `issue_codes`, `tag`, `statement`"
             .into()),
         _ => Err("a command has exactly one body".into()),
     }
@@ -252,6 +261,9 @@ impl From<&Command> for CommandJson {
             Body::LoadProgram(b) => json.load_program = Some(b),
             Body::Tick(b) => json.tick = Some(b),
             Body::Statement(b) => json.statement = Some(b),
+            Body::AssignPromotion(b) => json.assign_promotion = Some(b),
+            Body::IssueCodes(b) => json.issue_codes = Some(b),
+            Body::Tag(b) => json.tag = Some(b),
         }
         json
     }
@@ -334,6 +346,22 @@ mod tests {
             .unwrap_err()
             .message
             .contains("no body"));
+    }
+
+    #[test]
+    fn promotion_commands_round_trip() {
+        for line in [
+            r#"{"merchant":"m","admin":"ops","txn":"1","at":"2026-03-01T10:00:00Z","issue_codes":{"promotion":"s","count":3,"seed":"00"}}"#,
+            r#"{"merchant":"m","admin":"ops","txn":"2","at":"2026-03-01T10:00:00Z","assign_promotion":{"promotion":"r","tier":"gold"}}"#,
+            r#"{"merchant":"m","admin":"ops","txn":"3","at":"2026-03-01T10:00:00Z","tag":{"member":{"id":1},"add":["staff"]}}"#,
+        ] {
+            let command = parse_command_line(line).unwrap();
+            assert!(command.kind().admin_only(), "{line}");
+            assert_eq!(
+                parse_command_line(&command.to_json_line()).unwrap(),
+                command
+            );
+        }
     }
 
     #[test]

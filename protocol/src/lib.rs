@@ -10,16 +10,17 @@ mod reason;
 mod result;
 
 pub use command::{
-    Adjust, AdjustReason, Alias, Body, Capture, Command, CommandKind, Enroll, Event, Hold, IdemKey,
-    IssueCards, Line, Link, LoadProgram, MemberRef, Origin, Payment, Purchase, Release, Return,
-    ReturnLine, StatementQuery, Tick, TxnRef, ENGINE_ADMIN, MAX_STATEMENT_PAGE,
+    Adjust, AdjustReason, Alias, AssignPromotion, Body, Capture, Command, CommandKind, Enroll,
+    Event, Hold, IdemKey, IssueCards, IssueCodes, Line, Link, LoadProgram, MemberRef, Origin,
+    Payment, Purchase, Release, Return, ReturnLine, StatementQuery, Tag, Tick, TxnRef,
+    ENGINE_ADMIN, MAX_STATEMENT_PAGE,
 };
 pub use json::{parse_command_line, CommandJson, ParseError};
 pub use reason::Reason;
 pub use result::{
     Applied, Balances, CommandResult, Discount, EntryKind, EntryView, LineEarning, LotSlice,
-    MemberView, RuleEarning, StatementEntry, StatementPage, Status, TickSummary, TierChange,
-    Wallet,
+    MemberView, PromotionApplied, PromotionLine, PromotionNotApplied, PunchCard, RuleEarning,
+    StatementEntry, StatementPage, Status, TickSummary, TierChange, Wallet,
 };
 
 /// Money as it crosses the boundary: an exact decimal in the merchant's currency.

@@ -29,10 +29,12 @@ pub enum Reason {
     PromotionExpired,
     BudgetExhausted,
     Overloaded,
+    ConditionNotMet,
+    PromotionLimitReached,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 25] = [
         Reason::Invalid,
         Reason::Unauthorized,
         Reason::Conflict,
@@ -56,6 +58,8 @@ impl Reason {
         Reason::PromotionExpired,
         Reason::BudgetExhausted,
         Reason::Overloaded,
+        Reason::ConditionNotMet,
+        Reason::PromotionLimitReached,
     ];
 
     /// The stable code, as it appears in JSON.
@@ -84,6 +88,8 @@ impl Reason {
             Reason::PromotionExpired => "promotion_expired",
             Reason::BudgetExhausted => "budget_exhausted",
             Reason::Overloaded => "overloaded",
+            Reason::ConditionNotMet => "condition_not_met",
+            Reason::PromotionLimitReached => "promotion_limit_reached",
         }
     }
 
@@ -117,6 +123,10 @@ impl Reason {
             Reason::PromotionExpired => "That promotion is not running now.",
             Reason::BudgetExhausted => "That promotion has run out.",
             Reason::Overloaded => "The loyalty service is busy; try again shortly.",
+            Reason::ConditionNotMet => "The order does not meet the promotion's conditions.",
+            Reason::PromotionLimitReached => {
+                "The member has used this promotion as often as it allows."
+            }
         }
     }
 }

@@ -135,10 +135,85 @@ pub struct Applied {
     /// For `statement`: one page of the member's entries, newest first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement: Option<StatementPage>,
+    /// Promotions applied to an order, in program order; on a return, what was taken back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub promotions: Vec<PromotionApplied>,
+    /// Promotions considered for an order but not applied, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub promotions_not_applied: Vec<PromotionNotApplied>,
+    /// Progress of every punch card the order (or return) touched or considered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub punch_cards: Vec<PunchCard>,
+    /// Codes created by `issue_codes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<String>,
 }
 
 fn is_zero(value: &i64) -> bool {
     *value == 0
+}
+
+/// One promotion applied to an order (negative amounts on a return: what was taken back).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotionApplied {
+    pub promotion: Arc<str>,
+    /// The case that applied, counted from 0 in file order; absent for a punch card's reward
+    /// alone and on a return.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case: Option<u32>,
+    /// The code presented for it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Money taken off each line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<PromotionLine>,
+    #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    pub shipping: Decimal,
+    /// Total money taken off the order (lines and shipping).
+    #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    pub discount: Decimal,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub points: i64,
+    /// Items handed over outside the order (on a return: to be handed back).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gifts: Vec<Arc<str>>,
+    /// A punch given (1) or taken back (-1).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub punch: i64,
+    /// On a return of the whole order: the single-use code is usable again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub code_returned: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotionLine {
+    /// The order line, counted from 1.
+    pub line: u32,
+    pub sku: Arc<str>,
+    pub amount: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotionNotApplied {
+    pub promotion: Arc<str>,
+    pub reason: Reason,
+    /// For `condition_not_met`: the first condition that failed (`min_total`, `contains`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<Arc<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PunchCard {
+    pub promotion: Arc<str>,
+    /// Holes punched on the current card after this command.
+    pub punches: u32,
+    /// Holes that fill a card.
+    pub of: u32,
+    /// This command filled a card: its reward was given and a new card started.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub completed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,7 +328,8 @@ pub struct StatementEntry {
 }
 
 impl Applied {
-    /// A copy without the detail lists (rules, lines, discounts, entries, cards).
+    /// A copy without the detail lists (rules, lines, discounts, entries, cards, codes and the
+    /// promotion lists).
     pub fn clone_summary(&self) -> Applied {
         Applied {
             program_version: self.program_version,

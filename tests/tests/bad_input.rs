@@ -28,16 +28,24 @@ const NOT_REACHABLE_OFFLINE: &[(Reason, &str)] = &[
     ),
     (
         Reason::CodeAlreadyUsed,
-        "promotions and codes are not in the program format yet: any code presented is \
-         `code_unknown`",
+        "a promotion that cannot be applied is listed in the order's `promotions_not_applied` \
+         with this reason; the order itself is applied",
     ),
     (
         Reason::PromotionExpired,
-        "promotions are not in the program format yet",
+        "listed in `promotions_not_applied`; the order is applied",
     ),
     (
         Reason::BudgetExhausted,
-        "promotions are not in the program format yet",
+        "listed in `promotions_not_applied`; the order is applied",
+    ),
+    (
+        Reason::ConditionNotMet,
+        "listed in `promotions_not_applied`; the order is applied",
+    ),
+    (
+        Reason::PromotionLimitReached,
+        "listed in `promotions_not_applied`; the order is applied",
     ),
 ];
 
@@ -791,6 +799,89 @@ fn cases() -> Vec<Case> {
             "unknown promotion code",
             purchase("x77", |o| o["codes"] = json!(["SPRING"])),
             CodeUnknown,
+        ),
+        case(
+            "more than 10 promotion codes",
+            purchase("x77a", |o| {
+                o["codes"] =
+                    json!(["A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9", "A10", "A11"])
+            }),
+            Invalid,
+        ),
+        case(
+            "a promotion code that is only dashes",
+            purchase("x77b", |o| o["codes"] = json!(["--"])),
+            Invalid,
+        ),
+        case(
+            "scratch codes with a short seed",
+            admin(
+                "x77c",
+                "issue_codes",
+                json!({"promotion": "summer_scratch", "count": 5, "seed": "abc"}),
+            )
+            .to_string(),
+            Invalid,
+        ),
+        case(
+            "too many scratch codes at once",
+            admin(
+                "x77d",
+                "issue_codes",
+                json!({"promotion": "summer_scratch", "count": 100_001, "seed": "00".repeat(32)}),
+            )
+            .to_string(),
+            Invalid,
+        ),
+        case(
+            "scratch codes of a promotion that is not scratch",
+            admin(
+                "x77e",
+                "issue_codes",
+                json!({"promotion": "spring10", "count": 5, "seed": "00".repeat(32)}),
+            )
+            .to_string(),
+            Invalid,
+        ),
+        case(
+            "assigning a promotion that does not exist",
+            admin(
+                "x77f",
+                "assign_promotion",
+                json!({"promotion": "nope", "members": [{"card": "C1"}]}),
+            )
+            .to_string(),
+            Invalid,
+        ),
+        case(
+            "assigning to nobody",
+            admin(
+                "x77g",
+                "assign_promotion",
+                json!({"promotion": "welcome_back"}),
+            )
+            .to_string(),
+            Invalid,
+        ),
+        case(
+            "a terminal issuing scratch codes",
+            terminal(
+                "x77h",
+                "issue_codes",
+                json!({"promotion": "summer_scratch", "count": 5, "seed": "00".repeat(32)}),
+            )
+            .to_string(),
+            Unauthorized,
+        ),
+        case(
+            "a tag longer than 64 characters",
+            admin(
+                "x77i",
+                "tag",
+                json!({"member": {"card": "C1"}, "add": ["t".repeat(65)]}),
+            )
+            .to_string(),
+            Invalid,
         ),
         case(
             "return of an order never sent",

@@ -1777,6 +1777,8 @@ fn check_order_shares(applied: &tally_protocol::Applied, line: &str) -> Result<(
         .rules
         .iter()
         .filter(|r| !PER_ORDER_RULES.contains(&&*r.rule.to_string()))
+        // Promotion points belong to the order, not to a line.
+        .filter(|r| !r.rule.starts_with("promotion:"))
         .map(|r| r.points)
         .sum();
     let line_points: i64 = applied.lines.iter().map(|l| l.points).sum();

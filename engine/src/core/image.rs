@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 use tally_protocol::TierChange;
 use tally_protocol::{Applied, Balances, CommandKind, CommandResult, MemberView, TickSummary};
 
-use super::{Ledger, Member, Merchant, Receipt, Stored};
+use super::{promotions, Ledger, Member, Merchant, Receipt, Stored};
 use crate::program::{parse_and_compile, ProgramErrors};
 use crate::Timestamp;
 
@@ -36,6 +36,7 @@ struct MerchantImage {
     next_day_start: Option<Timestamp>,
     next_month_start: Option<Timestamp>,
     next_card: u64,
+    promotions: promotions::State,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,7 @@ struct MerchantImageRef<'a> {
     next_day_start: Option<Timestamp>,
     next_month_start: Option<Timestamp>,
     next_card: u64,
+    promotions: &'a promotions::State,
 }
 
 #[derive(Debug)]
@@ -118,6 +120,7 @@ fn merchant_image(merchant: &Merchant) -> MerchantImageRef<'_> {
         next_day_start: merchant.next_day_start,
         next_month_start: merchant.next_month_start,
         next_card: merchant.next_card,
+        promotions: &merchant.promotions,
     }
 }
 
@@ -164,6 +167,7 @@ fn restore_merchant(image: MerchantImage) -> Result<Merchant, ImageError> {
         next_day_start: image.next_day_start,
         next_month_start: image.next_month_start,
         next_card: image.next_card,
+        promotions: image.promotions,
     };
     rebuild_indexes(&mut merchant).map_err(inconsistent)?;
     Ok(merchant)

@@ -10,6 +10,7 @@ mod image;
 mod members;
 mod micros;
 mod phone;
+mod promotions;
 mod purchase;
 mod returns;
 mod tiers;
@@ -29,6 +30,7 @@ use tally_protocol::{
 pub use image::{ImageError, LedgerImage, LedgerImageRef};
 pub use member::{Counters, Lot, Lots, Member, Slice, Totals};
 pub use phone::normalize_phone;
+pub use promotions::scratch_codes;
 
 use crate::money::from_minor;
 use crate::program::{parse_and_compile, Program};
@@ -148,6 +150,8 @@ pub struct Merchant {
     next_day_start: Option<Timestamp>,
     next_month_start: Option<Timestamp>,
     next_card: u64,
+    /// Per-member uses, punch cards, budgets, assignments and scratch codes.
+    promotions: promotions::State,
 }
 
 impl Merchant {
@@ -523,6 +527,7 @@ impl Ledger {
             let mut keys: Vec<&Arc<IdemKey>> = merchant.receipts.keys().collect();
             keys.sort();
             keys.hash(&mut hasher);
+            merchant.promotions.digest_into(&mut hasher);
         }
         hasher.digest128()
     }
@@ -560,6 +565,7 @@ fn new_merchant(program: Arc<Program>, now: Timestamp) -> Merchant {
         next_day_start: None,
         next_month_start: None,
         next_card: 1,
+        promotions: promotions::State::default(),
     };
     time::schedule_boundaries(&mut merchant);
     merchant
@@ -645,6 +651,9 @@ fn dispatch(
             Reason::Invalid,
             "statements are answered by the durable engine, which keeps the entries",
         ),
+        Body::AssignPromotion(assign) => promotions::assign(merchant, ctx, assign).map(none),
+        Body::IssueCodes(issue) => promotions::issue_codes(merchant, ctx, issue).map(none),
+        Body::Tag(tag) => promotions::tag(merchant, ctx, tag).map(none),
     }
 }
 

@@ -1,8 +1,9 @@
 //! Orders. A purchase is first *planned* — every limit checked and every point computed
 //! from the state without changing it (that plan is also the answer to `quote`) — and only
 //! then committed. Stages: lines, rewards (discounts), payment and limits, eligible amounts,
-//! earning rules. Promotions will sit between rewards and payment: discounts are decided
-//! before accrual, so points are earned on what is paid.
+//! earning rules. Promotions sit between rewards and payment (`promotions.rs`): discounts are
+//! decided before accrual, so points are earned on what is paid; their points come after the
+//! earning rules.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use tally_protocol::{
 use super::holds;
 use super::member::{Slice, Totals};
 use super::members::{debit_points, filter_holds, materialize, resolve, Who};
+use super::promotions::{self, OrderFacts, OrderPromotions, PromotionRecord};
 use super::time::{expiry_of, month_index};
 use super::{finish_member, reject, tiers, Books, Ctx, Merchant, Record, Rejection};
 use super::{MAX_LINES_PER_ORDER, MAX_QTY_PER_LINE, MAX_REWARDS_PER_ORDER, ORDER_MINOR_MAX};
@@ -50,6 +52,8 @@ pub struct OrderRecord {
     pub points_refunded: i64,
     pub credit_refunded_minor: i64,
     pub whole_returned: bool,
+    /// Promotions the order got, for a return to re-check.
+    pub promotions: Vec<PromotionRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,12 +77,12 @@ pub struct OrderPoints {
     pub taken_back: bool,
 }
 
-struct PlanLine<'a> {
-    sku: &'a Arc<str>,
-    qty: i64,
-    unit_minor: i64,
-    net_minor: i64,
-    free_units: i64,
+pub(super) struct PlanLine<'a> {
+    pub(super) sku: &'a Arc<str>,
+    pub(super) qty: i64,
+    pub(super) unit_minor: i64,
+    pub(super) net_minor: i64,
+    pub(super) free_units: i64,
     selected: RuleMask,
     points: i64,
     cashback_minor: i64,
@@ -105,6 +109,7 @@ struct Plan<'a> {
     order_points: Vec<OrderPoints>,
     points_earned: i64,
     cashback_minor: i64,
+    promotions: OrderPromotions,
 }
 
 pub fn quote(merchant: &Merchant, ctx: &Ctx, order: &Purchase) -> Result<Applied, Rejection> {
@@ -149,7 +154,7 @@ pub fn purchase(
     ctx: &Ctx,
     order: &Purchase,
 ) -> Result<(Applied, Record), Rejection> {
-    let plan = plan(merchant, ctx, order)?;
+    let mut plan = plan(merchant, ctx, order)?;
     let mut applied = applied_of(&plan, &ctx.program);
     let (index, enrolled, registration_bonus) = materialize(merchant, books, ctx, &plan.who);
     applied.points_earned += registration_bonus;
@@ -157,6 +162,13 @@ pub fn purchase(
         Some(key) => holds::capture_for_order(merchant, books, ctx, key),
         None => Vec::new(),
     };
+    let order_promotions = std::mem::take(&mut plan.promotions);
+    let promotion_records = promotions::commit(
+        &mut merchant.promotions,
+        &ctx.program,
+        index,
+        order_promotions,
+    );
     let member = &mut merchant.members[index as usize];
     for (reward, _, points) in &plan.discounts {
         paid_slices.extend(debit_points(
@@ -230,6 +242,7 @@ pub fn purchase(
         points_refunded: 0,
         credit_refunded_minor: 0,
         whole_returned: false,
+        promotions: promotion_records,
     };
     finish_member(
         merchant,
@@ -337,12 +350,6 @@ fn plan<'a>(merchant: &Merchant, ctx: &Ctx, order: &'a Purchase) -> Result<Plan<
             format!("channel and store names are 1 to {MAX_NAME_LEN} characters"),
         );
     }
-    if !order.codes.is_empty() {
-        return reject(
-            Reason::CodeUnknown,
-            format!("promotion code {:?} is not valid", order.codes[0]),
-        );
-    }
     let who = resolve(merchant, &order.member, true)?;
     let member = match who {
         Who::Existing(index) | Who::Activate(index) => Some(&merchant.members[index as usize]),
@@ -359,6 +366,15 @@ fn plan<'a>(merchant: &Merchant, ctx: &Ctx, order: &'a Purchase) -> Result<Plan<
     let (discounts, reward_points) =
         apply_rewards(program, order, &mut lines, &mut shipping_minor)?;
     let discount_minor: i64 = discounts.iter().map(|(_, amount, _)| amount).sum();
+    let facts = OrderFacts {
+        order,
+        channel,
+        total_minor,
+        who: &who,
+        tier: tier_before,
+    };
+    let promotions =
+        promotions::plan_discounts(merchant, ctx, &facts, &mut lines, &mut shipping_minor)?;
     let mut plan = Plan {
         who,
         tier_before,
@@ -378,6 +394,7 @@ fn plan<'a>(merchant: &Merchant, ctx: &Ctx, order: &'a Purchase) -> Result<Plan<
         order_points: Vec::new(),
         points_earned: 0,
         cashback_minor: 0,
+        promotions,
     };
     plan_payment(merchant, ctx, order, &mut plan, member)?;
     check_limits(program, &plan, member, discount_minor)?;
@@ -390,6 +407,16 @@ fn plan<'a>(merchant: &Merchant, ctx: &Ctx, order: &'a Purchase) -> Result<Plan<
     plan.value_minor = plan.lines.iter().map(|line| line.net_minor).sum();
     plan.eligible_minor = plan.value_minor - paid_minor.min(plan.value_minor);
     earn(program, ctx, order, channel, &mut plan);
+    let promotion_points = promotions::plan_points(
+        &merchant.promotions,
+        program,
+        &mut plan.promotions,
+        plan.points_earned,
+    );
+    for (rule, points) in promotion_points {
+        plan.rules.push((rule, points, 0));
+        plan.points_earned += points;
+    }
     Ok(plan)
 }
 
@@ -704,7 +731,7 @@ fn check_limits(
             format!("at most {percent}% of the order can be paid with points"),
         );
     }
-    let due = plan.total_minor - discount_minor;
+    let due = plan.total_minor - discount_minor - plan.promotions.discount_minor();
     if points_value + plan.pay_credit_minor + plan.hold_credit_minor > due {
         return reject(
             Reason::RedemptionOverLimit,
@@ -885,7 +912,7 @@ fn record_rule(plan: &mut Plan, rule: &Arc<str>, total: i64, parts: &[i64], is_c
 fn applied_of(plan: &Plan, program: &Program) -> Applied {
     let minor = program.minor_units;
     let value = i128::from(plan.value_minor.max(1));
-    Applied {
+    let mut applied = Applied {
         points_earned: plan.points_earned,
         points_redeemed: plan.pay_points + plan.hold_points + plan.reward_points,
         credit_redeemed: from_minor(plan.pay_credit_minor + plan.hold_credit_minor, minor),
@@ -923,7 +950,10 @@ fn applied_of(plan: &Plan, program: &Program) -> Applied {
             })
             .collect(),
         ..Applied::default()
-    }
+    };
+    let skus: Vec<&Arc<str>> = plan.lines.iter().map(|line| line.sku).collect();
+    promotions::describe(program, &plan.promotions, &skus, &mut applied);
+    applied
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use tally_protocol::{Applied, EntryKind, LineEarning, Reason, Return, RuleEarnin
 
 use super::holds::split_slices;
 use super::member::{Member, Slice, Totals};
+use super::promotions::{self, TakeBack};
 use super::purchase::OrderRecord;
 use super::{finish_member, reject, Books, Ctx, Merchant, Record, Rejection};
 use crate::money::from_minor;
@@ -36,6 +37,7 @@ struct ReturnPlan {
     points_refund: i64,
     credit_refund_minor: i64,
     spent_minor: i64,
+    promotions: Vec<TakeBack>,
 }
 
 pub fn apply_return(
@@ -73,6 +75,13 @@ pub fn apply_return(
         .add(record.month, delta, ctx.program.tier_months_kept);
     describe(&mut applied, &record, &plan, ctx.program.minor_units);
     update_record(&mut record, &plan);
+    promotions::commit_return(
+        &mut merchant.promotions,
+        index,
+        &mut record.promotions,
+        &plan.promotions,
+        &mut applied,
+    );
     let receipt = merchant.receipts.get_mut(&key).expect("found above");
     receipt.record = Record::Order(record);
     finish_member(merchant, ctx, index, false, tier, &mut applied);
@@ -132,6 +141,17 @@ fn plan(record: &OrderRecord, ret: &Return) -> Result<ReturnPlan, Rejection> {
             order_points_taken.push(i);
         }
     }
+    let remaining_units: Vec<i64> = record
+        .lines
+        .iter()
+        .zip(&returned_after)
+        .map(|(line, after)| line.qty - after)
+        .collect();
+    let (promotions, promotion_points) =
+        promotions::plan_return(&record.promotions, &remaining_units, remaining_total, whole);
+    for (rule, points) in &promotion_points {
+        add_rule(&mut rules, rule, *points, 0);
+    }
     let value_before = record.returned_value_minor;
     let value_after = value_before + value_minor;
     let proportional = |amount: i64, refunded: i64| {
@@ -160,6 +180,7 @@ fn plan(record: &OrderRecord, ret: &Return) -> Result<ReturnPlan, Rejection> {
         value_minor,
         whole,
         order_points_taken,
+        promotions,
     })
 }
 

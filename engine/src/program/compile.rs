@@ -62,6 +62,12 @@ struct Checker {
     errors: Vec<ProgramError>,
 }
 
+impl promotions::Report for Checker {
+    fn fail(&mut self, path: String, message: String) {
+        Checker::fail(self, path, message);
+    }
+}
+
 impl Checker {
     fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ProgramError {
@@ -159,6 +165,14 @@ pub fn compile(file: ProgramFile, source: Arc<str>) -> Result<Program, ProgramEr
     let tier_ids: Vec<&str> = file.tiers.iter().map(|tier| tier.id.as_str()).collect();
     let (order_rules, event_rules) = rules(&mut c, &file.rules, &tier_ids, minor_units);
     let rewards = rewards(&mut c, &file.rewards, minor_units);
+    let promotions = promotions::compile(
+        &mut c,
+        &file.promotions,
+        &promotions::Context {
+            tier_ids: &tier_ids,
+            minor_units,
+        },
+    );
 
     if !c.errors.is_empty() {
         return Err(ProgramErrors(c.errors));
@@ -201,6 +215,7 @@ pub fn compile(file: ProgramFile, source: Arc<str>) -> Result<Program, ProgramEr
         event_rules,
         tiers,
         rewards,
+        promotions,
         sku_selection,
         category_selection,
         all_lines,
@@ -583,7 +598,7 @@ fn filter(
     }
 }
 
-fn minutes_of_day(text: &str) -> Result<u32, String> {
+pub(super) fn minutes_of_day(text: &str) -> Result<u32, String> {
     let well_formed = text.len() == 5
         && text.as_bytes()[2] == b':'
         && text

@@ -62,6 +62,8 @@ pub struct ProgramFile {
     pub tiers: Vec<TierFile>,
     #[serde(default)]
     pub rewards: Vec<RewardFile>,
+    #[serde(default)]
+    pub promotions: Vec<super::promotions::PromotionFile>,
 }
 
 fn default_country_code() -> String {

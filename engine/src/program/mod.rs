@@ -4,6 +4,7 @@
 
 mod compile;
 mod file;
+pub mod promotions;
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use rustc_hash::FxHashMap;
 
 pub use compile::{compile, parse_and_compile, ProgramError, ProgramErrors};
 pub use file::{Combine, Downgrade, NegativeBalance};
+pub use promotions::{Promotion, PromotionKind, Promotions};
 
 use crate::Timestamp;
 
@@ -74,6 +76,8 @@ pub struct Program {
     /// In rank order, lowest first.
     pub tiers: Vec<Tier>,
     pub rewards: FxHashMap<String, Reward>,
+    /// Promotions, indexed by what can trigger them.
+    pub promotions: Promotions,
     pub sku_selection: FxHashMap<String, Selection>,
     pub category_selection: FxHashMap<String, Selection>,
     /// Rules that select every line unless excluded.
