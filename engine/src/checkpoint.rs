@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::core::{Ledger, LedgerImage};
+use crate::core::{interning, Ledger, LedgerImage};
 use crate::Timestamp;
 
 const MAGIC: [u8; 4] = *b"TLYC";
@@ -138,7 +138,7 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
                 .ok_or_else(|| corrupt(14, "engine time out of range"))?,
         ),
     };
-    let image: LedgerImage = bincode::deserialize(&body[HEADER_BYTES..])
+    let image: LedgerImage = interning(|| bincode::deserialize(&body[HEADER_BYTES..]))
         .map_err(|e| corrupt(HEADER_BYTES, &format!("state does not decode: {e}")))?;
     let ledger = Ledger::from_image(image).map_err(|e| corrupt(HEADER_BYTES, &e.to_string()))?;
     Ok(Checkpoint {

@@ -8,7 +8,7 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,8 @@ use crate::Timestamp;
 pub const MAX_GROUP_COMMANDS: usize = 4096;
 /// Lines read ahead of the engine: bounds memory when the input is faster than the disk.
 pub const MAX_LINES_READ_AHEAD: usize = 16_384;
+/// Durable groups whose results wait for the writer: bounds memory when the output is slow.
+pub const RESULT_GROUPS_AHEAD: usize = 4;
 /// A checkpoint is taken after this many logged commands (and when the input ends).
 pub const CHECKPOINT_EVERY_COMMANDS: u64 = 1_000_000;
 
@@ -86,6 +88,20 @@ struct Checkpoints {
     in_flight: Option<Receiver<Result<u64, CheckpointError>>>,
     /// Background checkpoints that failed (the log kept everything; the next one retries).
     failed: Vec<String>,
+}
+
+/// Encodes and writes results, group by group, in the order the groups became durable.
+fn write_results(
+    durable: &Receiver<Vec<Arc<CommandResult>>>,
+    output: &mut impl Write,
+) -> Result<(), IngestError> {
+    for group in durable {
+        for result in &group {
+            writeln!(output, "{}", result.to_json_line()).map_err(IngestError::Output)?;
+        }
+        output.flush().map_err(IngestError::Output)?;
+    }
+    Ok(())
 }
 
 /// A command's answer, ready or (a statement) to be read from the log once the group is
@@ -310,7 +326,7 @@ impl Engine {
     pub fn run(
         &mut self,
         input: impl BufRead + Send + 'static,
-        output: &mut impl Write,
+        output: &mut (impl Write + Send),
     ) -> Result<(), IngestError> {
         let (sender, lines) = sync_channel(MAX_LINES_READ_AHEAD);
         // Detached: after a failed commit the engine stops at once, even while the reader
@@ -332,10 +348,28 @@ impl Engine {
         self.finish()
     }
 
+    /// Applies groups on this thread while another encodes and writes the results of the
+    /// groups already durable, in order.
     fn apply_groups(
         &mut self,
         lines: &Receiver<(u64, String)>,
-        output: &mut impl Write,
+        output: &mut (impl Write + Send),
+    ) -> Result<(), IngestError> {
+        std::thread::scope(|scope| {
+            let (answers, durable) = sync_channel::<Vec<Arc<CommandResult>>>(RESULT_GROUPS_AHEAD);
+            let writer = scope.spawn(move || write_results(&durable, output));
+            let applied = self.apply_groups_into(lines, &answers);
+            drop(answers);
+            let written = writer.join().expect("the result writer does not panic");
+            // A log error first: it is why the writer stopped, if it did.
+            applied.and(written)
+        })
+    }
+
+    fn apply_groups_into(
+        &mut self,
+        lines: &Receiver<(u64, String)>,
+        answers: &SyncSender<Vec<Arc<CommandResult>>>,
     ) -> Result<(), IngestError> {
         let mut group = Vec::with_capacity(MAX_GROUP_COMMANDS);
         while let Ok(first) = lines.recv() {
@@ -347,7 +381,11 @@ impl Engine {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            self.apply_group(&group, output)?;
+            let results = self.apply_group(&group)?;
+            if answers.send(results).is_err() {
+                // The writer stopped on an output error; it reports it.
+                break;
+            }
         }
         Ok(())
     }
@@ -356,8 +394,7 @@ impl Engine {
     fn apply_group(
         &mut self,
         group: &[(u64, String)],
-        output: &mut impl Write,
-    ) -> Result<(), IngestError> {
+    ) -> Result<Vec<Arc<CommandResult>>, IngestError> {
         let mut logged = Vec::with_capacity(group.len());
         let mut results = Vec::with_capacity(group.len());
         for (line_number, line) in group {
@@ -369,15 +406,15 @@ impl Engine {
         }
         self.append(&logged)?;
         self.checkpoint_if_due()?;
+        let mut durable = Vec::with_capacity(results.len());
         for answer in results {
-            let result = match answer {
+            durable.push(match answer {
                 Answer::Ready(result) => result,
                 // Read once the group is durable: the page shows every command before it.
                 Answer::Statement(query) => Arc::new(self.statement(&query.0, &query.1)?),
-            };
-            writeln!(output, "{}", result.to_json_line()).map_err(IngestError::Output)?;
+            });
         }
-        output.flush().map_err(IngestError::Output)
+        Ok(durable)
     }
 
     /// Logs a group with the entries its commands wrote, in one durable transaction.

@@ -193,7 +193,8 @@ fn ingest(data: &Path, programs: &[PathBuf], input: &Path, options: IngestOption
     eprintln!("{}", recovered(data, &recovery));
     engine.set_checkpoint_every(options.checkpoint_every);
     engine.install_programs(&texts)?;
-    let mut output = std::io::BufWriter::new(std::io::stdout().lock());
+    // Results are written on a thread of their own: `Stdout`, not its (thread-bound) lock.
+    let mut output = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
     if input.as_os_str() == "-" {
         engine.run(
             BufReader::with_capacity(1 << 20, std::io::stdin()),

@@ -193,23 +193,11 @@ fn rebuild_indexes(merchant: &mut Merchant) -> Result<(), String> {
     Ok(())
 }
 
-/// A remembered result in an image. Whole results go as their JSON (the result types are
-/// shaped for JSON, with optional fields left out); summaries, the bulk of the receipts, go
-/// field by field.
-#[derive(Debug, Serialize, Deserialize)]
-enum StoredImage {
-    Whole(String),
-    Summary(CommandKind, Box<SummaryImage>),
-}
-
-/// Tier before and after.
-type TierImage = (Option<Arc<str>>, Option<Arc<str>>);
-
-/// A decimal in its fixed 16-byte form (the JSON form of decimals is text).
-type DecimalImage = [u8; 16];
-
-#[derive(Debug, Serialize, Deserialize)]
-struct SummaryImage {
+/// An older remembered result: what `Applied::clone_summary` keeps (balances, totals, tier),
+/// in a third of the memory of an `Applied`, and plain data for checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Summary {
+    pub command: CommandKind,
     program_version: u32,
     member: Option<(u64, bool)>,
     points_earned: i64,
@@ -220,19 +208,97 @@ struct SummaryImage {
     credit_written_off: DecimalImage,
     /// points, available, pending, held, credit, credit held.
     balances: Option<(i64, i64, i64, i64, DecimalImage, DecimalImage)>,
+    #[serde(deserialize_with = "super::intern::tiers")]
     tier: Option<TierImage>,
     tick: Option<TickSummary>,
 }
 
+/// Tier before and after.
+type TierImage = (Option<Arc<str>>, Option<Arc<str>>);
+
+/// A decimal in its fixed 16-byte form (the JSON form of decimals is text).
+type DecimalImage = [u8; 16];
+
+impl Summary {
+    pub fn of(command: CommandKind, applied: &Applied) -> Summary {
+        Summary {
+            command,
+            program_version: applied.program_version,
+            member: applied.member.as_ref().map(|m| (m.id, m.enrolled)),
+            points_earned: applied.points_earned,
+            points_redeemed: applied.points_redeemed,
+            credit_redeemed: applied.credit_redeemed.serialize(),
+            cashback: applied.cashback.serialize(),
+            points_written_off: applied.points_written_off,
+            credit_written_off: applied.credit_written_off.serialize(),
+            balances: applied.balances.as_ref().map(|b| {
+                let (credit, held) = (b.credit.serialize(), b.credit_held.serialize());
+                (b.points, b.available, b.pending, b.held, credit, held)
+            }),
+            tier: applied
+                .tier
+                .as_ref()
+                .map(|t| (t.before.clone(), t.after.clone())),
+            tick: applied.tick.clone(),
+        }
+    }
+
+    /// The summary as a result: equal to `Applied::clone_summary` of the result it came from.
+    pub fn applied(&self) -> Applied {
+        Applied {
+            program_version: self.program_version,
+            member: self
+                .member
+                .map(|(id, enrolled)| MemberView { id, enrolled }),
+            points_earned: self.points_earned,
+            points_redeemed: self.points_redeemed,
+            credit_redeemed: Decimal::deserialize(self.credit_redeemed),
+            cashback: Decimal::deserialize(self.cashback),
+            points_written_off: self.points_written_off,
+            credit_written_off: Decimal::deserialize(self.credit_written_off),
+            balances: self.balances.map(
+                |(points, available, pending, held, credit, credit_held)| Balances {
+                    points,
+                    available,
+                    pending,
+                    held,
+                    credit: Decimal::deserialize(credit),
+                    credit_held: Decimal::deserialize(credit_held),
+                },
+            ),
+            tier: self
+                .tier
+                .clone()
+                .map(|(before, after)| TierChange { before, after }),
+            tick: self.tick.clone(),
+            ..Applied::default()
+        }
+    }
+}
+
+/// A remembered result in an image. Whole results go as their JSON (the result types are
+/// shaped for JSON, with optional fields left out); summaries, the bulk of the receipts, as
+/// they are.
+#[derive(Debug, Deserialize)]
+enum StoredImage {
+    Whole(String),
+    Summary(Box<Summary>),
+}
+
 impl Serialize for Stored {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let image = match self {
-            Stored::Whole(result) => StoredImage::Whole(result.to_json_line()),
-            Stored::Summary(command, applied) => {
-                StoredImage::Summary(*command, Box::new(summary_image(applied)))
+        // The same layout as `StoredImage`, without copying a summary.
+        match self {
+            Stored::Whole(result) => serializer.serialize_newtype_variant(
+                "StoredImage",
+                0,
+                "Whole",
+                &result.to_json_line(),
+            ),
+            Stored::Summary(summary) => {
+                serializer.serialize_newtype_variant("StoredImage", 1, "Summary", summary)
             }
-        };
-        image.serialize(serializer)
+        }
     }
 }
 
@@ -244,61 +310,35 @@ impl<'de> Deserialize<'de> for Stored {
                     serde_json::from_str(&json).map_err(serde::de::Error::custom)?;
                 Stored::Whole(Arc::new(result))
             }
-            StoredImage::Summary(command, summary) => {
-                Stored::Summary(command, Box::new(applied_of(*summary)))
-            }
+            StoredImage::Summary(summary) => Stored::Summary(summary),
         })
     }
 }
 
-fn summary_image(applied: &Applied) -> SummaryImage {
-    SummaryImage {
-        program_version: applied.program_version,
-        member: applied.member.as_ref().map(|m| (m.id, m.enrolled)),
-        points_earned: applied.points_earned,
-        points_redeemed: applied.points_redeemed,
-        credit_redeemed: applied.credit_redeemed.serialize(),
-        cashback: applied.cashback.serialize(),
-        points_written_off: applied.points_written_off,
-        credit_written_off: applied.credit_written_off.serialize(),
-        balances: applied.balances.as_ref().map(|b| {
-            let (credit, held) = (b.credit.serialize(), b.credit_held.serialize());
-            (b.points, b.available, b.pending, b.held, credit, held)
-        }),
-        tier: applied
-            .tier
-            .as_ref()
-            .map(|t| (t.before.clone(), t.after.clone())),
-        tick: applied.tick.clone(),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
 
-fn applied_of(summary: SummaryImage) -> Applied {
-    Applied {
-        program_version: summary.program_version,
-        member: summary
-            .member
-            .map(|(id, enrolled)| MemberView { id, enrolled }),
-        points_earned: summary.points_earned,
-        points_redeemed: summary.points_redeemed,
-        credit_redeemed: Decimal::deserialize(summary.credit_redeemed),
-        cashback: Decimal::deserialize(summary.cashback),
-        points_written_off: summary.points_written_off,
-        credit_written_off: Decimal::deserialize(summary.credit_written_off),
-        balances: summary.balances.map(
-            |(points, available, pending, held, credit, credit_held)| Balances {
-                points,
-                available,
-                pending,
-                held,
-                credit: Decimal::deserialize(credit),
-                credit_held: Decimal::deserialize(credit_held),
-            },
-        ),
-        tier: summary
-            .tier
-            .map(|(before, after)| TierChange { before, after }),
-        tick: summary.tick,
-        ..Applied::default()
+    #[test]
+    fn a_summary_answers_as_the_summary_of_the_whole_result() {
+        let mut ledger = Ledger::new();
+        let mut summarised = 0;
+        for (index, command) in Workload::new(WorkloadConfig::demo(50))
+            .take(1500)
+            .enumerate()
+        {
+            if index == 0 {
+                ledger.install_program(DEMO_PROGRAM, command.at).unwrap();
+            }
+            let result = ledger.apply_shared(&command, command.at);
+            ledger.clear_entries();
+            if let Some(applied) = result.applied() {
+                let summary = Summary::of(result.command, applied);
+                assert_eq!(summary.applied(), applied.clone_summary(), "{command:?}");
+                summarised += 1;
+            }
+        }
+        assert!(summarised > 1000, "most commands apply: {summarised}");
     }
 }

@@ -7,6 +7,7 @@
 
 mod holds;
 mod image;
+mod intern;
 mod members;
 mod micros;
 mod phone;
@@ -28,6 +29,7 @@ use tally_protocol::{
 };
 
 pub use image::{ImageError, LedgerImage, LedgerImageRef};
+pub use intern::interning;
 pub use member::{Counters, Lot, Lots, Member, Slice, Totals};
 pub use phone::normalize_phone;
 pub use promotions::scratch_codes;
@@ -114,18 +116,18 @@ pub(crate) struct Receipt {
 #[derive(Debug, Clone)]
 pub(crate) enum Stored {
     Whole(Arc<CommandResult>),
-    Summary(CommandKind, Box<Applied>),
+    Summary(Box<image::Summary>),
 }
 
 impl Stored {
     fn result(&self, merchant: &str, key: &IdemKey) -> CommandResult {
         match self {
             Stored::Whole(result) => (**result).clone(),
-            Stored::Summary(command, applied) => CommandResult {
+            Stored::Summary(summary) => CommandResult {
                 merchant: merchant.to_string(),
                 key: key.text(),
-                command: *command,
-                status: Status::Applied(applied.clone()),
+                command: summary.command,
+                status: Status::Applied(Box::new(summary.applied())),
             },
         }
     }
@@ -543,8 +545,8 @@ fn remember(merchant: &mut Merchant, key: Arc<IdemKey>, receipt: Receipt, kept_w
         if let Some(receipt) = merchant.receipts.get_mut(&oldest) {
             if let Stored::Whole(result) = &receipt.result {
                 if let Status::Applied(applied) = &result.status {
-                    receipt.result =
-                        Stored::Summary(result.command, Box::new(applied.clone_summary()));
+                    let summary = image::Summary::of(result.command, applied);
+                    receipt.result = Stored::Summary(Box::new(summary));
                 }
             }
         }

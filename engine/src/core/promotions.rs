@@ -879,7 +879,9 @@ pub(super) fn describe(
 /// What a return needs to know about a promotion an order got.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PromotionRecord {
+    #[serde(deserialize_with = "super::intern::name")]
     id: Arc<str>,
+    #[serde(deserialize_with = "super::intern::name")]
     rule: Arc<str>,
     points: i64,
     amount_minor: i64,

@@ -34,6 +34,7 @@ pub struct OrderRecord {
     pub total_minor: i64,
     pub lines: Vec<RecordedLine>,
     /// Per line and rule: what a return takes back, by the values recorded here.
+    #[serde(deserialize_with = "super::intern::earnings")]
     pub earnings: Vec<LineEarned>,
     /// Points given once per order (`per_order` rules), taken back when the order no longer
     /// qualifies.
@@ -58,6 +59,7 @@ pub struct OrderRecord {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecordedLine {
+    #[serde(deserialize_with = "super::intern::name")]
     pub sku: Arc<str>,
     pub qty: i64,
     pub returned: i64,
@@ -69,6 +71,7 @@ pub type LineEarned = (u32, Arc<str>, i64, i64);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OrderPoints {
+    #[serde(deserialize_with = "super::intern::name")]
     pub rule: Arc<str>,
     pub points: i64,
     pub min_total_minor: Option<i64>,
