@@ -90,6 +90,13 @@ struct Checkpoints {
     failed: Vec<String>,
 }
 
+/// Commands submitted together, and what to do with their results once they are durable
+/// (called on the engine thread: it must not block, e.g. it sends to the connection's task).
+pub struct Submission {
+    pub commands: Vec<Command>,
+    pub reply: Box<dyn FnOnce(Vec<Arc<CommandResult>>) + Send>,
+}
+
 /// Encodes and writes results, group by group, in the order the groups became durable.
 fn write_results(
     durable: &Receiver<Vec<Arc<CommandResult>>>,
@@ -390,6 +397,60 @@ impl Engine {
         Ok(())
     }
 
+    /// Serves submissions (the network front door's batches) until every sender is gone:
+    /// whatever has arrived while the previous group was committed forms the next group (at
+    /// most `MAX_GROUP_COMMANDS` commands, whole submissions), which is applied in arrival
+    /// order, logged in one durable write, and only then answered, submission by submission.
+    /// The channel's bound is the back-pressure: a full queue makes senders wait or refuse.
+    pub fn serve(&mut self, submissions: &Receiver<Submission>) -> Result<(), IngestError> {
+        while let Ok(first) = submissions.recv() {
+            let mut group = vec![first];
+            let mut commands = group[0].commands.len();
+            while commands < MAX_GROUP_COMMANDS {
+                match submissions.try_recv() {
+                    Ok(next) => {
+                        commands += next.commands.len();
+                        group.push(next);
+                    }
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            self.serve_group(group)?;
+        }
+        self.finish()
+    }
+
+    fn serve_group(&mut self, group: Vec<Submission>) -> Result<(), IngestError> {
+        let mut logged = Vec::new();
+        let mut answers = Vec::with_capacity(group.len());
+        for submission in &group {
+            let answered: Vec<Answer> = submission
+                .commands
+                .iter()
+                .map(|command| self.apply_command(command.clone(), &mut logged))
+                .collect();
+            answers.push(answered);
+        }
+        self.append(&logged)?;
+        self.checkpoint_if_due()?;
+        for (submission, answered) in group.into_iter().zip(answers) {
+            let mut results = Vec::with_capacity(answered.len());
+            for answer in answered {
+                results.push(self.answer(answer)?);
+            }
+            (submission.reply)(results);
+        }
+        Ok(())
+    }
+
+    fn answer(&self, answer: Answer) -> Result<Arc<CommandResult>, IngestError> {
+        Ok(match answer {
+            Answer::Ready(result) => result,
+            // Read once the group is durable: the page shows every command before it.
+            Answer::Statement(query) => Arc::new(self.statement(&query.0, &query.1)?),
+        })
+    }
+
     /// Applies a group, logs what changed state in one durable write, then answers.
     fn apply_group(
         &mut self,
@@ -406,15 +467,10 @@ impl Engine {
         }
         self.append(&logged)?;
         self.checkpoint_if_due()?;
-        let mut durable = Vec::with_capacity(results.len());
-        for answer in results {
-            durable.push(match answer {
-                Answer::Ready(result) => result,
-                // Read once the group is durable: the page shows every command before it.
-                Answer::Statement(query) => Arc::new(self.statement(&query.0, &query.1)?),
-            });
-        }
-        Ok(durable)
+        results
+            .into_iter()
+            .map(|answer| self.answer(answer))
+            .collect()
     }
 
     /// Logs a group with the entries its commands wrote, in one durable transaction.
@@ -426,10 +482,13 @@ impl Engine {
     }
 
     fn apply_line(&mut self, line_number: u64, line: &str, logged: &mut Vec<Logged>) -> Answer {
-        let command = match parse_command_line(line) {
-            Ok(command) => command,
-            Err(error) => return Answer::Ready(Arc::new(parse_rejection(line_number, &error))),
-        };
+        match parse_command_line(line) {
+            Ok(command) => self.apply_command(command, logged),
+            Err(error) => Answer::Ready(Arc::new(parse_rejection(line_number, &error))),
+        }
+    }
+
+    fn apply_command(&mut self, command: Command, logged: &mut Vec<Logged>) -> Answer {
         if let Body::Statement(_) = command.body {
             return match self.ledger.statement_plan(&command) {
                 Ok(plan) => Answer::Statement(Box::new((command, plan))),

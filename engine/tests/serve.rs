@@ -1,0 +1,108 @@
+//! `Engine::serve`, the entry the network front door uses: many submitters at once, group
+//! commit across their submissions, answers only after the group is durable.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, sync_channel};
+use std::sync::Arc;
+
+use tally_engine::ingest::{Clock, Engine, Submission};
+use tally_engine::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
+use tally_protocol::{Command, CommandResult};
+
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const SUBMITTERS: usize = 4;
+const PER_SUBMISSION: usize = 10;
+
+/// Serves `commands` from `SUBMITTERS` threads at once, each waiting for its answer before it
+/// submits again (as a client would); returns each command's result, in `commands` order.
+fn serve_concurrently(engine: &mut Engine, commands: &[Command]) -> Vec<Arc<CommandResult>> {
+    let (submit, submissions) = sync_channel::<Submission>(8);
+    let chunks: Vec<Vec<(usize, Command)>> = (0..SUBMITTERS)
+        .map(|s| {
+            commands
+                .iter()
+                .cloned()
+                .enumerate()
+                .filter(|(i, _)| (i / PER_SUBMISSION) % SUBMITTERS == s)
+                .collect()
+        })
+        .collect();
+    let (results_out, results_in) = channel();
+    std::thread::scope(|scope| {
+        for chunk in chunks {
+            let submit = submit.clone();
+            let results_out = results_out.clone();
+            scope.spawn(move || {
+                for batch in chunk.chunks(PER_SUBMISSION) {
+                    let (answer, answered) = channel();
+                    let submission = Submission {
+                        commands: batch.iter().map(|(_, c)| c.clone()).collect(),
+                        reply: Box::new(move |results| answer.send(results).unwrap()),
+                    };
+                    submit.send(submission).expect("the engine serves");
+                    let results = answered.recv().expect("every submission is answered");
+                    assert_eq!(results.len(), batch.len());
+                    for ((index, _), result) in batch.iter().zip(results) {
+                        results_out.send((*index, result)).unwrap();
+                    }
+                }
+            });
+        }
+        drop(submit);
+        engine
+            .serve(&submissions)
+            .expect("serves until the submitters are done");
+    });
+    drop(results_out);
+    let mut results: Vec<(usize, Arc<CommandResult>)> = results_in.iter().collect();
+    results.sort_by_key(|(index, _)| *index);
+    assert_eq!(results.len(), commands.len(), "one result per command");
+    results.into_iter().map(|(_, result)| result).collect()
+}
+
+fn status(result: &CommandResult) -> &'static str {
+    match result.status {
+        tally_protocol::Status::Applied(_) => "applied",
+        tally_protocol::Status::Duplicate { .. } => "duplicate",
+        tally_protocol::Status::Rejected { .. } => "rejected",
+    }
+}
+
+#[test]
+fn concurrent_submitters_are_answered_once_durable_and_exactly_once_after_a_restart() {
+    let dir = std::env::temp_dir().join(format!("tally-serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _scratch = Scratch(dir.clone());
+    let commands: Vec<Command> = Workload::new(WorkloadConfig::demo(200)).take(800).collect();
+
+    let (mut engine, _) = Engine::open(&dir, Clock::Event).expect("opens");
+    engine
+        .install_programs(&[DEMO_PROGRAM.to_string()])
+        .expect("program");
+    let first = serve_concurrently(&mut engine, &commands);
+    let applied = first.iter().filter(|r| status(r) == "applied").count();
+    assert!(applied > 700, "most commands apply: {applied}");
+    drop(engine.close().expect("closes"));
+
+    // Everything answered was durable: after a restart every remembered command is a
+    // duplicate, whichever submitter sends it.
+    let (mut engine, recovery) = Engine::open(&dir, Clock::Event).expect("recovers");
+    assert!(
+        recovery.checkpoint.is_some(),
+        "serving ends with a checkpoint"
+    );
+    let second = serve_concurrently(&mut engine, &commands);
+    for (index, (before, after)) in first.iter().zip(&second).enumerate() {
+        let remembered = status(before) == "applied" && before.command.name() != "quote";
+        if remembered {
+            assert_eq!(status(after), "duplicate", "command {index}: {after:?}");
+        }
+    }
+}
