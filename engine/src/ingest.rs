@@ -250,6 +250,11 @@ impl Engine {
         Ok(self.ledger)
     }
 
+    /// The last batch in the log, if any: the position the state is consistent with.
+    pub fn last_batch(&self) -> Option<u64> {
+        self.log.batches().checked_sub(1)
+    }
+
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
     }

@@ -215,6 +215,19 @@ impl CommandLog {
 }
 
 impl CommandLog {
+    /// Every logged entry, in the order written (reports read the whole history).
+    pub fn scan_entries(&self, mut visit: impl FnMut(&LoggedEntry)) -> Result<(), LogError> {
+        let read = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let table = read.open_table(ENTRIES).map_err(|e| self.storage(e))?;
+        for item in table.iter().map_err(|e| self.storage(e))? {
+            let (key, value) = item.map_err(|e| self.storage(e))?;
+            for entry in decode_entries(key.value(), value.value())? {
+                visit(&entry);
+            }
+        }
+        Ok(())
+    }
+
     /// The entries with these numbers, in the order asked. Every number must have been
     /// logged: a missing one is corruption.
     pub fn entries(&self, seqs: &[u64]) -> Result<Vec<LoggedEntry>, LogError> {

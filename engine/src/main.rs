@@ -66,6 +66,20 @@ enum Tool {
         #[arg(long, default_value_t = tally_engine::ingest::CHECKPOINT_EVERY_COMMANDS)]
         checkpoint_every: u64,
     },
+    /// Writes every member's balances (of all merchants, or one) as of one log position, as
+    /// CSV or Parquet, from a stopped engine's data directory.
+    Snapshot {
+        #[arg(long, default_value = "tally-data")]
+        data: PathBuf,
+        /// The file to write; `.parquet` means Parquet unless `--format` says otherwise.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        merchant: Option<String>,
+        /// `csv` or `parquet` (default: from the file's extension).
+        #[arg(long, value_parser = ["csv", "parquet"])]
+        format: Option<String>,
+    },
     /// Validates program files and names each mistake with its place.
     CheckProgram {
         #[arg(required = true)]
@@ -113,6 +127,12 @@ fn main() -> Result<()> {
             ingest(&data, &programs, &input, options)
         }
         Tool::CheckProgram { files } => check_programs(&files),
+        Tool::Snapshot {
+            data,
+            out,
+            merchant,
+            format,
+        } => snapshot(&data, &out, merchant.as_deref(), format.as_deref()),
         Tool::Demo {
             members,
             commands,
@@ -238,6 +258,24 @@ fn recovered(data: &Path, recovery: &Recovery) -> String {
         recovery.elapsed.as_secs_f64(),
         recovery.digest
     )
+}
+
+fn snapshot(data: &Path, out: &Path, merchant: Option<&str>, format: Option<&str>) -> Result<()> {
+    use tally_engine::snapshot::{write, Format};
+    anyhow::ensure!(data.is_dir(), "no data directory at {}", data.display());
+    let format = match format {
+        Some("parquet") => Format::Parquet,
+        Some(_) => Format::Csv,
+        None => Format::of_path(out),
+    };
+    let (engine, recovery) = Engine::open(data, Clock::Event)?;
+    eprintln!("{}", recovered(data, &recovery));
+    let position = engine.last_batch();
+    let rows = write(engine.ledger().snapshot(merchant), position, format, out)?;
+    let at = position.map_or("an empty log".to_string(), |p| format!("log batch {p}"));
+    eprintln!("{rows} members as of {at} written to {}", out.display());
+    std::mem::forget(engine);
+    Ok(())
 }
 
 // A rate for display: the only float in the engine, never money.

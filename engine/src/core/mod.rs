@@ -14,6 +14,7 @@ mod phone;
 mod promotions;
 mod purchase;
 mod returns;
+mod snapshot;
 mod tiers;
 mod time;
 
@@ -33,6 +34,7 @@ pub use intern::interning;
 pub use member::{Counters, Lot, Lots, Member, Slice, Totals};
 pub use phone::normalize_phone;
 pub use promotions::scratch_codes;
+pub use snapshot::{MemberSnapshot, EXPIRING_WITHIN_DAYS};
 
 use crate::money::from_minor;
 use crate::program::{parse_and_compile, Program};
