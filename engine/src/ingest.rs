@@ -250,6 +250,11 @@ impl Engine {
         Ok(self.ledger)
     }
 
+    /// The log (read-only: reports scan its entries).
+    pub fn log(&self) -> &CommandLog {
+        &self.log
+    }
+
     /// The last batch in the log, if any: the position the state is consistent with.
     pub fn last_batch(&self) -> Option<u64> {
         self.log.batches().checked_sub(1)

@@ -10,5 +10,6 @@ pub mod checkpoint;
 pub mod ingest;
 pub mod log;
 pub mod replay;
+pub mod report;
 pub mod snapshot;
 pub mod workload;

@@ -267,6 +267,7 @@ impl CommandLog {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoggedEntry {
     pub seq: u64,
+    pub merchant: String,
     pub member: u64,
     pub wallet: Wallet,
     pub kind: EntryKind,
@@ -284,6 +285,7 @@ fn encode_entries(entries: &[Entry]) -> Vec<u8> {
         .iter()
         .map(|entry| LoggedEntry {
             seq: entry.seq,
+            merchant: entry.merchant.to_string(),
             member: entry.member,
             wallet: entry.wallet,
             kind: entry.kind,

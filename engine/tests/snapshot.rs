@@ -100,9 +100,9 @@ fn parquet_rows(path: &Path) -> Vec<Row> {
         .collect()
 }
 
-#[test]
-fn a_snapshot_as_csv_and_parquet_agrees_with_the_entries_up_to_its_position() {
-    let dir = std::env::temp_dir().join(format!("tally-snapshot-{}", std::process::id()));
+/// A data directory after `tally ingest` of 800 demo commands, with the final balances.
+fn ingested(name: &str) -> Scratch {
+    let dir = std::env::temp_dir().join(format!("tally-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let scratch = Scratch(dir);
@@ -113,11 +113,10 @@ fn a_snapshot_as_csv_and_parquet_agrees_with_the_entries_up_to_its_position() {
         .map(|c| c.to_json_line())
         .collect();
     std::fs::write(path("commands.jsonl"), lines.join("\n") + "\n").unwrap();
-    let data = path("data");
     run(&[
         "ingest",
         "--data",
-        text(&data),
+        text(&path("data")),
         "--program",
         text(&path("demo.toml")),
         "--clock",
@@ -127,6 +126,14 @@ fn a_snapshot_as_csv_and_parquet_agrees_with_the_entries_up_to_its_position() {
         "--balances-out",
         text(&path("balances.csv")),
     ]);
+    scratch
+}
+
+#[test]
+fn a_snapshot_as_csv_and_parquet_agrees_with_the_entries_up_to_its_position() {
+    let scratch = ingested("snapshot");
+    let path = |name: &str| scratch.0.join(name);
+    let data = path("data");
     run(&[
         "snapshot",
         "--data",
@@ -175,4 +182,73 @@ fn a_snapshot_as_csv_and_parquet_agrees_with_the_entries_up_to_its_position() {
     })
     .unwrap();
     assert_eq!(snapshot.iter().map(|r| r.1).sum::<i64>(), entries_total);
+}
+
+fn report(data: &Path, extra: &[&str]) -> String {
+    let output = Command::new(TALLY)
+        .args([&["report", "--data", text(data)][..], extra].concat())
+        .stdin(Stdio::null())
+        .output()
+        .expect("tally runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+#[test]
+fn a_report_values_the_liability_and_its_activity_sums_to_the_balances() {
+    let scratch = ingested("report");
+    let data = scratch.0.join("data");
+    let json: serde_json::Value = serde_json::from_str(&report(&data, &[])).expect("JSON");
+    let demo = &json["merchants"][0];
+    let balances = std::fs::read_to_string(scratch.0.join("balances.csv")).unwrap();
+    let points: i64 = balances
+        .lines()
+        .skip(1)
+        .map(|line| line.split(',').nth(3).unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(demo["points_outstanding"], points);
+    let sum = |lines: &serde_json::Value, field: &str| -> i64 {
+        lines
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|line| line[field].as_i64().unwrap())
+            .sum()
+    };
+    assert_eq!(sum(&demo["by_tier"], "points"), points);
+    assert_eq!(
+        sum(&demo["by_tier"], "members"),
+        demo["members"].as_i64().unwrap()
+    );
+    // Over all time, the points entries add up to the balances; expiry is the breakage.
+    let activity = demo["activity"].as_array().unwrap();
+    let amount =
+        |line: &serde_json::Value| line["amount"].as_str().unwrap().parse::<i64>().unwrap();
+    let points_lines = activity.iter().filter(|line| line["wallet"] == "points");
+    assert_eq!(points_lines.clone().map(amount).sum::<i64>(), points);
+    let expired: i64 = points_lines
+        .filter(|l| l["kind"] == "expiry")
+        .map(amount)
+        .sum();
+    assert_eq!(demo["breakage_points"].as_i64().unwrap(), -expired);
+    assert!(activity
+        .iter()
+        .any(|l| l["rule"].as_str().unwrap().starts_with("promotion:")));
+
+    // A period before the first command has no activity; the balances do not change.
+    let before: serde_json::Value =
+        serde_json::from_str(&report(&data, &["--to", "2026-01-01"])).unwrap();
+    assert_eq!(before["merchants"][0]["activity"], serde_json::json!([]));
+    assert_eq!(before["merchants"][0]["points_outstanding"], points);
+
+    let csv = report(&data, &["--format", "csv"]);
+    assert!(csv.starts_with("section,merchant,key,kind,count,points,amount\n"));
+    let total = format!("total,demo,points,,{},{points},", demo["members"]);
+    assert!(csv.lines().any(|l| l.starts_with(&total)), "{csv}");
+    let html = report(&data, &["--format", "html"]);
+    assert!(html.contains("<svg") && html.contains("Liability by month of expiry"));
 }
