@@ -73,6 +73,10 @@ fn main() {
         checkpoint_bytes >> 20,
         describe(&from_checkpoint)
     );
+    if std::env::var_os("TALLY_KEEP_CHECKPOINT").is_some() {
+        // Leave the data directory for profiling a recovery (`tally ingest --input /dev/null`).
+        return;
+    }
     std::fs::remove_file(data.join("checkpoint")).expect("checkpoint removed");
     // Without the checkpoint, the log must still hold everything: rebuild it uncompacted.
     let _ = std::fs::remove_dir_all(&data);
