@@ -1,9 +1,9 @@
 //! The durable engine: the same core, with every change logged before it is acknowledged.
 //!
 //! Commands are read and parsed on one thread, applied in groups on another, and their
-//! results encoded and written on a third: the group is whatever
-//! arrived while the previous group was being committed (at most `MAX_GROUP_COMMANDS`), so it
-//! grows under load and a lone command is committed at once. A group's state-changing commands
+//! results encoded and written on a third. A group is whatever arrived while the previous
+//! group was being committed (at most `MAX_GROUP_COMMANDS`), so it grows under load and a
+//! lone command is committed at once. A group's state-changing commands
 //! are written to the log in one durable transaction; only then are its results written out.
 //! An error while logging stops the engine: nothing that is not durable is acknowledged.
 
