@@ -19,7 +19,8 @@ impl Drop for Scratch {
     }
 }
 
-fn run(args: &[&str]) {
+/// Runs `tally` with these arguments; it must succeed. Returns what it printed.
+fn run(args: &[&str]) -> String {
     let output = Command::new(TALLY)
         .args(args)
         .stdin(Stdio::null())
@@ -30,6 +31,7 @@ fn run(args: &[&str]) {
         "tally {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8(output.stdout).expect("UTF-8")
 }
 
 fn text(path: &Path) -> &str {
@@ -185,17 +187,7 @@ fn a_snapshot_as_csv_and_parquet_agrees_with_the_entries_up_to_its_position() {
 }
 
 fn report(data: &Path, extra: &[&str]) -> String {
-    let output = Command::new(TALLY)
-        .args([&["report", "--data", text(data)][..], extra].concat())
-        .stdin(Stdio::null())
-        .output()
-        .expect("tally runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8")
+    run(&[&["report", "--data", text(data)][..], extra].concat())
 }
 
 #[test]
