@@ -7,6 +7,8 @@
 //! checkpoint or the new one, never a mix. The format is in `docs/storage.md`.
 
 use std::io::Write;
+
+use bincode::Options;
 use std::path::{Path, PathBuf};
 
 use crate::core::{interning, Ledger, LedgerImage};
@@ -138,7 +140,8 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
                 .ok_or_else(|| corrupt(14, "engine time out of range"))?,
         ),
     };
-    let image: LedgerImage = interning(|| bincode::deserialize(&body[HEADER_BYTES..]))
+    let state = &body[HEADER_BYTES..];
+    let image: LedgerImage = interning(|| bounded_bincode(state.len()).deserialize(state))
         .map_err(|e| corrupt(HEADER_BYTES, &format!("state does not decode: {e}")))?;
     let ledger = Ledger::from_image(image).map_err(|e| corrupt(HEADER_BYTES, &e.to_string()))?;
     Ok(Checkpoint {
@@ -147,6 +150,16 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
         ledger,
         bytes: bytes.len() as u64,
     })
+}
+
+/// bincode as `bincode::serialize` writes it, but no length read from the bytes may claim
+/// more than the bytes hold: a damaged length is an error, never a huge allocation.
+pub(crate) fn bounded_bincode(bytes: usize) -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(bytes as u64)
 }
 
 #[cfg(test)]
@@ -212,5 +225,21 @@ mod tests {
             .to_string();
         assert!(error.contains("checksum"), "{error}");
         assert!(decode(Path::new("checkpoint"), &bytes[..10]).is_err());
+    }
+
+    #[test]
+    fn a_damaged_length_under_a_good_checksum_is_refused_not_allocated() {
+        let (ledger, now) = busy_ledger(&mut Workload::new(WorkloadConfig::demo(50)));
+        let mut bytes = encode(&ledger, 3, Some(now));
+        // Lengths of 2^64-1 everywhere at the start of the state, checksum made to match:
+        // what a bug writing the file could leave.
+        let body_end = bytes.len() - CHECKSUM_BYTES;
+        bytes[HEADER_BYTES..HEADER_BYTES + 64].fill(0xFF);
+        let checksum = xxhash_rust::xxh3::xxh3_64(&bytes[..body_end]);
+        bytes[body_end..].copy_from_slice(&checksum.to_le_bytes());
+        let error = decode(Path::new("checkpoint"), &bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("state does not decode"), "{error}");
     }
 }

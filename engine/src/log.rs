@@ -321,7 +321,11 @@ fn decode_entries(first_seq: u64, bytes: &[u8]) -> Result<Vec<LoggedEntry>, LogE
     if body[..4] != ENTRIES_MAGIC || u16::from_le_bytes([body[4], body[5]]) != FORMAT_VERSION {
         return Err(corrupt("not a tally entries record of this version"));
     }
-    bincode::deserialize(&body[6..]).map_err(|e| corrupt(&e.to_string()))
+    use bincode::Options;
+    let entries = &body[6..];
+    crate::checkpoint::bounded_bincode(entries.len())
+        .deserialize(entries)
+        .map_err(|e| corrupt(&e.to_string()))
 }
 
 fn storage_error(path: &Path, error: &dyn std::fmt::Display) -> LogError {
