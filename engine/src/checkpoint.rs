@@ -63,7 +63,8 @@ pub fn encode(ledger: &Ledger, last_batch: u64, now: Option<Timestamp>) -> Vec<u
     let micros = now.map_or(NO_TIME, |now| now.timestamp_micros());
     bytes.extend_from_slice(&micros.to_le_bytes());
     bytes.extend_from_slice(&0u64.to_le_bytes());
-    bincode::serialize_into(&mut bytes, &ledger.image())
+    state_bincode()
+        .serialize_into(&mut bytes, &ledger.image())
         .expect("serialising into memory does not fail");
     let body_bytes = (bytes.len() - HEADER_BYTES) as u64;
     bytes[HEADER_BYTES - 8..HEADER_BYTES].copy_from_slice(&body_bytes.to_le_bytes());
@@ -152,14 +153,23 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
     })
 }
 
-/// bincode as `bincode::serialize` writes it, but no length read from the bytes may claim
-/// more than the bytes hold: a damaged length is an error, never a huge allocation.
-pub(crate) fn bounded_bincode(bytes: usize) -> impl bincode::Options {
-    use bincode::Options;
+/// The state's encoding: bincode with variable-length integers (most lengths and amounts
+/// are small: a third off a checkpoint's size).
+fn state_bincode() -> impl bincode::Options {
     bincode::DefaultOptions::new()
-        .with_fixint_encoding()
+        .with_varint_encoding()
         .allow_trailing_bytes()
-        .with_limit(bytes as u64)
+}
+
+/// The same encoding for reading: no length read from the bytes may claim more than the
+/// bytes hold, so a damaged length is an error, never a huge allocation.
+pub(crate) fn bounded_bincode(bytes: usize) -> impl bincode::Options {
+    state_bincode().with_limit(bytes as u64)
+}
+
+/// The encoded size of a part of the state (for measurements).
+pub fn state_size(value: &impl serde::Serialize) -> u64 {
+    state_bincode().serialized_size(value).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -300,7 +300,10 @@ fn encode_entries(entries: &[Entry]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(entries.len() * 64);
     bytes.extend_from_slice(&ENTRIES_MAGIC);
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    bincode::serialize_into(&mut bytes, &logged).expect("serialising into memory does not fail");
+    use bincode::Options;
+    crate::checkpoint::bounded_bincode(usize::MAX)
+        .serialize_into(&mut bytes, &logged)
+        .expect("serialising into memory does not fail");
     let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
     bytes.extend_from_slice(&checksum.to_le_bytes());
     bytes
