@@ -11,7 +11,7 @@ use std::io::Write;
 use bincode::Options;
 use std::path::{Path, PathBuf};
 
-use crate::core::{interning, Ledger, LedgerImage};
+use crate::core::{bounded_bincode, interning, Ledger, LedgerImage};
 use crate::Timestamp;
 
 const MAGIC: [u8; 4] = *b"TLYC";
@@ -63,9 +63,7 @@ pub fn encode(ledger: &Ledger, last_batch: u64, now: Option<Timestamp>) -> Vec<u
     let micros = now.map_or(NO_TIME, |now| now.timestamp_micros());
     bytes.extend_from_slice(&micros.to_le_bytes());
     bytes.extend_from_slice(&0u64.to_le_bytes());
-    state_bincode()
-        .serialize_into(&mut bytes, &ledger.image())
-        .expect("serialising into memory does not fail");
+    ledger.image().encode(&mut bytes);
     let body_bytes = (bytes.len() - HEADER_BYTES) as u64;
     bytes[HEADER_BYTES - 8..HEADER_BYTES].copy_from_slice(&body_bytes.to_le_bytes());
     let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
@@ -142,7 +140,8 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
         ),
     };
     let state = &body[HEADER_BYTES..];
-    let image: LedgerImage = interning(|| bounded_bincode(state.len()).deserialize(state))
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let image = interning(|| LedgerImage::decode(state, threads))
         .map_err(|e| corrupt(HEADER_BYTES, &format!("state does not decode: {e}")))?;
     let ledger = Ledger::from_image(image).map_err(|e| corrupt(HEADER_BYTES, &e.to_string()))?;
     Ok(Checkpoint {
@@ -153,23 +152,11 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
     })
 }
 
-/// The state's encoding: bincode with variable-length integers (most lengths and amounts
-/// are small: a third off a checkpoint's size).
-fn state_bincode() -> impl bincode::Options {
-    bincode::DefaultOptions::new()
-        .with_varint_encoding()
-        .allow_trailing_bytes()
-}
-
-/// The same encoding for reading: no length read from the bytes may claim more than the
-/// bytes hold, so a damaged length is an error, never a huge allocation.
-pub(crate) fn bounded_bincode(bytes: usize) -> impl bincode::Options {
-    state_bincode().with_limit(bytes as u64)
-}
-
 /// The encoded size of a part of the state (for measurements).
 pub fn state_size(value: &impl serde::Serialize) -> u64 {
-    state_bincode().serialized_size(value).unwrap_or(0)
+    bounded_bincode(usize::MAX)
+        .serialized_size(value)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -301,7 +301,7 @@ fn encode_entries(entries: &[Entry]) -> Vec<u8> {
     bytes.extend_from_slice(&ENTRIES_MAGIC);
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     use bincode::Options;
-    crate::checkpoint::bounded_bincode(usize::MAX)
+    crate::core::bounded_bincode(usize::MAX)
         .serialize_into(&mut bytes, &logged)
         .expect("serialising into memory does not fail");
     let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
@@ -326,7 +326,7 @@ fn decode_entries(first_seq: u64, bytes: &[u8]) -> Result<Vec<LoggedEntry>, LogE
     }
     use bincode::Options;
     let entries = &body[6..];
-    crate::checkpoint::bounded_bincode(entries.len())
+    crate::core::bounded_bincode(entries.len())
         .deserialize(entries)
         .map_err(|e| corrupt(&e.to_string()))
 }
