@@ -2,12 +2,15 @@
 //! gives back, and the stable reason codes of a rejection.
 //!
 //! This crate knows nothing of the network or of storage. Its JSON form (one command per line)
-//! is what command files, imports and tests use; `docs/commands.md` documents it.
+//! is what command files, imports and tests use; `docs/commands.md` documents it. Its binary
+//! form (`wire`: versioned frames of rkyv archives) is what travels between terminals and the
+//! engine; `docs/protocol.md` documents it.
 
 mod command;
 mod json;
 mod reason;
 mod result;
+pub mod wire;
 
 pub use command::{
     Adjust, AdjustReason, Alias, AssignPromotion, Body, Capture, Command, CommandKind, Enroll,
