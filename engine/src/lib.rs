@@ -10,4 +10,5 @@ pub mod checkpoint;
 pub mod ingest;
 pub mod log;
 pub mod replay;
+pub mod server;
 pub mod workload;
