@@ -239,14 +239,14 @@ pub fn start(engine: Engine, options: ServerOptions) -> Result<Running, ServerEr
     })?;
     let metrics_listener = match options.metrics {
         Some(at) => {
+            let listen_error = |e: std::io::Error| ServerError::Listen {
+                address: at.to_string(),
+                message: e.to_string(),
+            };
+            let listener = std::net::TcpListener::bind(at).map_err(listen_error)?;
+            listener.set_nonblocking(true).map_err(listen_error)?;
             let _guard = runtime.enter();
-            let listener = runtime
-                .block_on(tokio::net::TcpListener::bind(at))
-                .map_err(|e| ServerError::Listen {
-                    address: at.to_string(),
-                    message: e.to_string(),
-                })?;
-            Some(listener)
+            Some(tokio::net::TcpListener::from_std(listener).map_err(listen_error)?)
         }
         None => None,
     };
@@ -649,6 +649,9 @@ async fn serve_frame(
             "This terminal's certificate was revoked.",
         );
         write_answer(shared, send, &frame).await?;
+        // Let the answer arrive before the connection closes.
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
         peer.connection
             .close(VarInt::from_u32(codes::REVOKED), b"certificate revoked");
         return Err(StreamEnd::Done);
