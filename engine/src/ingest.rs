@@ -548,7 +548,8 @@ impl Engine {
         let entries_before = self.ledger.entries().len();
         let result = self.ledger.apply_shared(&command, now);
         // Only what changed the state is logged: rejections, duplicates and quotes are not.
-        if matches!(result.status, Status::Applied(_)) && command.kind() != CommandKind::Quote {
+        let query = matches!(command.kind(), CommandKind::Quote | CommandKind::Balance);
+        if matches!(result.status, Status::Applied(_)) && !query {
             logged.push(Logged { now, command });
         } else {
             assert_eq!(

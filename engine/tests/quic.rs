@@ -58,6 +58,24 @@ async fn every_command_kind_from_two_merchants_terminals_and_an_operator() {
         .expect("answered");
     assert_eq!(holds.len(), 4);
     holds.iter().for_each(assert_applied);
+    // A balance lookup by alias shows exactly what the last acknowledged command left.
+    let balance = pos
+        .send(command(r#"{"merchant":"demo","terminal":"pos-1","txn":"b-1","at":"2026-03-03T13:14:30Z","balance":{"member":{"card":"C-100"}}}"#))
+        .await
+        .expect("answered");
+    assert_applied(&balance);
+    let balances = |result: &std::sync::Arc<tally_protocol::CommandResult>| {
+        result
+            .applied()
+            .and_then(|a| a.balances.clone())
+            .expect("balances")
+    };
+    assert_eq!(balances(&balance), balances(&holds[3]));
+    let unknown = pos
+        .send(command(r#"{"merchant":"demo","terminal":"pos-1","txn":"b-2","at":"2026-03-03T13:14:30Z","balance":{"member":{"card":"NOBODY"}}}"#))
+        .await
+        .expect("answered");
+    assert_rejected(&unknown, Reason::UnknownMember);
     // The other merchant's terminal, under its new program version.
     let shop_purchase = shop
         .send(command(r#"{"merchant":"shop","terminal":"till","txn":"1","at":"2026-03-03T13:15:00Z","purchase":{"member":{"card":"S-1"},"lines":[{"sku":"BREAD","qty":1,"unit_price":"10.00"}],"total":"10.00"}}"#))

@@ -104,6 +104,7 @@ pub enum Body {
     IssueCodes(IssueCodes),
     // The full path: rkyv's derive has a `Tag` of its own in scope.
     Tag(crate::command::Tag),
+    Balance(BalanceQuery),
 }
 
 /// The name of a command, as in its JSON key and in results.
@@ -143,6 +144,8 @@ pub enum CommandKind {
     Tag,
     /// A command that could not be read, so its kind is not known.
     Unknown,
+    // After `Unknown`: the wire form numbers the kinds in this order.
+    Balance,
 }
 
 impl CommandKind {
@@ -166,6 +169,7 @@ impl CommandKind {
             CommandKind::IssueCodes => "issue_codes",
             CommandKind::Tag => "tag",
             CommandKind::Unknown => "unknown",
+            CommandKind::Balance => "balance",
         }
     }
 
@@ -205,6 +209,7 @@ impl Body {
             Body::AssignPromotion(_) => CommandKind::AssignPromotion,
             Body::IssueCodes(_) => CommandKind::IssueCodes,
             Body::Tag(_) => CommandKind::Tag,
+            Body::Balance(_) => CommandKind::Balance,
         }
     }
 }
@@ -672,6 +677,26 @@ pub struct StatementQuery {
 
 fn default_per_page() -> u32 {
     50
+}
+
+/// A query (terminals and operators): a member's balances and tier, found by id or alias,
+/// consistent with every command acknowledged before it. Changes nothing, enrols nobody and is
+/// not remembered.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceQuery {
+    pub member: MemberRef,
 }
 
 /// Gives a `regular` promotion to members, or to everyone who holds a tier.

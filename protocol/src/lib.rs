@@ -13,10 +13,10 @@ mod result;
 pub mod wire;
 
 pub use command::{
-    Adjust, AdjustReason, Alias, AssignPromotion, Body, Capture, Command, CommandKind, Enroll,
-    Event, Hold, IdemKey, IssueCards, IssueCodes, Line, Link, LoadProgram, MemberRef, Origin,
-    Payment, Purchase, Release, Return, ReturnLine, StatementQuery, Tag, Tick, TxnRef,
-    ENGINE_ADMIN, MAX_STATEMENT_PAGE,
+    Adjust, AdjustReason, Alias, AssignPromotion, BalanceQuery, Body, Capture, Command,
+    CommandKind, Enroll, Event, Hold, IdemKey, IssueCards, IssueCodes, Line, Link, LoadProgram,
+    MemberRef, Origin, Payment, Purchase, Release, Return, ReturnLine, StatementQuery, Tag, Tick,
+    TxnRef, ENGINE_ADMIN, MAX_STATEMENT_PAGE,
 };
 pub use json::{parse_command_line, CommandJson, ParseError};
 pub use reason::Reason;
