@@ -446,18 +446,18 @@ impl Engine {
 
     fn serve_group(
         &mut self,
-        group: Vec<Submission>,
+        mut group: Vec<Submission>,
         observe: &mut dyn FnMut(&GroupCommitted),
     ) -> Result<(), IngestError> {
         let started = Instant::now();
         let commands = group.iter().map(|s| s.commands.len()).sum();
         let mut logged = Vec::new();
         let mut answers = Vec::with_capacity(group.len());
-        for submission in &group {
-            let answered: Vec<Answer> = submission
-                .commands
-                .iter()
-                .map(|command| self.apply_command(command.clone(), &mut logged))
+        for submission in &mut group {
+            // The commands move into the log's batch: no copy of each.
+            let answered: Vec<Answer> = std::mem::take(&mut submission.commands)
+                .into_iter()
+                .map(|command| self.apply_command(command, &mut logged))
                 .collect();
             answers.push(answered);
         }

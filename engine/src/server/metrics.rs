@@ -47,9 +47,42 @@ impl Gauge {
     }
 }
 
-fn histogram() -> Mutex<Histogram<u64>> {
-    Mutex::new(Histogram::new(3).expect("3 significant digits is valid"))
+/// A histogram and the exact sum of what it recorded (Prometheus wants both).
+#[derive(Debug)]
+pub struct Distribution {
+    histogram: Mutex<Histogram<u64>>,
+    sum: AtomicU64,
 }
+
+impl Distribution {
+    /// Values from 1 to `highest`, larger ones counted as `highest`.
+    fn new(highest: u64) -> Distribution {
+        let histogram = Histogram::new_with_bounds(1, highest, 3).expect("valid bounds");
+        Distribution {
+            histogram: Mutex::new(histogram),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    pub fn record(&self, value: u64) {
+        let value = value.max(1);
+        self.sum.fetch_add(value, Ordering::Relaxed);
+        self.histogram
+            .lock()
+            .expect("not poisoned")
+            .saturating_record(value);
+    }
+
+    pub fn quantile(&self, quantile: f64) -> u64 {
+        self.histogram
+            .lock()
+            .expect("not poisoned")
+            .value_at_quantile(quantile)
+    }
+}
+
+/// An hour, in microseconds: the longest latency told apart.
+const LATENCY_HIGHEST_US: u64 = 3_600_000_000;
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -71,9 +104,9 @@ pub struct Metrics {
     /// Bytes of request frames being read or processed.
     pub in_flight_frame_bytes: Gauge,
     pub groups: Counter,
-    group_commands: Mutex<Histogram<u64>>,
-    commit_latency_us: Mutex<Histogram<u64>>,
-    request_latency_us: Mutex<Histogram<u64>>,
+    group_commands: Distribution,
+    commit_latency_us: Distribution,
+    request_latency_us: Distribution,
     pub last_commit_us: AtomicU64,
 }
 
@@ -94,9 +127,9 @@ impl Default for Metrics {
             in_flight_commands: Gauge::default(),
             in_flight_frame_bytes: Gauge::default(),
             groups: Counter::default(),
-            group_commands: histogram(),
-            commit_latency_us: histogram(),
-            request_latency_us: histogram(),
+            group_commands: Distribution::new(1 << 20),
+            commit_latency_us: Distribution::new(LATENCY_HIGHEST_US),
+            request_latency_us: Distribution::new(LATENCY_HIGHEST_US),
             last_commit_us: AtomicU64::new(0),
         }
     }
@@ -114,12 +147,12 @@ impl Metrics {
         self.groups.add(1);
         let commit_us = micros(group.committed);
         self.last_commit_us.store(commit_us, Ordering::Relaxed);
-        record(&self.group_commands, group.commands.max(1) as u64);
-        record(&self.commit_latency_us, commit_us);
+        self.group_commands.record(group.commands as u64);
+        self.commit_latency_us.record(commit_us);
     }
 
     pub fn request_answered(&self, latency: Duration) {
-        record(&self.request_latency_us, micros(latency));
+        self.request_latency_us.record(micros(latency));
     }
 
     pub fn count_results(&self, results: &[impl AsRef<CommandResult>]) {
@@ -271,8 +304,7 @@ impl Metrics {
 
     /// A short health summary for `tally status`.
     pub fn status(&self) -> String {
-        let commit = self.commit_latency_us.lock().expect("not poisoned");
-        let request = self.request_latency_us.lock().expect("not poisoned");
+        let (commit, request) = (&self.commit_latency_us, &self.request_latency_us);
         format!(
             "status: serving\nuptime_s: {}\nconnections_open: {}\nrequests: {}\ncommands: {}\napplied: {}\nduplicates: {}\nrejected: {}\noverloaded_requests: {}\ninvalid_frames: {}\nin_flight_commands: {}\ngroups_committed: {}\ncommit_latency_us_p50: {}\ncommit_latency_us_p99: {}\nrequest_latency_us_p99: {}\n",
             self.started.elapsed().as_secs(),
@@ -286,18 +318,11 @@ impl Metrics {
             self.frames_invalid.get(),
             self.in_flight_commands.get(),
             self.groups.get(),
-            commit.value_at_quantile(0.5),
-            commit.value_at_quantile(0.99),
-            request.value_at_quantile(0.99),
+            commit.quantile(0.5),
+            commit.quantile(0.99),
+            request.quantile(0.99),
         )
     }
-}
-
-fn record(histogram: &Mutex<Histogram<u64>>, value: u64) {
-    histogram
-        .lock()
-        .expect("not poisoned")
-        .saturating_record(value);
 }
 
 #[allow(clippy::float_arithmetic)] // Prometheus wants seconds; the exposition only.
@@ -305,14 +330,14 @@ fn render_histogram(
     out: &mut String,
     name: &str,
     help: &str,
-    histogram: &Mutex<Histogram<u64>>,
+    distribution: &Distribution,
     buckets: &[u64],
     scale: f64,
 ) {
-    let histogram = histogram.lock().expect("not poisoned");
+    let histogram = distribution.histogram.lock().expect("not poisoned");
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     for bound in buckets {
-        let count = histogram.count_between(0, *bound);
+        let count = histogram.count_between(1, *bound);
         let _ = writeln!(
             out,
             "{name}_bucket{{le=\"{}\"}} {count}",
@@ -320,7 +345,7 @@ fn render_histogram(
         );
     }
     let total = histogram.len();
-    let sum = histogram.mean() * total as f64 * scale;
+    let sum = distribution.sum.load(Ordering::Relaxed) as f64 * scale;
     let _ = writeln!(
         out,
         "{name}_bucket{{le=\"+Inf\"}} {total}\n{name}_sum {sum}\n{name}_count {total}"
