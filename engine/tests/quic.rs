@@ -95,7 +95,18 @@ async fn every_command_kind_from_two_merchants_terminals_and_an_operator() {
     // The purchase was filled in with the terminal's store.
     let metrics = &server.running().metrics;
     assert_eq!(metrics.duplicates.get(), 1);
-    assert!(metrics.render().contains("tally_commands_applied_total"));
+    // Prometheus text over HTTP.
+    let address = server.running().metrics_address.expect("metrics on");
+    let exposition = tokio::task::spawn_blocking(move || http_get(address, "/metrics"))
+        .await
+        .unwrap();
+    assert!(exposition.starts_with("HTTP/1.1 200"), "{exposition}");
+    assert!(
+        exposition.contains("tally_commands_duplicate_total 1"),
+        "{exposition}"
+    );
+    assert!(exposition.contains("tally_commands_rejected_total{reason=\"unknown_member\"} 1"));
+    assert!(exposition.contains("tally_commit_latency_seconds_bucket{le=\"+Inf\"}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,4 +474,16 @@ async fn a_client_that_stops_reading_is_reset_and_others_are_not_delayed() {
         .expect("the stream ends");
         assert!(read.is_err(), "the server reset the stalled stream");
     }
+}
+
+fn http_get(address: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("reads");
+    response
 }

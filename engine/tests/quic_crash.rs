@@ -28,11 +28,11 @@ struct Server {
 
 impl Server {
     /// Starts `tally serve` and waits for its ready line.
-    fn start(data: &std::path::Path, listen: &str) -> Server {
+    fn start(data: &std::path::Path, listen: &str, metrics: &str) -> Server {
         let mut child = Process::new(env!("CARGO_BIN_EXE_tally"))
             .args(["serve", "--data"])
             .arg(data)
-            .args(["--listen", listen, "--metrics", "off", "--clock", "event"])
+            .args(["--listen", listen, "--metrics", metrics, "--clock", "event"])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -89,6 +89,11 @@ fn free_port() -> u16 {
     socket.local_addr().unwrap().port()
 }
 
+fn free_tcp_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().unwrap().port()
+}
+
 /// The workload's purchases, shared out among our terminals (keys renamed to match their
 /// certificates, so every key stays unique).
 fn commands_by_terminal() -> Vec<Vec<Command>> {
@@ -121,7 +126,8 @@ fn kill_9_under_load_loses_no_acknowledged_command_and_applies_none_twice() {
     let data = Scratch::new("quic-crash");
     let listen = format!("127.0.0.1:{}", free_port());
     let address = listen.parse().unwrap();
-    let mut server = Some(Server::start(&data.0, &listen));
+    let metrics = format!("127.0.0.1:{}", free_tcp_port());
+    let mut server = Some(Server::start(&data.0, &listen, &metrics));
     let certs = CertPaths::new(&data.0);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -168,7 +174,7 @@ fn kill_9_under_load_loses_no_acknowledged_command_and_applies_none_twice() {
         }
         server.take().expect("running").kill();
         std::thread::sleep(Duration::from_millis(200));
-        server = Some(Server::start(&data.0, &listen));
+        server = Some(Server::start(&data.0, &listen, &metrics));
     }
     let answers: Vec<Vec<Arc<CommandResult>>> = tasks
         .into_iter()
@@ -212,6 +218,22 @@ fn kill_9_under_load_loses_no_acknowledged_command_and_applies_none_twice() {
     });
     eprintln!(
         "{COMMANDS} commands from {TERMINALS} terminals, 2 kills: {duplicates_after_kills} answered as duplicates after a retry"
+    );
+    // `tally status` reads the running server's health.
+    let report = Process::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["status", "--metrics", &metrics])
+        .output()
+        .expect("tally status runs");
+    let report = String::from_utf8_lossy(&report.stdout);
+    assert!(report.contains("status: serving"), "{report}");
+    let requests: u64 = report
+        .lines()
+        .find_map(|line| line.strip_prefix("requests: "))
+        .and_then(|n| n.parse().ok())
+        .expect("a request count");
+    assert!(
+        requests >= TERMINALS as u64,
+        "at least the last round's frames: {report}"
     );
     let status = server.take().expect("running").terminate();
     assert!(status.success(), "SIGTERM stops cleanly: {status}");
