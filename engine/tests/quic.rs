@@ -487,3 +487,30 @@ fn http_get(address: std::net::SocketAddr, path: &str) -> String {
     stream.read_to_string(&mut response).expect("reads");
     response
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_refused() {
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let server = TestServer::start("quic-connections", limits);
+    let first = server.client(&terminal("demo", None, "pos-1")).await;
+    let second = server.client(&terminal("demo", None, "pos-2")).await;
+    let mut config = server.config(&terminal("demo", None, "pos-3"));
+    config.max_attempts = 1;
+    config.request_timeout = Duration::from_secs(3);
+    let third = Client::new(config).unwrap();
+    let event = |terminal: &str| {
+        command(&format!(
+            r#"{{"merchant":"demo","terminal":"{terminal}","txn":"1","at":"2026-03-03T13:00:00Z","enroll":{{"card":"{terminal}"}}}}"#
+        ))
+    };
+    assert!(
+        third.send(event("pos-3")).await.is_err(),
+        "the third is refused"
+    );
+    assert_applied(&first.send(event("pos-1")).await.unwrap());
+    assert_applied(&second.send(event("pos-2")).await.unwrap());
+    assert!(server.running().metrics.connections_refused.get() >= 1);
+}

@@ -415,7 +415,13 @@ async fn serve(
                     incoming.refuse();
                     continue;
                 }
-                tokio::spawn(connection(shared.clone(), incoming));
+                // Counted from here, handshake included, so a burst cannot pass the limit.
+                shared.metrics.connections_open.add(1);
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    connection(&shared, incoming).await;
+                    shared.metrics.connections_open.add(-1);
+                });
             }
             _ = shutdown.changed() => break,
             _ = &mut signal => {
@@ -500,7 +506,7 @@ fn peer(connection: &Connection) -> Result<(Identity, String), String> {
     certs::identity_of(leaf).map_err(|e| e.to_string())
 }
 
-async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
+async fn connection(shared: &Arc<Shared>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
     let connection = match incoming.await {
         Ok(connection) => connection,
@@ -522,14 +528,13 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
             return;
         }
     };
-    if is_revoked(&shared, &serial) {
+    if is_revoked(shared, &serial) {
         shared.metrics.connections_refused.add(1);
         warn!(%remote, %identity, %serial, "connection refused: certificate revoked");
         connection.close(VarInt::from_u32(codes::REVOKED), b"certificate revoked");
         return;
     }
     shared.metrics.connections_accepted.add(1);
-    shared.metrics.connections_open.add(1);
     debug!(%remote, %identity, "connected");
     let peer = Arc::new(Peer {
         identity,
@@ -539,7 +544,6 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
     while let Ok((send, recv)) = connection.accept_bi().await {
         tokio::spawn(stream(shared.clone(), peer.clone(), send, recv));
     }
-    shared.metrics.connections_open.add(-1);
     debug!(%remote, identity = %peer.identity, "disconnected");
 }
 
@@ -585,15 +589,21 @@ async fn serve_frame(
 ) -> Result<(), StreamEnd> {
     let read_timeout = Duration::from_millis(shared.limits.read_timeout_ms);
     let mut header_bytes = [0u8; HEADER_BYTES];
-    // Between frames a stream may stay idle as long as the connection lives.
-    match recv.read_exact(&mut header_bytes).await {
+    // Between frames a stream may stay idle as long as the connection lives; once a frame
+    // has started, the rest of its header must follow within the read timeout.
+    match recv.read_exact(&mut header_bytes[..1]).await {
         Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Err(StreamEnd::Done),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => {
+        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(StreamEnd::Done),
+        Err(quinn::ReadExactError::ReadError(_)) => return Err(StreamEnd::Done),
+    }
+    match tokio::time::timeout(read_timeout, recv.read_exact(&mut header_bytes[1..])).await {
+        Ok(Ok(())) => {}
+        Ok(Err(quinn::ReadExactError::FinishedEarly(_))) => {
             let error = wire::FrameError::Truncated;
             return refuse_frame(shared, peer, send, 0, &error).await;
         }
-        Err(quinn::ReadExactError::ReadError(_)) => return Err(StreamEnd::Done),
+        Ok(Err(quinn::ReadExactError::ReadError(_))) => return Err(StreamEnd::Done),
+        Err(_) => return Err(StreamEnd::Reset(codes::READ_TIMEOUT)),
     }
     let request_id = u64::from_le_bytes(header_bytes[8..16].try_into().expect("8 bytes"));
     let header = match wire::decode_header(&header_bytes, &shared.frame_limits) {
