@@ -1,6 +1,7 @@
 //! Recovery time of the durable engine: a data directory holding `members` enrolled members
 //! (each with a phone, a card and a birthday) and `purchases` purchases on them, recovered
-//! once from its checkpoint and once from the whole log (checkpoint removed).
+//! once from its checkpoint and once from the whole log (checkpoint removed); after the first,
+//! a snapshot of every member to Parquet and to CSV.
 //!
 //! `cargo run --release -p tally-benches --example recovery -- DIR [members] [purchases]`
 
@@ -9,6 +10,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use tally_engine::ingest::{Clock, Engine, Recovery};
+use tally_engine::snapshot::{write, Format};
 use tally_engine::workload::{card_of_rank, Workload, WorkloadConfig, DEMO_PROGRAM};
 
 #[global_allocator]
@@ -47,12 +49,34 @@ fn main() {
     std::mem::forget(engine.close().expect("closes"));
 
     let checkpoint_bytes = std::fs::metadata(data.join("checkpoint")).map_or(0, |m| m.len());
-    let from_checkpoint = recover(&data, written);
+    let from_checkpoint = recover(&data, written, |engine| {
+        for name in ["snapshot.parquet", "snapshot.csv"] {
+            let out = Path::new(&dir).join(name);
+            let started = Instant::now();
+            let rows = write(
+                engine.ledger().snapshot(None),
+                engine.last_batch(),
+                Format::of_path(&out),
+                &out,
+            )
+            .expect("snapshot written");
+            println!(
+                "snapshot of {rows} members to {name}: {:.2} s, {} MB",
+                started.elapsed().as_secs_f64(),
+                std::fs::metadata(&out).map_or(0, |m| m.len()) >> 20
+            );
+            let _ = std::fs::remove_file(out);
+        }
+    });
     println!(
         "from the checkpoint ({} MB): {}",
         checkpoint_bytes >> 20,
         describe(&from_checkpoint)
     );
+    if std::env::var_os("TALLY_KEEP_CHECKPOINT").is_some() {
+        // Leave the data directory for profiling a recovery (`tally ingest --input /dev/null`).
+        return;
+    }
     std::fs::remove_file(data.join("checkpoint")).expect("checkpoint removed");
     // Without the checkpoint, the log must still hold everything: rebuild it uncompacted.
     let _ = std::fs::remove_dir_all(&data);
@@ -68,16 +92,17 @@ fn main() {
         )
         .expect("ingest");
     std::mem::forget(engine.close().expect("closes"));
-    let from_log = recover(&data, written);
+    let from_log = recover(&data, written, |_| ());
     println!("from the whole log: {}", describe(&from_log));
 }
 
-fn recover(data: &Path, expected_digest: u128) -> Recovery {
+fn recover(data: &Path, expected_digest: u128, then: impl FnOnce(&Engine)) -> Recovery {
     let (engine, recovery) = Engine::open(data, Clock::Event).expect("recovers");
     assert_eq!(
         recovery.digest, expected_digest,
         "recovered a different state"
     );
+    then(&engine);
     std::mem::forget(engine.close().expect("closes"));
     recovery
 }

@@ -1,8 +1,9 @@
 //! The durable engine: the same core, with every change logged before it is acknowledged.
 //!
-//! Commands are read on one thread and applied in groups on another: the group is whatever
-//! arrived while the previous group was being committed (at most `MAX_GROUP_COMMANDS`), so it
-//! grows under load and a lone command is committed at once. A group's state-changing commands
+//! Commands are read and parsed on one thread, applied in groups on another, and their
+//! results encoded and written on a third. A group is whatever arrived while the previous
+//! group was being committed (at most `MAX_GROUP_COMMANDS`), so it grows under load and a
+//! lone command is committed at once. A group's state-changing commands
 //! are written to the log in one durable transaction; only then are its results written out.
 //! An error while logging stops the engine: nothing that is not durable is acknowledged.
 
@@ -109,6 +110,9 @@ pub struct GroupCommitted {
     /// From the group's start until the log write was durable.
     pub committed: Duration,
 }
+/// A line as the reader hands it to the engine: a command, or the rejection of a line that
+/// could not be read.
+type Parsed = Result<Command, Box<CommandResult>>;
 
 /// Encodes and writes results, group by group, in the order the groups became durable.
 fn write_results(
@@ -217,7 +221,12 @@ impl Engine {
             now = Some(now.map_or(logged.now, |t: Timestamp| t.max(logged.now)));
             commands += 1;
         })?;
-        ledger.verify();
+        // Both checks read the whole state: on two cores at once.
+        let digest = std::thread::scope(|scope| {
+            let digest = scope.spawn(|| ledger.digest());
+            ledger.verify();
+            digest.join().expect("the digest does not panic")
+        });
         let members = ledger.merchants().map(|m| m.members.len() as u64).sum();
         let recovery = Recovery {
             checkpoint: loaded,
@@ -225,7 +234,7 @@ impl Engine {
             commands,
             members,
             elapsed: started.elapsed(),
-            digest: ledger.digest(),
+            digest,
         };
         let checkpoints = Checkpoints {
             dir: data.to_path_buf(),
@@ -261,6 +270,16 @@ impl Engine {
     pub fn close(mut self) -> Result<Ledger, IngestError> {
         self.collect_checkpoint(true)?;
         Ok(self.ledger)
+    }
+
+    /// The log (read-only: reports scan its entries).
+    pub fn log(&self) -> &CommandLog {
+        &self.log
+    }
+
+    /// The last batch in the log, if any: the position the state is consistent with.
+    pub fn last_batch(&self) -> Option<u64> {
+        self.log.batches().checked_sub(1)
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -354,7 +373,15 @@ impl Engine {
         // waits for a line on a terminal or a pipe.
         let reader = std::thread::spawn(move || -> std::io::Result<()> {
             for (index, line) in input.lines().enumerate() {
-                if sender.send((index as u64 + 1, line?)).is_err() {
+                let line = line?;
+                let trimmed = line.trim();
+                if trimmed.is_empty() || trimmed.starts_with('#') {
+                    continue;
+                }
+                // Parsed here, beside the engine thread, which only applies.
+                let parsed = parse_command_line(&line)
+                    .map_err(|error| Box::new(parse_rejection(index as u64 + 1, &error)));
+                if sender.send(parsed).is_err() {
                     break;
                 }
             }
@@ -373,7 +400,7 @@ impl Engine {
     /// groups already durable, in order.
     fn apply_groups(
         &mut self,
-        lines: &Receiver<(u64, String)>,
+        lines: &Receiver<Parsed>,
         output: &mut (impl Write + Send),
     ) -> Result<(), IngestError> {
         std::thread::scope(|scope| {
@@ -389,7 +416,7 @@ impl Engine {
 
     fn apply_groups_into(
         &mut self,
-        lines: &Receiver<(u64, String)>,
+        lines: &Receiver<Parsed>,
         answers: &SyncSender<Vec<Arc<CommandResult>>>,
     ) -> Result<(), IngestError> {
         let mut group = Vec::with_capacity(MAX_GROUP_COMMANDS);
@@ -402,7 +429,7 @@ impl Engine {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            let results = self.apply_group(&group)?;
+            let results = self.apply_group(&mut group)?;
             if answers.send(results).is_err() {
                 // The writer stopped on an output error; it reports it.
                 break;
@@ -492,16 +519,15 @@ impl Engine {
     /// Applies a group, logs what changed state in one durable write, then answers.
     fn apply_group(
         &mut self,
-        group: &[(u64, String)],
+        group: &mut Vec<Parsed>,
     ) -> Result<Vec<Arc<CommandResult>>, IngestError> {
         let mut logged = Vec::with_capacity(group.len());
         let mut results = Vec::with_capacity(group.len());
-        for (line_number, line) in group {
-            let trimmed = line.trim();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
-            }
-            results.push(self.apply_line(*line_number, line, &mut logged));
+        for parsed in group.drain(..) {
+            results.push(match parsed {
+                Ok(command) => self.apply_command(command, &mut logged),
+                Err(rejection) => Answer::Ready(Arc::from(rejection)),
+            });
         }
         self.append(&logged)?;
         self.checkpoint_if_due()?;
@@ -517,13 +543,6 @@ impl Engine {
         self.log.append(logged, &entries)?;
         self.checkpoints.commands_since += logged.len() as u64;
         Ok(())
-    }
-
-    fn apply_line(&mut self, line_number: u64, line: &str, logged: &mut Vec<Logged>) -> Answer {
-        match parse_command_line(line) {
-            Ok(command) => self.apply_command(command, logged),
-            Err(error) => Answer::Ready(Arc::new(parse_rejection(line_number, &error))),
-        }
     }
 
     fn apply_command(&mut self, command: Command, logged: &mut Vec<Logged>) -> Answer {

@@ -10,5 +10,7 @@ pub mod checkpoint;
 pub mod ingest;
 pub mod log;
 pub mod replay;
+pub mod report;
 pub mod server;
+pub mod snapshot;
 pub mod workload;

@@ -215,6 +215,19 @@ impl CommandLog {
 }
 
 impl CommandLog {
+    /// Every logged entry, in the order written (reports read the whole history).
+    pub fn scan_entries(&self, mut visit: impl FnMut(&LoggedEntry)) -> Result<(), LogError> {
+        let read = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let table = read.open_table(ENTRIES).map_err(|e| self.storage(e))?;
+        for item in table.iter().map_err(|e| self.storage(e))? {
+            let (key, value) = item.map_err(|e| self.storage(e))?;
+            for entry in decode_entries(key.value(), value.value())? {
+                visit(&entry);
+            }
+        }
+        Ok(())
+    }
+
     /// The entries with these numbers, in the order asked. Every number must have been
     /// logged: a missing one is corruption.
     pub fn entries(&self, seqs: &[u64]) -> Result<Vec<LoggedEntry>, LogError> {
@@ -254,6 +267,7 @@ impl CommandLog {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoggedEntry {
     pub seq: u64,
+    pub merchant: String,
     pub member: u64,
     pub wallet: Wallet,
     pub kind: EntryKind,
@@ -271,6 +285,7 @@ fn encode_entries(entries: &[Entry]) -> Vec<u8> {
         .iter()
         .map(|entry| LoggedEntry {
             seq: entry.seq,
+            merchant: entry.merchant.to_string(),
             member: entry.member,
             wallet: entry.wallet,
             kind: entry.kind,
@@ -285,7 +300,10 @@ fn encode_entries(entries: &[Entry]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(entries.len() * 64);
     bytes.extend_from_slice(&ENTRIES_MAGIC);
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    bincode::serialize_into(&mut bytes, &logged).expect("serialising into memory does not fail");
+    use bincode::Options;
+    crate::core::bounded_bincode(usize::MAX)
+        .serialize_into(&mut bytes, &logged)
+        .expect("serialising into memory does not fail");
     let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
     bytes.extend_from_slice(&checksum.to_le_bytes());
     bytes
@@ -306,7 +324,11 @@ fn decode_entries(first_seq: u64, bytes: &[u8]) -> Result<Vec<LoggedEntry>, LogE
     if body[..4] != ENTRIES_MAGIC || u16::from_le_bytes([body[4], body[5]]) != FORMAT_VERSION {
         return Err(corrupt("not a tally entries record of this version"));
     }
-    bincode::deserialize(&body[6..]).map_err(|e| corrupt(&e.to_string()))
+    use bincode::Options;
+    let entries = &body[6..];
+    crate::core::bounded_bincode(entries.len())
+        .deserialize(entries)
+        .map_err(|e| corrupt(&e.to_string()))
 }
 
 fn storage_error(path: &Path, error: &dyn std::fmt::Display) -> LogError {

@@ -104,6 +104,40 @@ enum Tool {
         #[arg(long, default_value = tally_engine::server::config::DEFAULT_METRICS)]
         metrics: std::net::SocketAddr,
     },
+    /// Writes every member's balances (of all merchants, or one) as of one log position, as
+    /// CSV or Parquet, from a stopped engine's data directory.
+    Snapshot {
+        #[arg(long, default_value = "tally-data")]
+        data: PathBuf,
+        /// The file to write; `.parquet` means Parquet unless `--format` says otherwise.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        merchant: Option<String>,
+        /// `csv` or `parquet` (default: from the file's extension).
+        #[arg(long, value_parser = ["csv", "parquet"])]
+        format: Option<String>,
+    },
+    /// Liability (by tier and month of expiry), tiers, and a period's activity by rule and
+    /// promotion with breakage, from a stopped engine's data directory.
+    Report {
+        #[arg(long, default_value = "tally-data")]
+        data: PathBuf,
+        #[arg(long)]
+        merchant: Option<String>,
+        /// Start of the period (inclusive): RFC 3339 time or a date (midnight UTC).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the period (exclusive).
+        #[arg(long)]
+        to: Option<String>,
+        /// `json`, `csv` or `html` (default: from `--out`'s extension, else JSON).
+        #[arg(long, value_parser = ["json", "csv", "html"])]
+        format: Option<String>,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Validates program files and names each mistake with its place.
     CheckProgram {
         #[arg(required = true)]
@@ -208,6 +242,20 @@ fn main() -> Result<()> {
             ingest(&data, &programs, &input, options)
         }
         Tool::CheckProgram { files } => check_programs(&files),
+        Tool::Report {
+            data,
+            merchant,
+            from,
+            to,
+            format,
+            out,
+        } => report(&data, merchant.as_deref(), (from, to), format, out),
+        Tool::Snapshot {
+            data,
+            out,
+            merchant,
+            format,
+        } => snapshot(&data, &out, merchant.as_deref(), format.as_deref()),
         Tool::Demo {
             members,
             commands,
@@ -333,6 +381,73 @@ fn recovered(data: &Path, recovery: &Recovery) -> String {
         recovery.elapsed.as_secs_f64(),
         recovery.digest
     )
+}
+
+fn report(
+    data: &Path,
+    merchant: Option<&str>,
+    (from, to): (Option<String>, Option<String>),
+    format: Option<String>,
+    out: Option<PathBuf>,
+) -> Result<()> {
+    use tally_engine::report::{build, to_csv, to_html, Period};
+    anyhow::ensure!(data.is_dir(), "no data directory at {}", data.display());
+    let period = Period {
+        from: from.as_deref().map(parse_time).transpose()?,
+        to: to.as_deref().map(parse_time).transpose()?,
+    };
+    let format = format.unwrap_or_else(|| {
+        let extension = out
+            .as_ref()
+            .and_then(|p| p.extension()?.to_str().map(str::to_string));
+        extension
+            .filter(|e| e == "csv" || e == "html")
+            .unwrap_or("json".into())
+    });
+    let (engine, recovery) = Engine::open(data, Clock::Event)?;
+    eprintln!("{}", recovered(data, &recovery));
+    let report = build(engine.ledger(), engine.log(), merchant, period)?;
+    let text = match format.as_str() {
+        "csv" => to_csv(&report),
+        "html" => to_html(&report),
+        _ => serde_json::to_string_pretty(&report)? + "\n",
+    };
+    match out {
+        Some(path) => {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => print!("{text}"),
+    }
+    std::mem::forget(engine);
+    Ok(())
+}
+
+/// An RFC 3339 time, or a date meaning its midnight UTC.
+fn parse_time(text: &str) -> Result<tally_engine::Timestamp> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(time.to_utc());
+    }
+    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .with_context(|| format!("{text:?} is neither an RFC 3339 time nor a date"))?;
+    Ok(date.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+}
+
+fn snapshot(data: &Path, out: &Path, merchant: Option<&str>, format: Option<&str>) -> Result<()> {
+    use tally_engine::snapshot::{write, Format};
+    anyhow::ensure!(data.is_dir(), "no data directory at {}", data.display());
+    let format = match format {
+        Some("parquet") => Format::Parquet,
+        Some(_) => Format::Csv,
+        None => Format::of_path(out),
+    };
+    let (engine, recovery) = Engine::open(data, Clock::Event)?;
+    eprintln!("{}", recovered(data, &recovery));
+    let position = engine.last_batch();
+    let rows = write(engine.ledger().snapshot(merchant), position, format, out)?;
+    let at = position.map_or("an empty log".to_string(), |p| format!("log batch {p}"));
+    eprintln!("{rows} members as of {at} written to {}", out.display());
+    std::mem::forget(engine);
+    Ok(())
 }
 
 // A rate for display: the only float in the engine, never money.

@@ -28,7 +28,10 @@ struct MerchantImage {
     name: String,
     /// The source of every program version, oldest first.
     programs: Vec<String>,
+    /// Members and receipts travel in parts of their own (see `encode`), decoded in parallel.
+    #[serde(skip)]
     members: Vec<Member>,
+    #[serde(skip)]
     receipts: Vec<(IdemKey, Receipt)>,
     /// Keys of the receipts still kept whole, oldest first.
     recent_keys: Vec<IdemKey>,
@@ -63,7 +66,9 @@ pub struct LedgerImageRef<'a> {
 struct MerchantImageRef<'a> {
     name: &'a str,
     programs: Vec<&'a str>,
+    #[serde(skip)]
     members: &'a [Member],
+    #[serde(skip)]
     receipts: ReceiptsRef<'a>,
     recent_keys: &'a VecDeque<Arc<IdemKey>>,
     clock: Timestamp,
@@ -76,9 +81,204 @@ struct MerchantImageRef<'a> {
 #[derive(Debug)]
 struct ReceiptsRef<'a>(&'a FxHashMap<Arc<IdemKey>, Receipt>);
 
-impl Serialize for ReceiptsRef<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(|(key, receipt)| (&**key, receipt)))
+/// Members per part of an encoded image, and receipts per part: parts decode in parallel.
+/// (Tiny in unit tests, so that their small ledgers are written in many parts.)
+const MEMBERS_PER_PART: usize = if cfg!(test) { 7 } else { 32_768 };
+const RECEIPTS_PER_PART: usize = if cfg!(test) { 13 } else { 65_536 };
+const PART_MEMBERS: u8 = 0;
+const PART_RECEIPTS: u8 = 1;
+
+/// The state's encoding: bincode with variable-length integers (most lengths and amounts
+/// are small: a third of the size of fixed-width ones).
+fn state_bincode() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_varint_encoding()
+        .allow_trailing_bytes()
+}
+
+/// The same encoding for reading: no length read from the bytes may claim more than the
+/// bytes hold, so a damaged length is an error, never a huge allocation.
+pub fn bounded_bincode(bytes: usize) -> impl bincode::Options {
+    use bincode::Options;
+    state_bincode().with_limit(bytes as u64)
+}
+
+impl LedgerImageRef<'_> {
+    /// Appends the image: the head (everything but members and receipts), the number of
+    /// parts, then each part as `merchant: u32, kind: u8` and its bytes; the head and every
+    /// part are preceded by their length (u64). Integers little-endian.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        encode_sized(out, self);
+        let mut parts = 0u64;
+        let count_at = out.len();
+        out.extend_from_slice(&parts.to_le_bytes());
+        for (index, merchant) in self.merchants.iter().enumerate() {
+            let index = index as u32;
+            for chunk in merchant.members.chunks(MEMBERS_PER_PART) {
+                out.extend_from_slice(&index.to_le_bytes());
+                out.push(PART_MEMBERS);
+                encode_sized(out, chunk);
+                parts += 1;
+            }
+            let receipts: Vec<(&IdemKey, &Receipt)> =
+                merchant.receipts.0.iter().map(|(k, r)| (&**k, r)).collect();
+            for chunk in receipts.chunks(RECEIPTS_PER_PART) {
+                out.extend_from_slice(&index.to_le_bytes());
+                out.push(PART_RECEIPTS);
+                encode_sized(out, chunk);
+                parts += 1;
+            }
+        }
+        out[count_at..count_at + 8].copy_from_slice(&parts.to_le_bytes());
+    }
+}
+
+/// Appends the value's length (u64) and the value, in the state's encoding.
+fn encode_sized<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    use bincode::Options;
+    let at = out.len();
+    out.extend_from_slice(&0u64.to_le_bytes());
+    state_bincode()
+        .serialize_into(&mut *out, value)
+        .expect("serialising into memory does not fail");
+    let length = (out.len() - at - 8) as u64;
+    out[at..at + 8].copy_from_slice(&length.to_le_bytes());
+}
+
+/// A part's place in the encoded image.
+struct PartAt {
+    merchant: usize,
+    kind: u8,
+    start: usize,
+    end: usize,
+}
+
+enum Decoded {
+    Members(Vec<Member>),
+    Receipts(Vec<(IdemKey, Receipt)>),
+}
+
+impl LedgerImage {
+    /// Reads an image written by `LedgerImageRef::encode`, its parts on `threads` threads.
+    pub fn decode(bytes: &[u8], threads: usize) -> Result<LedgerImage, String> {
+        use bincode::Options;
+        let mut reader = Reader { bytes, at: 0 };
+        let head = reader.take_sized()?;
+        let mut image: LedgerImage = bounded_bincode(head.len())
+            .deserialize(head)
+            .map_err(|e| format!("the head does not decode: {e}"))?;
+        let count = reader.u64()?;
+        let mut parts = Vec::new();
+        for _ in 0..count {
+            let merchant = reader.u32()? as usize;
+            let kind = reader.u8()?;
+            let length = reader.u64()? as usize;
+            let start = reader.at;
+            reader.skip(length)?;
+            if merchant >= image.merchants.len() || kind > PART_RECEIPTS {
+                return Err(format!("part at byte {start} names no merchant or kind"));
+            }
+            parts.push(PartAt {
+                merchant,
+                kind,
+                start,
+                end: start + length,
+            });
+        }
+        if reader.at != bytes.len() {
+            return Err(format!("bytes after the last part, at {}", reader.at));
+        }
+        let decoded = decode_parts(bytes, &parts, threads.max(1))?;
+        for (part, decoded) in parts.iter().zip(decoded) {
+            let merchant = &mut image.merchants[part.merchant];
+            match decoded {
+                Decoded::Members(members) => merchant.members.extend(members),
+                Decoded::Receipts(receipts) => merchant.receipts.extend(receipts),
+            }
+        }
+        Ok(image)
+    }
+}
+
+/// Decodes the parts on `threads` threads (part `i` on thread `i % threads`), in order.
+fn decode_parts(bytes: &[u8], parts: &[PartAt], threads: usize) -> Result<Vec<Decoded>, String> {
+    let decode_share = |share: usize| -> Result<Vec<(usize, Decoded)>, String> {
+        super::intern::interning(|| {
+            parts
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| index % threads == share)
+                .map(|(index, part)| Ok((index, decode_part(&bytes[part.start..part.end], part)?)))
+                .collect()
+        })
+    };
+    let shares: Vec<Result<Vec<(usize, Decoded)>, String>> = std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads)
+            .map(|share| scope.spawn(move || decode_share(share)))
+            .collect();
+        let mut shares = vec![decode_share(0)];
+        shares.extend(
+            others
+                .into_iter()
+                .map(|t| t.join().expect("decoding does not panic")),
+        );
+        shares
+    });
+    let mut decoded: Vec<(usize, Decoded)> = Vec::with_capacity(parts.len());
+    for share in shares {
+        decoded.extend(share?);
+    }
+    decoded.sort_unstable_by_key(|(index, _)| *index);
+    Ok(decoded.into_iter().map(|(_, part)| part).collect())
+}
+
+fn decode_part(bytes: &[u8], part: &PartAt) -> Result<Decoded, String> {
+    use bincode::Options;
+    let error = |e: bincode::Error| format!("part at byte {} does not decode: {e}", part.start);
+    let decoder = bounded_bincode(bytes.len());
+    Ok(match part.kind {
+        PART_MEMBERS => Decoded::Members(decoder.deserialize(bytes).map_err(error)?),
+        _ => Decoded::Receipts(decoder.deserialize(bytes).map_err(error)?),
+    })
+}
+
+/// Little-endian fields of the part index, with their places checked.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, length: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(length)
+            .filter(|end| *end <= self.bytes.len());
+        let end = end.ok_or_else(|| format!("cut short at byte {}", self.at))?;
+        let taken = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(taken)
+    }
+    fn skip(&mut self, length: usize) -> Result<(), String> {
+        self.take(length).map(|_| ())
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn take_sized(&mut self) -> Result<&'a [u8], String> {
+        let length = self.u64()? as usize;
+        self.take(length)
     }
 }
 

@@ -41,15 +41,10 @@ pub fn name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<str>, D::E
     Ok(shared(text))
 }
 
-/// `deserialize_with` for what order lines earned: (line, rule, points, cashback).
-pub fn earnings<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<super::purchase::LineEarned>, D::Error> {
-    let read = Vec::<(u32, &'de str, i64, i64)>::deserialize(deserializer)?;
-    Ok(read
-        .into_iter()
-        .map(|(line, rule, points, cashback)| (line, shared(rule), points, cashback))
-        .collect())
+/// `deserialize_with` for a list of names.
+pub fn names<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Arc<str>>, D::Error> {
+    let read = Vec::<&'de str>::deserialize(deserializer)?;
+    Ok(read.into_iter().map(shared).collect())
 }
 
 /// `deserialize_with` for counts by name (a member's events).

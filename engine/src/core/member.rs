@@ -494,9 +494,14 @@ impl Member {
                 "member {}: lots out of spending order",
                 self.id
             );
-            let queued = |lot: &Lot| self.pending_queue.iter().any(|(_, _, id)| *id == lot.id);
+            // A sorted copy of the queue's lot ids: one check per lot stays O(log n).
+            let mut queued: Vec<u32> = self.pending_queue.iter().map(|(_, _, id)| *id).collect();
+            queued.sort_unstable();
             assert!(
-                self.lots.iter().filter(|lot| lot.pending).all(queued),
+                self.lots
+                    .iter()
+                    .filter(|lot| lot.pending)
+                    .all(|lot| queued.binary_search(&lot.id).is_ok()),
                 "member {}: a pending lot is not queued",
                 self.id
             );

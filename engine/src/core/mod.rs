@@ -14,6 +14,7 @@ mod phone;
 mod promotions;
 mod purchase;
 mod returns;
+mod snapshot;
 mod tiers;
 mod time;
 
@@ -28,11 +29,12 @@ use tally_protocol::{
     EntryView, IdemKey, LotSlice, MemberView, Origin, Reason, Status, TierChange, Wallet,
 };
 
-pub use image::{ImageError, LedgerImage, LedgerImageRef};
+pub use image::{bounded_bincode, ImageError, LedgerImage, LedgerImageRef};
 pub use intern::interning;
 pub use member::{Counters, Lot, Lots, Member, Slice, Totals};
 pub use phone::normalize_phone;
 pub use promotions::scratch_codes;
+pub use snapshot::{MemberSnapshot, EXPIRING_WITHIN_DAYS};
 
 use crate::money::from_minor;
 use crate::program::{parse_and_compile, Program};
@@ -526,13 +528,23 @@ impl Ledger {
             merchant.program().version.hash(&mut hasher);
             merchant.clock.hash(&mut hasher);
             merchant.members.hash(&mut hasher);
-            let mut keys: Vec<&Arc<IdemKey>> = merchant.receipts.keys().collect();
-            keys.sort();
-            keys.hash(&mut hasher);
+            receipts_digest(&merchant.receipts).hash(&mut hasher);
             merchant.promotions.digest_into(&mut hasher);
         }
         hasher.digest128()
     }
+}
+
+/// The remembered keys, whatever the map's order: a sum of per-key digests (no sort of
+/// millions of keys when recovery checks the state).
+fn receipts_digest(receipts: &FxHashMap<Arc<IdemKey>, Receipt>) -> (usize, u128) {
+    use std::hash::Hash;
+    let sum = receipts.keys().fold(0u128, |sum, key| {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        key.hash(&mut hasher);
+        sum.wrapping_add(hasher.digest128())
+    });
+    (receipts.len(), sum)
 }
 
 /// Keeps a receipt; the result of the command that is now `kept_whole` commands old is

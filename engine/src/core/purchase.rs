@@ -33,8 +33,10 @@ pub struct OrderRecord {
     pub month: i32,
     pub total_minor: i64,
     pub lines: Vec<RecordedLine>,
+    /// The rules the order earned from, named once: `LineEarned` refers to them by position.
+    #[serde(deserialize_with = "super::intern::names")]
+    pub rules: Vec<Arc<str>>,
     /// Per line and rule: what a return takes back, by the values recorded here.
-    #[serde(deserialize_with = "super::intern::earnings")]
     pub earnings: Vec<LineEarned>,
     /// Points given once per order (`per_order` rules), taken back when the order no longer
     /// qualifies.
@@ -66,8 +68,10 @@ pub struct RecordedLine {
     pub net_minor: i64,
 }
 
-/// What one line earned from one rule: (line, rule, points, cashback in minor units).
-pub type LineEarned = (u32, Arc<str>, i64, i64);
+/// What one line earned from one rule: (line, the rule's position in `OrderRecord::rules`,
+/// points, cashback in minor units). A position, not a name: an order earns from a dozen
+/// rules on a few lines, and each name once is a third of the record.
+pub type LineEarned = (u32, u16, i64, i64);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OrderPoints {
@@ -233,6 +237,7 @@ pub fn purchase(
                 net_minor: line.net_minor,
             })
             .collect(),
+        rules: plan.rules.iter().map(|(rule, _, _)| rule.clone()).collect(),
         earnings: plan.earnings,
         order_points: plan.order_points,
         paid_points: plan.reward_points + plan.pay_points + plan.hold_points,
@@ -888,6 +893,7 @@ fn record_rule(plan: &mut Plan, rule: &Arc<str>, total: i64, parts: &[i64], is_c
     if total == 0 {
         return;
     }
+    let position = u16::try_from(plan.rules.len()).expect("at most 256 rules and a tier's");
     for (l, (line, &part)) in plan
         .lines
         .iter_mut()
@@ -897,10 +903,10 @@ fn record_rule(plan: &mut Plan, rule: &Arc<str>, total: i64, parts: &[i64], is_c
     {
         if is_cashback {
             line.cashback_minor += part;
-            plan.earnings.push((l as u32, rule.clone(), 0, part));
+            plan.earnings.push((l as u32, position, 0, part));
         } else {
             line.points += part;
-            plan.earnings.push((l as u32, rule.clone(), part, 0));
+            plan.earnings.push((l as u32, position, part, 0));
         }
     }
     if is_cashback {

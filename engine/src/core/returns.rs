@@ -100,11 +100,12 @@ fn plan(record: &OrderRecord, ret: &Return) -> Result<ReturnPlan, Rejection> {
         returned_after[l] = after;
         value_minor += share(line.net_minor, before, after, line.qty);
         let (mut line_points, mut line_cashback) = (0, 0);
-        for (_, rule, points, cashback) in record
+        for (_, position, points, cashback) in record
             .earnings
             .iter()
             .filter(|earned| earned.0 as usize == l)
         {
+            let rule = &record.rules[usize::from(*position)];
             let (p, c) = (
                 share(*points, before, after, line.qty),
                 share(*cashback, before, after, line.qty),

@@ -4,7 +4,7 @@ use super::member::{Counters, Member, Totals};
 use crate::program::{Combine, Downgrade, Program, Tier, Window};
 
 /// The totals a tier's window sees at local month `current_month`.
-fn window_totals(counters: &Counters, window: Window, current_month: i32) -> Totals {
+pub fn window_totals(counters: &Counters, window: Window, current_month: i32) -> Totals {
     match window {
         Window::Lifetime => counters.lifetime,
         Window::CalendarYear => {
