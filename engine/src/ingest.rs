@@ -98,6 +98,18 @@ pub struct Submission {
     pub reply: Box<dyn FnOnce(Vec<Arc<CommandResult>>) + Send>,
 }
 
+/// One group of submissions, durable: what `Engine::serve_observed` reports.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupCommitted {
+    pub submissions: usize,
+    pub commands: usize,
+    /// Commands (and engine ticks) written to the log.
+    pub logged: usize,
+    /// From the group's start until its commands were applied in memory.
+    pub applied: Duration,
+    /// From the group's start until the log write was durable.
+    pub committed: Duration,
+}
 /// A line as the reader hands it to the engine: a command, or the rejection of a line that
 /// could not be read.
 type Parsed = Result<Command, Box<CommandResult>>;
@@ -277,7 +289,8 @@ impl Engine {
     /// The engine time for a command: never earlier than any time already logged.
     fn time_for(&mut self, at: Timestamp) -> Timestamp {
         let source = match self.clock {
-            Clock::Wall => Utc::now(),
+            // The log keeps times to the microsecond: so does the clock.
+            Clock::Wall => chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
             Clock::Event => at,
         };
         let now = self.now.map_or(source, |now| now.max(source));
@@ -431,6 +444,16 @@ impl Engine {
     /// order, logged in one durable write, and only then answered, submission by submission.
     /// The channel's bound is the back-pressure: a full queue makes senders wait or refuse.
     pub fn serve(&mut self, submissions: &Receiver<Submission>) -> Result<(), IngestError> {
+        self.serve_observed(submissions, &mut |_| {})
+    }
+
+    /// `serve`, telling `observe` about every group once it is durable (before its replies):
+    /// the server's metrics.
+    pub fn serve_observed(
+        &mut self,
+        submissions: &Receiver<Submission>,
+        observe: &mut dyn FnMut(&GroupCommitted),
+    ) -> Result<(), IngestError> {
         while let Ok(first) = submissions.recv() {
             let mut group = vec![first];
             let mut commands = group[0].commands.len();
@@ -443,23 +466,37 @@ impl Engine {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            self.serve_group(group)?;
+            self.serve_group(group, observe)?;
         }
         self.finish()
     }
 
-    fn serve_group(&mut self, group: Vec<Submission>) -> Result<(), IngestError> {
+    fn serve_group(
+        &mut self,
+        mut group: Vec<Submission>,
+        observe: &mut dyn FnMut(&GroupCommitted),
+    ) -> Result<(), IngestError> {
+        let started = Instant::now();
+        let commands = group.iter().map(|s| s.commands.len()).sum();
         let mut logged = Vec::new();
         let mut answers = Vec::with_capacity(group.len());
-        for submission in &group {
-            let answered: Vec<Answer> = submission
-                .commands
-                .iter()
-                .map(|command| self.apply_command(command.clone(), &mut logged))
+        for submission in &mut group {
+            // The commands move into the log's batch: no copy of each.
+            let answered: Vec<Answer> = std::mem::take(&mut submission.commands)
+                .into_iter()
+                .map(|command| self.apply_command(command, &mut logged))
                 .collect();
             answers.push(answered);
         }
+        let applied = started.elapsed();
         self.append(&logged)?;
+        observe(&GroupCommitted {
+            submissions: group.len(),
+            commands,
+            logged: logged.len(),
+            applied,
+            committed: started.elapsed(),
+        });
         self.checkpoint_if_due()?;
         for (submission, answered) in group.into_iter().zip(answers) {
             let mut results = Vec::with_capacity(answered.len());
@@ -530,7 +567,8 @@ impl Engine {
         let entries_before = self.ledger.entries().len();
         let result = self.ledger.apply_shared(&command, now);
         // Only what changed the state is logged: rejections, duplicates and quotes are not.
-        if matches!(result.status, Status::Applied(_)) && command.kind() != CommandKind::Quote {
+        let query = matches!(command.kind(), CommandKind::Quote | CommandKind::Balance);
+        if matches!(result.status, Status::Applied(_)) && !query {
             logged.push(Logged { now, command });
         } else {
             assert_eq!(

@@ -11,5 +11,6 @@ pub mod ingest;
 pub mod log;
 pub mod replay;
 pub mod report;
+pub mod server;
 pub mod snapshot;
 pub mod workload;

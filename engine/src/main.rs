@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand};
 use tally_engine::ingest::{Clock, Engine, Recovery};
 use tally_engine::program::parse_and_compile;
 use tally_engine::replay::{Replayer, Stats};
+use tally_engine::server::certs::{self as engine_certs, Authority, CertPaths, Identity};
+use tally_engine::server::config::{ClockSetting, ServeConfig};
+use tally_engine::server::ServerOptions;
 use tally_engine::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
 use tally_protocol::CommandResult;
 
@@ -66,6 +69,41 @@ enum Tool {
         #[arg(long, default_value_t = tally_engine::ingest::CHECKPOINT_EVERY_COMMANDS)]
         checkpoint_every: u64,
     },
+    /// Serves terminals and operators over QUIC (TLS with client certificates). With no flags:
+    /// data in ./tally-data, a development CA and server certificate made on first start, the
+    /// demo program, listening on 127.0.0.1:7878, metrics on 127.0.0.1:9878. A tally.toml
+    /// (./tally.toml or --config) sets everything the flags set, and the limits.
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// The metrics and status HTTP address, or `off`.
+        #[arg(long)]
+        metrics: Option<String>,
+        /// More program files to install (a version already installed is skipped).
+        #[arg(long = "program")]
+        programs: Vec<PathBuf>,
+        /// Do not install the built-in demo program.
+        #[arg(long)]
+        no_demo_program: bool,
+        #[arg(long, value_parser = ["wall", "event"])]
+        clock: Option<String>,
+        #[arg(long)]
+        checkpoint_every: Option<u64>,
+    },
+    /// Issues and revokes certificates of the engine's CA (made by the first `tally serve`).
+    Certs {
+        #[command(subcommand)]
+        action: CertsAction,
+    },
+    /// Prints a running server's health, read from its metrics address.
+    Status {
+        #[arg(long, default_value = tally_engine::server::config::DEFAULT_METRICS)]
+        metrics: std::net::SocketAddr,
+    },
     /// Writes every member's balances (of all merchants, or one) as of one log position, as
     /// CSV or Parquet, from a stopped engine's data directory.
     Snapshot {
@@ -118,8 +156,65 @@ enum Tool {
     },
 }
 
+#[derive(Subcommand)]
+enum CertsAction {
+    /// A terminal certificate (--merchant, --terminal, optionally --store) or an operator's
+    /// (--admin NAME, optionally --merchant to limit it to one merchant).
+    Issue {
+        #[arg(long, default_value = "tally-data")]
+        data: PathBuf,
+        #[arg(long)]
+        merchant: Option<String>,
+        #[arg(long)]
+        store: Option<String>,
+        #[arg(long, conflicts_with = "admin")]
+        terminal: Option<String>,
+        #[arg(long)]
+        admin: Option<String>,
+        /// Where to write NAME.pem and NAME.key (default: <data>/certs/issued).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Adds a certificate's serial number to the revocation list; a running server refuses it
+    /// within a second, no restart needed.
+    Revoke {
+        #[arg(long, default_value = "tally-data")]
+        data: PathBuf,
+        #[arg(long)]
+        serial: String,
+        #[arg(long, default_value = "revoked")]
+        note: String,
+    },
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Tool::Serve {
+            config,
+            data,
+            listen,
+            metrics,
+            programs,
+            no_demo_program,
+            clock,
+            checkpoint_every,
+        } => {
+            let mut config = serve_config(config.as_deref())?;
+            config.data = data.unwrap_or(config.data);
+            config.listen = listen.unwrap_or(config.listen);
+            config.metrics = metrics.unwrap_or(config.metrics);
+            config.programs.extend(programs);
+            config.demo_program &= !no_demo_program;
+            config.clock = match clock.as_deref() {
+                Some("event") => ClockSetting::Event,
+                Some(_) => ClockSetting::Wall,
+                None => config.clock,
+            };
+            config.checkpoint_every = checkpoint_every.unwrap_or(config.checkpoint_every);
+            serve(config)
+        }
+        Tool::Certs { action } => certs(action),
+        Tool::Status { metrics } => status(metrics),
         Tool::Replay {
             programs,
             input,
@@ -513,4 +608,178 @@ fn print_members(replayer: &Replayer) {
             member.counters.lifetime.orders
         );
     }
+}
+
+/// `--config`, else `./tally.toml` if there is one, else the defaults.
+fn serve_config(path: Option<&Path>) -> Result<ServeConfig> {
+    let path = match path {
+        Some(path) => path.to_path_buf(),
+        None if Path::new("tally.toml").exists() => PathBuf::from("tally.toml"),
+        None => return Ok(ServeConfig::default()),
+    };
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    ServeConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))
+}
+
+fn serve(config: ServeConfig) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    config.limits.check()?;
+    let metrics = config.metrics_address()?;
+    std::fs::create_dir_all(&config.data)
+        .with_context(|| format!("creating {}", config.data.display()))?;
+    let certs = engine_certs::ensure_development_certs(&config.data, &config.server_names)?;
+    if certs.created {
+        eprintln!(
+            "created a development CA and a server certificate in {}:\n  CA certificate {} (give it to clients)\n  CA key {} (keep it secret: it issues terminal certificates)\n  server certificate {} for {}",
+            certs.paths.dir.display(),
+            certs.paths.ca_cert().display(),
+            certs.paths.ca_key().display(),
+            certs.paths.server_cert().display(),
+            config.server_names.join(", ")
+        );
+    }
+    eprintln!(
+        "CA certificate {} SHA-256 fingerprint {}",
+        certs.paths.ca_cert().display(),
+        certs.ca_fingerprint
+    );
+    let clock = match config.clock {
+        ClockSetting::Wall => Clock::Wall,
+        ClockSetting::Event => Clock::Event,
+    };
+    let (mut engine, recovery) = Engine::open(&config.data, clock)?;
+    eprintln!("{}", recovered(&config.data, &recovery));
+    engine.set_checkpoint_every(config.checkpoint_every);
+    let mut texts = read_programs(&config.programs)?;
+    if config.demo_program {
+        texts.insert(0, DEMO_PROGRAM.to_string());
+    }
+    engine.install_programs(&texts)?;
+    let merchants: Vec<String> = engine
+        .ledger()
+        .merchants()
+        .map(|m| m.name.to_string())
+        .collect();
+    let options = ServerOptions {
+        listen: config.listen,
+        metrics,
+        limits: config.limits.clone(),
+        certs: certs.paths.clone(),
+        handle_signals: true,
+    };
+    let running = tally_engine::server::start(engine, options)?;
+    let metrics_text = match running.metrics_address {
+        Some(address) => format!("metrics http://{address}/metrics"),
+        None => "metrics off".to_string(),
+    };
+    tracing::info!(
+        "tally serve ready: QUIC on {}, {metrics_text}, data {}, merchants [{}]",
+        running.address,
+        config.data.display(),
+        merchants.join(", ")
+    );
+    let summary = running.wait()?;
+    tracing::info!(
+        "tally serve stopped: {} connections, {} requests, {} commands; state committed and checkpointed",
+        summary.connections,
+        summary.requests,
+        summary.commands
+    );
+    Ok(())
+}
+
+fn certs(action: CertsAction) -> Result<()> {
+    match action {
+        CertsAction::Issue {
+            data,
+            merchant,
+            store,
+            terminal,
+            admin,
+            out,
+        } => {
+            let paths = CertPaths::new(&data);
+            let authority = Authority::load(&paths)
+                .context("the engine's CA is made by the first `tally serve` (or give --data)")?;
+            let (identity, stem) = match (terminal, admin) {
+                (Some(terminal), None) => {
+                    let Some(merchant) = merchant else {
+                        bail!("a terminal certificate needs --merchant");
+                    };
+                    let stem = [
+                        Some(merchant.as_str()),
+                        store.as_deref(),
+                        Some(terminal.as_str()),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join("-");
+                    let identity = Identity::Terminal {
+                        merchant,
+                        store,
+                        terminal,
+                    };
+                    (identity, stem)
+                }
+                (None, Some(name)) => {
+                    if store.is_some() {
+                        bail!("an operator certificate names no store");
+                    }
+                    let stem = format!("admin-{name}");
+                    (Identity::Admin { merchant, name }, stem)
+                }
+                _ => bail!("give --terminal (with --merchant) or --admin"),
+            };
+            let issued = authority.issue_client(&identity)?;
+            let out = out.unwrap_or_else(|| paths.dir.join("issued"));
+            let (cert, key) = engine_certs::save_issued(&issued, &out, &stem)?;
+            println!(
+                "issued a certificate for {identity}\n  certificate {}\n  key {}\n  serial {}",
+                cert.display(),
+                key.display(),
+                issued.serial
+            );
+            Ok(())
+        }
+        CertsAction::Revoke { data, serial, note } => {
+            let paths = CertPaths::new(&data);
+            engine_certs::revoke(&paths, &serial, &note)?;
+            println!(
+                "revoked {serial}; a running server refuses it within a second ({})",
+                paths.revoked().display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Reads `/status` from a running server's metrics address.
+fn status(metrics: std::net::SocketAddr) -> Result<()> {
+    use std::io::Read;
+    let timeout = std::time::Duration::from_secs(5);
+    let mut stream = std::net::TcpStream::connect_timeout(&metrics, timeout)
+        .with_context(|| format!("no tally server answers on {metrics}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET /status HTTP/1.1\r\nHost: {metrics}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let Some((head, body)) = response.split_once("\r\n\r\n") else {
+        bail!("{metrics} did not answer like a tally server");
+    };
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("{metrics} answered {}", head.lines().next().unwrap_or(""));
+    }
+    print!("address: {metrics}\n{body}");
+    Ok(())
 }

@@ -10,12 +10,13 @@ pub const ENGINE_ADMIN: &str = "engine";
 
 /// One command for the engine: who sends it, its idempotency key, the event time of the
 /// order and what it asks for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Command {
     pub merchant: String,
     pub origin: Origin,
     pub key: IdemKey,
     /// When the order happened (event time). Rules with calendar filters read it.
+    #[rkyv(with = crate::wire::AsMicros)]
     pub at: Timestamp,
     /// The program version the sender expects, if it names one.
     pub program_version: Option<u32>,
@@ -23,14 +24,38 @@ pub struct Command {
 }
 
 /// Who sent a command: a terminal (point of sale) or an operator.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub enum Origin {
     Terminal(String),
     Admin(String),
 }
 
 /// The idempotency key: a terminal's (or admin's) transaction number, or a 128-bit id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub enum IdemKey {
     Terminal { terminal: String, txn: String },
     Admin { admin: String, txn: String },
@@ -59,7 +84,7 @@ impl std::fmt::Display for IdemKey {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Body {
     Purchase(Purchase),
     Quote(Purchase),
@@ -77,11 +102,27 @@ pub enum Body {
     Statement(StatementQuery),
     AssignPromotion(AssignPromotion),
     IssueCodes(IssueCodes),
-    Tag(Tag),
+    // The full path: rkyv's derive has a `Tag` of its own in scope.
+    Tag(crate::command::Tag),
+    Balance(BalanceQuery),
 }
 
 /// The name of a command, as in its JSON key and in results.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    PartialOrd,
+    Ord,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandKind {
     Purchase,
@@ -103,6 +144,8 @@ pub enum CommandKind {
     Tag,
     /// A command that could not be read, so its kind is not known.
     Unknown,
+    // After `Unknown`: the wire form numbers the kinds in this order.
+    Balance,
 }
 
 impl CommandKind {
@@ -126,6 +169,7 @@ impl CommandKind {
             CommandKind::IssueCodes => "issue_codes",
             CommandKind::Tag => "tag",
             CommandKind::Unknown => "unknown",
+            CommandKind::Balance => "balance",
         }
     }
 
@@ -165,12 +209,24 @@ impl Body {
             Body::AssignPromotion(_) => CommandKind::AssignPromotion,
             Body::IssueCodes(_) => CommandKind::IssueCodes,
             Body::Tag(_) => CommandKind::Tag,
+            Body::Balance(_) => CommandKind::Balance,
         }
     }
 }
 
 /// How a command names a member: the engine's member id, or an alias.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum MemberRef {
     Id(u64),
@@ -179,7 +235,20 @@ pub enum MemberRef {
 }
 
 /// An alias that can find a member.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    PartialOrd,
+    Ord,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Alias {
     Phone(String),
@@ -188,7 +257,19 @@ pub enum Alias {
 
 /// Names an earlier command by its idempotency key. Without `terminal`, `admin` or `id` it
 /// means the same terminal (or admin) as the command that names it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct TxnRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,7 +282,18 @@ pub struct TxnRef {
     pub id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Line {
     /// Shared, so results and order records name the SKU without copying it.
@@ -209,19 +301,34 @@ pub struct Line {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<Arc<str>>,
     pub qty: i64,
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub unit_price: Decimal,
     /// The POS's own discount on this line, in money.
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub discount: Decimal,
 }
 
 /// What part of an order is paid with loyalty value.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Payment {
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub points: i64,
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub credit: Decimal,
 }
 
@@ -229,7 +336,18 @@ fn is_zero_i64(value: &i64) -> bool {
     *value == 0
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Purchase {
     pub member: MemberRef,
@@ -239,8 +357,10 @@ pub struct Purchase {
     pub channel: Option<String>,
     pub lines: Vec<Line>,
     /// What the customer owes before loyalty payments and rewards (may include tax).
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub total: Decimal,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[rkyv(with = rkyv::with::Map<crate::wire::AsDecimal>)]
     pub shipping: Option<Decimal>,
     #[serde(default, skip_serializing_if = "is_default_payment")]
     pub pay: Payment,
@@ -259,14 +379,36 @@ fn is_default_payment(pay: &Payment) -> bool {
     *pay == Payment::default()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct ReturnLine {
     pub sku: String,
     pub qty: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Return {
     pub order: TxnRef,
@@ -275,34 +417,81 @@ pub struct Return {
     pub lines: Option<Vec<ReturnLine>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Hold {
     pub member: MemberRef,
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub points: i64,
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub credit: Decimal,
 }
 
 /// Turns (part of) a hold into a redemption; what is not captured is released.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Capture {
     pub hold: TxnRef,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub points: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[rkyv(with = rkyv::with::Map<crate::wire::AsDecimal>)]
     pub credit: Option<Decimal>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Release {
     pub hold: TxnRef,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AdjustReason {
     Reward,
@@ -312,27 +501,62 @@ pub enum AdjustReason {
 }
 
 /// An operator's manual change; positive credits, negative debits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Adjust {
     pub member: MemberRef,
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub points: i64,
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub credit: Decimal,
     pub reason: AdjustReason,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Event {
     pub member: MemberRef,
     pub name: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Enroll {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -347,7 +571,18 @@ pub struct Enroll {
 }
 
 /// Creates members that exist only as a card number until the card is first used.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct IssueCards {
     #[serde(default)]
@@ -360,14 +595,36 @@ pub struct IssueCards {
     pub cards: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Link {
     pub member: MemberRef,
     pub alias: Alias,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct LoadProgram {
     /// The program file's TOML text.
@@ -375,7 +632,19 @@ pub struct LoadProgram {
 }
 
 /// Engine-issued: do all time-driven work due up to the command's `at`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Tick {}
 
@@ -384,7 +653,18 @@ pub const MAX_STATEMENT_PAGE: u32 = 500;
 
 /// A query (operators only): one page of a member's ledger entries, newest first. Changes
 /// nothing and is not remembered.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct StatementQuery {
     pub member: MemberRef,
@@ -399,8 +679,39 @@ fn default_per_page() -> u32 {
     50
 }
 
+/// A query (terminals and operators): a member's balances and tier, found by id or alias,
+/// consistent with every command acknowledged before it. Changes nothing, enrols nobody and is
+/// not remembered.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceQuery {
+    pub member: MemberRef,
+}
+
 /// Gives a `regular` promotion to members, or to everyone who holds a tier.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct AssignPromotion {
     pub promotion: String,
@@ -414,7 +725,18 @@ pub struct AssignPromotion {
 /// Generates `count` single-use codes of a `scratch` promotion. The codes are drawn from a
 /// cryptographic generator keyed by `seed` (64 hex digits, 256 bits), so replaying the
 /// command gives the same codes; the sender must choose the seed at random and keep it secret.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct IssueCodes {
     pub promotion: String,
@@ -423,7 +745,18 @@ pub struct IssueCodes {
 }
 
 /// Adds tags to a member and removes tags from it (promotion conditions read tags).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Tag {
     pub member: MemberRef,

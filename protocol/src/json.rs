@@ -56,6 +56,8 @@ pub struct CommandJson {
     pub issue_codes: Option<IssueCodes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<Tag>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<BalanceQuery>,
 }
 
 /// A command line that could not be read. `key` is set when the envelope was readable, so
@@ -217,11 +219,12 @@ fn take_body(json: &CommandJson) -> Result<Body, String> {
     push(json.assign_promotion.clone().map(Body::AssignPromotion));
     push(json.issue_codes.clone().map(Body::IssueCodes));
     push(json.tag.clone().map(Body::Tag));
+    push(json.balance.clone().map(Body::Balance));
     match bodies.len() {
         1 => Ok(bodies.pop().expect("one body")),
         0 => Err("the command has no body: add one of `purchase`, `quote`, `return`, `hold`, `capture`, \
                   `release`, `adjust`, `event`, `enroll`, `issue_cards`, `link`, `load_program`, `tick`, \
-                  `assign_promotion`, `issue_codes`, `tag`, `statement`"
+                  `assign_promotion`, `issue_codes`, `tag`, `statement`, `balance`"
             .into()),
         _ => Err("a command has exactly one body".into()),
     }
@@ -264,6 +267,7 @@ impl From<&Command> for CommandJson {
             Body::AssignPromotion(b) => json.assign_promotion = Some(b),
             Body::IssueCodes(b) => json.issue_codes = Some(b),
             Body::Tag(b) => json.tag = Some(b),
+            Body::Balance(b) => json.balance = Some(b),
         }
         json
     }

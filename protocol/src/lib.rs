@@ -2,18 +2,21 @@
 //! gives back, and the stable reason codes of a rejection.
 //!
 //! This crate knows nothing of the network or of storage. Its JSON form (one command per line)
-//! is what command files, imports and tests use; `docs/commands.md` documents it.
+//! is what command files, imports and tests use; `docs/commands.md` documents it. Its binary
+//! form (`wire`: versioned frames of rkyv archives) is what travels between terminals and the
+//! engine; `docs/protocol.md` documents it.
 
 mod command;
 mod json;
 mod reason;
 mod result;
+pub mod wire;
 
 pub use command::{
-    Adjust, AdjustReason, Alias, AssignPromotion, Body, Capture, Command, CommandKind, Enroll,
-    Event, Hold, IdemKey, IssueCards, IssueCodes, Line, Link, LoadProgram, MemberRef, Origin,
-    Payment, Purchase, Release, Return, ReturnLine, StatementQuery, Tag, Tick, TxnRef,
-    ENGINE_ADMIN, MAX_STATEMENT_PAGE,
+    Adjust, AdjustReason, Alias, AssignPromotion, BalanceQuery, Body, Capture, Command,
+    CommandKind, Enroll, Event, Hold, IdemKey, IssueCards, IssueCodes, Line, Link, LoadProgram,
+    MemberRef, Origin, Payment, Purchase, Release, Return, ReturnLine, StatementQuery, Tag, Tick,
+    TxnRef, ENGINE_ADMIN, MAX_STATEMENT_PAGE,
 };
 pub use json::{parse_command_line, CommandJson, ParseError};
 pub use reason::Reason;

@@ -2,7 +2,19 @@ use serde::{Deserialize, Serialize};
 
 /// Why a command was rejected. The set is closed and each code's string is stable: POS
 /// integrations switch on it. `message()` is a sentence a cashier can read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Reason {

@@ -8,7 +8,16 @@ use crate::command::CommandKind;
 use crate::reason::Reason;
 
 /// The answer to one command.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct CommandResult {
     pub merchant: String,
     /// The idempotency key, as `terminal/txn`, `admin:name/txn` or 32 hex digits.
@@ -18,12 +27,32 @@ pub struct CommandResult {
     pub status: Status,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(tag = "status", rename_all = "snake_case")]
+// A duplicate holds the first result: the bounds are spelled out so the derive does not recurse.
+#[rkyv(serialize_bounds(
+    __S: rkyv::ser::Writer + rkyv::ser::Allocator + rkyv::ser::Sharing,
+    __S::Error: rkyv::rancor::Source,
+))]
+#[rkyv(deserialize_bounds(__D: rkyv::de::Pooling, __D::Error: rkyv::rancor::Source))]
+#[rkyv(bytecheck(bounds(
+    __C: rkyv::validation::ArchiveContext + rkyv::validation::SharedContext,
+    __C::Error: rkyv::rancor::Source,
+)))]
 pub enum Status {
     Applied(Box<Applied>),
     /// The key was seen before with the same content: the first result, unchanged.
     Duplicate {
+        #[rkyv(omit_bounds)]
         first: Box<CommandResult>,
     },
     /// Nothing changed.
@@ -68,7 +97,21 @@ impl CommandResult {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    PartialOrd,
+    Ord,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Wallet {
     Points,
@@ -76,7 +119,21 @@ pub enum Wallet {
 }
 
 /// The kind of a ledger entry (SPEC section 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    PartialOrd,
+    Ord,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     Accrual,
@@ -91,7 +148,17 @@ pub enum EntryKind {
 }
 
 /// What an applied command did. Fields that do not apply to a command are left out of JSON.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct Applied {
     pub program_version: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,8 +169,10 @@ pub struct Applied {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub points_redeemed: i64,
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub credit_redeemed: Decimal,
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub cashback: Decimal,
     /// Points and cashback per earning rule.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -118,6 +187,7 @@ pub struct Applied {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub points_written_off: i64,
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub credit_written_off: Decimal,
     /// Every ledger entry this command wrote.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -154,7 +224,18 @@ fn is_zero(value: &i64) -> bool {
 }
 
 /// One promotion applied to an order (negative amounts on a return: what was taken back).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct PromotionApplied {
     pub promotion: Arc<str>,
     /// The case that applied, counted from 0 in file order; absent for a punch card's reward
@@ -168,9 +249,11 @@ pub struct PromotionApplied {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lines: Vec<PromotionLine>,
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub shipping: Decimal,
     /// Total money taken off the order (lines and shipping).
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub discount: Decimal,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub points: i64,
@@ -185,15 +268,36 @@ pub struct PromotionApplied {
     pub code_returned: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct PromotionLine {
     /// The order line, counted from 1.
     pub line: u32,
     pub sku: Arc<str>,
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub amount: Decimal,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct PromotionNotApplied {
     pub promotion: Arc<str>,
     pub reason: Reason,
@@ -204,7 +308,17 @@ pub struct PromotionNotApplied {
     pub code: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct PunchCard {
     pub promotion: Arc<str>,
     /// Holes punched on the current card after this command.
@@ -216,7 +330,17 @@ pub struct PunchCard {
     pub completed: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct MemberView {
     pub id: u64,
     /// True when this command created (or first activated) the member.
@@ -224,44 +348,99 @@ pub struct MemberView {
     pub enrolled: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct RuleEarning {
     pub rule: Arc<str>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub points: i64,
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub cashback: Decimal,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct LineEarning {
     pub sku: Arc<str>,
     /// The amount points were earned on: line amount less discounts and its share of what
     /// was paid with points or credit.
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub eligible: Decimal,
     pub points: i64,
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub cashback: Decimal,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct Discount {
     pub reward: String,
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub amount: Decimal,
     pub points: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct LotSlice {
     pub lot: u32,
     pub points: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct EntryView {
     pub wallet: Wallet,
     pub kind: EntryKind,
     /// Signed: points are whole numbers, credit is money.
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub amount: Decimal,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<Arc<str>>,
@@ -271,7 +450,17 @@ pub struct EntryView {
 }
 
 /// A member's balances after the command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct Balances {
     /// Sum of all points entries (= live lots); may be negative after a return.
     pub points: i64,
@@ -280,17 +469,40 @@ pub struct Balances {
     pub pending: i64,
     /// Reserved by open holds (already taken out of `points`).
     pub held: i64,
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub credit: Decimal,
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub credit_held: Decimal,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct TierChange {
     pub before: Option<Arc<str>>,
     pub after: Option<Arc<str>>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct TickSummary {
     pub members: u64,
     pub points_expired: i64,
@@ -300,7 +512,17 @@ pub struct TickSummary {
     pub tier_changes: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct StatementPage {
     pub page: u32,
     pub per_page: u32,
@@ -310,15 +532,27 @@ pub struct StatementPage {
 }
 
 /// A ledger entry as a statement shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct StatementEntry {
     /// The entry's place in the merchant's ledger: later entries have higher numbers.
     pub seq: u64,
+    #[rkyv(with = crate::wire::AsMicros)]
     pub at: crate::Timestamp,
     /// The key of the command that wrote it.
     pub command: String,
     pub wallet: Wallet,
     pub kind: EntryKind,
+    #[rkyv(with = crate::wire::AsDecimal)]
     pub amount: Decimal,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<Arc<str>>,

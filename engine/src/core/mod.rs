@@ -25,8 +25,8 @@ use rust_decimal::Decimal;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tally_protocol::{
-    Alias, Applied, Balances, Body, Command, CommandKind, CommandResult, EntryKind, EntryView,
-    IdemKey, LotSlice, MemberView, Origin, Reason, Status, TierChange, Wallet,
+    Alias, Applied, BalanceQuery, Balances, Body, Command, CommandKind, CommandResult, EntryKind,
+    EntryView, IdemKey, LotSlice, MemberView, Origin, Reason, Status, TierChange, Wallet,
 };
 
 pub use image::{bounded_bincode, ImageError, LedgerImage, LedgerImageRef};
@@ -404,7 +404,7 @@ impl Ledger {
         // Queries change nothing and ticks are idempotent by nature: none is remembered.
         let remembered = !matches!(
             kind,
-            CommandKind::Quote | CommandKind::Tick | CommandKind::Statement
+            CommandKind::Quote | CommandKind::Tick | CommandKind::Statement | CommandKind::Balance
         );
         let fingerprint = if remembered { fingerprint(command) } else { 0 };
         let merchant = self
@@ -668,7 +668,33 @@ fn dispatch(
         Body::AssignPromotion(assign) => promotions::assign(merchant, ctx, assign).map(none),
         Body::IssueCodes(issue) => promotions::issue_codes(merchant, ctx, issue).map(none),
         Body::Tag(tag) => promotions::tag(merchant, ctx, tag).map(none),
+        Body::Balance(query) => balance(merchant, ctx, query).map(none),
     }
+}
+
+/// A member's balances and current tier (`tier.before` = `tier.after`); changes nothing.
+fn balance(merchant: &Merchant, ctx: &Ctx, query: &BalanceQuery) -> Result<Applied, Rejection> {
+    let (members::Who::Existing(index) | members::Who::Activate(index)) =
+        members::resolve(merchant, &query.member, false)?
+    else {
+        unreachable!("resolve without enrolment finds a member or rejects")
+    };
+    let member = &merchant.members[index as usize];
+    let program = &ctx.program;
+    let tier = program.tier_id(member.tier);
+    Ok(Applied {
+        program_version: program.version,
+        member: Some(MemberView {
+            id: u64::from(index) + 1,
+            enrolled: false,
+        }),
+        balances: Some(balances(member, program.minor_units)),
+        tier: Some(TierChange {
+            before: tier.clone(),
+            after: tier,
+        }),
+        ..Applied::default()
+    })
 }
 
 pub(crate) fn entry_view(entry: &Entry, minor_units: u32) -> EntryView {

@@ -1,0 +1,397 @@
+//! The binary form on the wire (`docs/protocol.md`): length-prefixed, versioned frames whose
+//! payloads are rkyv archives of batches of commands, of results, or of an error.
+//!
+//! Decoding never trusts the bytes: the header is checked field by field against the limits,
+//! the payload is copied into an aligned buffer and validated by rkyv (`bytecheck`) before
+//! anything reads it, counts are checked on the archive before deserialising, and money and
+//! times are range-checked when they are converted back. Nothing here knows the network.
+
+use std::sync::Arc;
+
+use rkyv::rancor::{Fallible, Source};
+use rkyv::util::AlignedVec;
+use rkyv::with::{ArchiveWith, DeserializeWith, SerializeWith};
+use rkyv::{Archive, Place};
+use rust_decimal::Decimal;
+
+use crate::command::Command;
+use crate::reason::Reason;
+use crate::result::CommandResult;
+use crate::Timestamp;
+
+/// Every frame starts with these four bytes.
+pub const MAGIC: [u8; 4] = *b"TALY";
+/// The application protocol both ends name in the TLS handshake (ALPN).
+pub const ALPN: &[u8] = b"tally/1";
+/// The only version this build speaks; a frame of another version is refused.
+pub const VERSION: u8 = 1;
+/// magic (4) + version (1) + kind (1) + reserved (2) + request id (8) + payload length (4).
+pub const HEADER_BYTES: usize = 20;
+/// Default largest payload accepted, in bytes.
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 4 << 20;
+/// Default most commands one request frame may carry (the engine's group size).
+pub const DEFAULT_MAX_COMMANDS_PER_FRAME: u32 = 4096;
+/// No limit may exceed this: a length prefix is a `u32` and a buffer is allocated for it.
+pub const MAX_FRAME_BYTES_CEILING: u32 = 64 << 20;
+
+const _: () = assert!(DEFAULT_MAX_FRAME_BYTES <= MAX_FRAME_BYTES_CEILING);
+const _: () = assert!(HEADER_BYTES == 4 + 1 + 1 + 2 + 8 + 4);
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// Client to server: a batch of commands.
+    Request = 1,
+    /// Server to client: one result per command of the request with the same id, in order.
+    Results = 2,
+    /// Server to client: the request with this id was not applied at all, and why.
+    Error = 3,
+}
+
+impl FrameKind {
+    fn from_byte(byte: u8) -> Option<FrameKind> {
+        match byte {
+            1 => Some(FrameKind::Request),
+            2 => Some(FrameKind::Results),
+            3 => Some(FrameKind::Error),
+            _ => None,
+        }
+    }
+}
+
+/// The size limits a decoder enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_frame_bytes: u32,
+    pub max_commands_per_frame: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_commands_per_frame: DEFAULT_MAX_COMMANDS_PER_FRAME,
+        }
+    }
+}
+
+/// A frame's fixed-size header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub kind: FrameKind,
+    /// Chosen by the client, echoed in the answer.
+    pub request_id: u64,
+    pub payload_bytes: u32,
+}
+
+/// Why bytes are not a valid frame. Each maps to the reason code sent back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    #[error("not a tally frame: the first four bytes must be \"TALY\"")]
+    BadMagic,
+    #[error("frame version {found} is not supported; this server speaks version {VERSION}")]
+    UnsupportedVersion { found: u8 },
+    #[error("unknown frame kind {found}")]
+    UnknownKind { found: u8 },
+    #[error("the reserved header bytes must be zero")]
+    ReservedNotZero,
+    #[error("the frame's payload of {bytes} bytes is over the limit of {limit} bytes")]
+    TooLarge { bytes: u32, limit: u32 },
+    #[error("the frame ends before its header or payload is complete")]
+    Truncated,
+    #[error("{found} commands in one frame is over the limit of {limit}")]
+    TooManyCommands { found: usize, limit: u32 },
+    #[error("a request must carry at least one command")]
+    Empty,
+    #[error("a {found:?} frame was sent where a {expected:?} frame was expected")]
+    UnexpectedKind {
+        found: FrameKind,
+        expected: FrameKind,
+    },
+    #[error("the payload is not a valid archive: {0}")]
+    Payload(String),
+}
+
+impl FrameError {
+    /// The reason code an error frame carries for this error.
+    pub fn reason(&self) -> Reason {
+        Reason::Invalid
+    }
+}
+
+/// A request's payload: the commands, in the order they are to be applied.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct RequestPayload {
+    pub commands: Vec<Command>,
+}
+
+/// A results frame's payload: one result per command of the request, in the same order.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ResultsPayload {
+    pub results: Vec<Arc<CommandResult>>,
+}
+
+/// An error frame's payload: nothing of the request was applied.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ErrorPayload {
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// A whole decoded frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Request {
+        request_id: u64,
+        commands: Vec<Command>,
+    },
+    Results {
+        request_id: u64,
+        results: Vec<Arc<CommandResult>>,
+    },
+    Error {
+        request_id: u64,
+        reason: Reason,
+        message: String,
+    },
+}
+
+/// Checks a header against the limits.
+pub fn decode_header(bytes: &[u8; HEADER_BYTES], limits: &Limits) -> Result<Header, FrameError> {
+    if bytes[0..4] != MAGIC {
+        return Err(FrameError::BadMagic);
+    }
+    if bytes[4] != VERSION {
+        return Err(FrameError::UnsupportedVersion { found: bytes[4] });
+    }
+    let kind = FrameKind::from_byte(bytes[5]).ok_or(FrameError::UnknownKind { found: bytes[5] })?;
+    if bytes[6] != 0 || bytes[7] != 0 {
+        return Err(FrameError::ReservedNotZero);
+    }
+    let request_id = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    let payload_bytes = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
+    let limit = limits.max_frame_bytes.min(MAX_FRAME_BYTES_CEILING);
+    if payload_bytes > limit {
+        return Err(FrameError::TooLarge {
+            bytes: payload_bytes,
+            limit,
+        });
+    }
+    Ok(Header {
+        kind,
+        request_id,
+        payload_bytes,
+    })
+}
+
+fn encode_header(kind: FrameKind, request_id: u64, payload_bytes: usize) -> [u8; HEADER_BYTES] {
+    let length = u32::try_from(payload_bytes).expect("payloads are far below 4 GiB");
+    let mut header = [0u8; HEADER_BYTES];
+    header[0..4].copy_from_slice(&MAGIC);
+    header[4] = VERSION;
+    header[5] = kind as u8;
+    header[8..16].copy_from_slice(&request_id.to_le_bytes());
+    header[16..20].copy_from_slice(&length.to_le_bytes());
+    header
+}
+
+fn frame(kind: FrameKind, request_id: u64, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len());
+    bytes.extend_from_slice(&encode_header(kind, request_id, payload.len()));
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// A request frame carrying `commands`.
+pub fn encode_request(request_id: u64, commands: Vec<Command>) -> Vec<u8> {
+    let payload = RequestPayload { commands };
+    let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&payload).expect("commands archive");
+    frame(FrameKind::Request, request_id, &archive)
+}
+
+/// A results frame answering request `request_id`.
+pub fn encode_results(request_id: u64, results: Vec<Arc<CommandResult>>) -> Vec<u8> {
+    let payload = ResultsPayload { results };
+    let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&payload).expect("results archive");
+    frame(FrameKind::Results, request_id, &archive)
+}
+
+/// An error frame: request `request_id` was not applied.
+pub fn encode_error(request_id: u64, reason: Reason, message: &str) -> Vec<u8> {
+    let payload = ErrorPayload {
+        reason,
+        message: message.to_string(),
+    };
+    let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&payload).expect("error archive");
+    frame(FrameKind::Error, request_id, &archive)
+}
+
+/// Copies a payload into a buffer aligned for the archive (a network buffer is not).
+fn aligned(payload: &[u8]) -> AlignedVec {
+    let mut buffer = AlignedVec::with_capacity(payload.len());
+    buffer.extend_from_slice(payload);
+    buffer
+}
+
+fn payload_error(error: rkyv::rancor::Error) -> FrameError {
+    FrameError::Payload(error.to_string())
+}
+
+/// Validates a request payload and turns it into commands, refusing more than the limit.
+pub fn decode_request(payload: &[u8], limits: &Limits) -> Result<Vec<Command>, FrameError> {
+    let buffer = aligned(payload);
+    let archived = rkyv::access::<ArchivedRequestPayload, rkyv::rancor::Error>(&buffer)
+        .map_err(payload_error)?;
+    let found = archived.commands.len();
+    if found > limits.max_commands_per_frame as usize {
+        return Err(FrameError::TooManyCommands {
+            found,
+            limit: limits.max_commands_per_frame,
+        });
+    }
+    if found == 0 {
+        return Err(FrameError::Empty);
+    }
+    let request = rkyv::deserialize::<RequestPayload, rkyv::rancor::Error>(archived)
+        .map_err(payload_error)?;
+    Ok(request.commands)
+}
+
+/// Validates a results payload.
+pub fn decode_results(payload: &[u8]) -> Result<Vec<Arc<CommandResult>>, FrameError> {
+    let buffer = aligned(payload);
+    let results =
+        rkyv::from_bytes::<ResultsPayload, rkyv::rancor::Error>(&buffer).map_err(payload_error)?;
+    Ok(results.results)
+}
+
+/// Validates an error payload.
+pub fn decode_error(payload: &[u8]) -> Result<ErrorPayload, FrameError> {
+    let buffer = aligned(payload);
+    rkyv::from_bytes::<ErrorPayload, rkyv::rancor::Error>(&buffer).map_err(payload_error)
+}
+
+/// Decodes one whole frame from `bytes` (exactly one frame, nothing after it).
+pub fn decode_frame(bytes: &[u8], limits: &Limits) -> Result<Frame, FrameError> {
+    let header: &[u8; HEADER_BYTES] = bytes
+        .get(..HEADER_BYTES)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(FrameError::Truncated)?;
+    let header = decode_header(header, limits)?;
+    let payload = &bytes[HEADER_BYTES..];
+    if payload.len() < header.payload_bytes as usize {
+        return Err(FrameError::Truncated);
+    }
+    if payload.len() > header.payload_bytes as usize {
+        return Err(FrameError::Payload(
+            "bytes follow the end of the payload".to_string(),
+        ));
+    }
+    decode_payload(&header, payload, limits)
+}
+
+/// Decodes a payload of the kind its header names.
+pub fn decode_payload(
+    header: &Header,
+    payload: &[u8],
+    limits: &Limits,
+) -> Result<Frame, FrameError> {
+    let request_id = header.request_id;
+    Ok(match header.kind {
+        FrameKind::Request => Frame::Request {
+            request_id,
+            commands: decode_request(payload, limits)?,
+        },
+        FrameKind::Results => Frame::Results {
+            request_id,
+            results: decode_results(payload)?,
+        },
+        FrameKind::Error => {
+            let error = decode_error(payload)?;
+            Frame::Error {
+                request_id,
+                reason: error.reason,
+                message: error.message,
+            }
+        }
+    })
+}
+
+/// Money on the wire: the decimal's 96-bit mantissa (as an `i128`) and its scale (0..=28).
+/// Both are checked when read back.
+#[derive(Debug)]
+pub struct AsDecimal;
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct DecimalParts {
+    pub mantissa: i128,
+    pub scale: u32,
+}
+
+impl ArchiveWith<Decimal> for AsDecimal {
+    type Archived = ArchivedDecimalParts;
+    type Resolver = DecimalPartsResolver;
+
+    fn resolve_with(field: &Decimal, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        decimal_parts(field).resolve(resolver, out);
+    }
+}
+
+fn decimal_parts(decimal: &Decimal) -> DecimalParts {
+    DecimalParts {
+        mantissa: decimal.mantissa(),
+        scale: decimal.scale(),
+    }
+}
+
+impl<S: Fallible + ?Sized> SerializeWith<Decimal, S> for AsDecimal {
+    fn serialize_with(field: &Decimal, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        rkyv::Serialize::serialize(&decimal_parts(field), serializer)
+    }
+}
+
+impl<D: Fallible + ?Sized> DeserializeWith<ArchivedDecimalParts, Decimal, D> for AsDecimal
+where
+    D::Error: Source,
+{
+    fn deserialize_with(field: &ArchivedDecimalParts, _: &mut D) -> Result<Decimal, D::Error> {
+        Decimal::try_from_i128_with_scale(field.mantissa.to_native(), field.scale.to_native())
+            .map_err(D::Error::new)
+    }
+}
+
+/// A time on the wire: microseconds since 1970-01-01T00:00:00Z, checked when read back.
+#[derive(Debug)]
+pub struct AsMicros;
+
+#[derive(Debug, thiserror::Error)]
+#[error("a time of {0} microseconds since 1970 is out of range")]
+struct TimeOutOfRange(i64);
+
+impl ArchiveWith<Timestamp> for AsMicros {
+    type Archived = rkyv::Archived<i64>;
+    type Resolver = ();
+
+    fn resolve_with(field: &Timestamp, resolver: (), out: Place<Self::Archived>) {
+        field.timestamp_micros().resolve(resolver, out);
+    }
+}
+
+impl<S: Fallible + ?Sized> SerializeWith<Timestamp, S> for AsMicros {
+    fn serialize_with(_: &Timestamp, _: &mut S) -> Result<(), S::Error> {
+        Ok(())
+    }
+}
+
+impl<D: Fallible + ?Sized> DeserializeWith<rkyv::Archived<i64>, Timestamp, D> for AsMicros
+where
+    D::Error: Source,
+{
+    fn deserialize_with(field: &rkyv::Archived<i64>, _: &mut D) -> Result<Timestamp, D::Error> {
+        let micros = field.to_native();
+        chrono::DateTime::from_timestamp_micros(micros)
+            .ok_or_else(|| D::Error::new(TimeOutOfRange(micros)))
+    }
+}
