@@ -7,11 +7,9 @@
 //! checkpoint or the new one, never a mix. The format is in `docs/storage.md`.
 
 use std::io::Write;
-
-use bincode::Options;
 use std::path::{Path, PathBuf};
 
-use crate::core::{bounded_bincode, interning, Ledger, LedgerImage};
+use crate::core::{interning, Ledger, LedgerImage};
 use crate::Timestamp;
 
 const MAGIC: [u8; 4] = *b"TLYC";
@@ -150,13 +148,6 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
         ledger,
         bytes: bytes.len() as u64,
     })
-}
-
-/// The encoded size of a part of the state (for measurements).
-pub fn state_size(value: &impl serde::Serialize) -> u64 {
-    bounded_bincode(usize::MAX)
-        .serialized_size(value)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

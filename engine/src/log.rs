@@ -301,7 +301,7 @@ fn encode_entries(entries: &[Entry]) -> Vec<u8> {
     bytes.extend_from_slice(&ENTRIES_MAGIC);
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     use bincode::Options;
-    crate::core::bounded_bincode(usize::MAX)
+    crate::core::state_bincode()
         .serialize_into(&mut bytes, &logged)
         .expect("serialising into memory does not fail");
     let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);

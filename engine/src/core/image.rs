@@ -69,7 +69,7 @@ struct MerchantImageRef<'a> {
     #[serde(skip)]
     members: &'a [Member],
     #[serde(skip)]
-    receipts: ReceiptsRef<'a>,
+    receipts: &'a FxHashMap<Arc<IdemKey>, Receipt>,
     recent_keys: &'a VecDeque<Arc<IdemKey>>,
     clock: Timestamp,
     next_day_start: Option<Timestamp>,
@@ -77,9 +77,6 @@ struct MerchantImageRef<'a> {
     next_card: u64,
     promotions: &'a promotions::State,
 }
-
-#[derive(Debug)]
-struct ReceiptsRef<'a>(&'a FxHashMap<Arc<IdemKey>, Receipt>);
 
 /// Members per part of an encoded image, and receipts per part: parts decode in parallel.
 /// (Tiny in unit tests, so that their small ledgers are written in many parts.)
@@ -90,7 +87,7 @@ const PART_RECEIPTS: u8 = 1;
 
 /// The state's encoding: bincode with variable-length integers (most lengths and amounts
 /// are small: a third of the size of fixed-width ones).
-fn state_bincode() -> impl bincode::Options {
+pub fn state_bincode() -> impl bincode::Options {
     use bincode::Options;
     bincode::DefaultOptions::new()
         .with_varint_encoding()
@@ -122,7 +119,7 @@ impl LedgerImageRef<'_> {
                 parts += 1;
             }
             let receipts: Vec<(&IdemKey, &Receipt)> =
-                merchant.receipts.0.iter().map(|(k, r)| (&**k, r)).collect();
+                merchant.receipts.iter().map(|(k, r)| (&**k, r)).collect();
             for chunk in receipts.chunks(RECEIPTS_PER_PART) {
                 out.extend_from_slice(&index.to_le_bytes());
                 out.push(PART_RECEIPTS);
@@ -314,7 +311,7 @@ fn merchant_image(merchant: &Merchant) -> MerchantImageRef<'_> {
         name: &merchant.name,
         programs: merchant.programs.iter().map(|p| &*p.source).collect(),
         members: &merchant.members,
-        receipts: ReceiptsRef(&merchant.receipts),
+        receipts: &merchant.receipts,
         recent_keys: &merchant.recent_keys,
         clock: merchant.clock,
         next_day_start: merchant.next_day_start,

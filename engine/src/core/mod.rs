@@ -29,7 +29,7 @@ use tally_protocol::{
     EntryView, IdemKey, LotSlice, MemberView, Origin, Reason, Status, TierChange, Wallet,
 };
 
-pub use image::{bounded_bincode, ImageError, LedgerImage, LedgerImageRef};
+pub use image::{bounded_bincode, state_bincode, ImageError, LedgerImage, LedgerImageRef};
 pub use intern::interning;
 pub use member::{Counters, Lot, Lots, Member, Slice, Totals};
 pub use phone::normalize_phone;
