@@ -6,11 +6,11 @@
 //! "thrpt" in elements/s). Commands are generated before measuring, so only applying them
 //! is timed.
 
-use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tally_benches::{commands, demo_program_with_promotions, populated, populated_with, purchases};
+use tally_engine::replay::Replayer;
 use tally_engine::workload::Workload;
 
 #[global_allocator]
@@ -20,40 +20,62 @@ const MEMBERS: u64 = 1_000_000;
 /// Commands generated up front; more are made (untimed) if a run needs them.
 const POOL: u64 = 2_000_000;
 
+/// A ledger and its purchases: commands are made ahead (untimed), applying them is timed.
+struct Purchases {
+    replayer: Replayer,
+    workload: Workload,
+    pool: Vec<tally_protocol::Command>,
+    next: usize,
+}
+
+impl Purchases {
+    fn new(replayer: Replayer, mut workload: Workload, pool: u64) -> Purchases {
+        let pool = commands(&mut workload, pool);
+        Purchases {
+            replayer,
+            workload,
+            pool,
+            next: 0,
+        }
+    }
+
+    /// Applies the next `iters` purchases and returns how long that took.
+    fn timed(&mut self, iters: u64) -> Duration {
+        if self.next + iters as usize > self.pool.len() {
+            self.pool.extend(commands(&mut self.workload, iters));
+        }
+        let batch = &self.pool[self.next..self.next + iters as usize];
+        self.next += iters as usize;
+        let started = Instant::now();
+        for command in batch {
+            self.replayer.apply(command, &mut |_| {});
+        }
+        started.elapsed()
+    }
+
+    fn assert_all_applied(&self) {
+        let stats = &self.replayer.stats;
+        assert_eq!(
+            stats.rejected, 0,
+            "benchmark purchases must all apply: {stats:?}"
+        );
+    }
+}
+
 fn apply_purchases(c: &mut Criterion) {
     let config = purchases(MEMBERS);
-    let replayer = RefCell::new(populated(MEMBERS, &config));
-    let mut workload = Workload::new(config);
-    let pool = RefCell::new(commands(&mut workload, POOL));
-    let next = RefCell::new(0usize);
+    let replayer = populated(MEMBERS, &config);
+    let mut bench = Purchases::new(replayer, Workload::new(config), POOL);
     let mut group = c.benchmark_group("core");
     group.throughput(Throughput::Elements(1));
     group.sample_size(10);
     group.warm_up_time(Duration::from_secs(2));
     group.measurement_time(Duration::from_secs(6));
     group.bench_function("purchase_5_lines_1m_members_zipf", |b| {
-        b.iter_custom(|iters| {
-            let mut pool = pool.borrow_mut();
-            let mut next = next.borrow_mut();
-            if *next + iters as usize > pool.len() {
-                pool.extend(commands(&mut workload, iters));
-            }
-            let batch = &pool[*next..*next + iters as usize];
-            *next += iters as usize;
-            let mut replayer = replayer.borrow_mut();
-            let started = Instant::now();
-            for command in batch {
-                replayer.apply(command, &mut |_| {});
-            }
-            started.elapsed()
-        })
+        b.iter_custom(|iters| bench.timed(iters))
     });
     group.finish();
-    let stats = &replayer.borrow().stats;
-    assert_eq!(
-        stats.rejected, 0,
-        "benchmark purchases must all apply: {stats:?}"
-    );
+    bench.assert_all_applied();
 }
 
 /// Members of the promotion comparison: fewer than above, so three ledgers fit and set up fast.
@@ -71,30 +93,11 @@ fn apply_purchases_with_promotions(c: &mut Criterion) {
     for count in [0, 20, 1_000] {
         let config = purchases(PROMOTION_MEMBERS);
         let program = demo_program_with_promotions(count);
-        let replayer = RefCell::new(populated_with(&program, PROMOTION_MEMBERS, &config));
-        let mut workload = Workload::new(config);
-        let pool = RefCell::new(commands(&mut workload, POOL / 4));
-        let next = RefCell::new(0usize);
+        let replayer = populated_with(&program, PROMOTION_MEMBERS, &config);
+        let mut bench = Purchases::new(replayer, Workload::new(config), POOL / 4);
         let name = format!("purchase_5_lines_100k_members_{count}_promotions");
-        group.bench_function(name.as_str(), |b| {
-            b.iter_custom(|iters| {
-                let mut pool = pool.borrow_mut();
-                let mut next = next.borrow_mut();
-                if *next + iters as usize > pool.len() {
-                    pool.extend(commands(&mut workload, iters));
-                }
-                let batch = &pool[*next..*next + iters as usize];
-                *next += iters as usize;
-                let mut replayer = replayer.borrow_mut();
-                let started = Instant::now();
-                for command in batch {
-                    replayer.apply(command, &mut |_| {});
-                }
-                started.elapsed()
-            })
-        });
-        let stats = &replayer.borrow().stats;
-        assert_eq!(stats.rejected, 0, "purchases must all apply: {stats:?}");
+        group.bench_function(name.as_str(), |b| b.iter_custom(|iters| bench.timed(iters)));
+        bench.assert_all_applied();
     }
     group.finish();
 }
