@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use tally_protocol::{
 };
 
 use crate::checkpoint::{self, CheckpointError};
+use crate::commit::Committer;
 use crate::core::{Ledger, StatementPlan};
 use crate::log::{CommandLog, LogError, Logged, LoggedEntry};
 use crate::money::from_minor;
@@ -95,8 +96,11 @@ struct Checkpoints {
 /// (called on the engine thread: it must not block, e.g. it sends to the connection's task).
 pub struct Submission {
     pub commands: Vec<Command>,
-    pub reply: Box<dyn FnOnce(Vec<Arc<CommandResult>>) + Send>,
+    pub reply: Reply,
 }
+
+/// Hands a submission's results on once they are durable.
+pub type Reply = Box<dyn FnOnce(Vec<Arc<CommandResult>>) + Send>;
 
 /// One group of submissions, durable: what `Engine::serve_observed` reports.
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +114,53 @@ pub struct GroupCommitted {
     /// From the group's start until the log write was durable.
     pub committed: Duration,
 }
+/// A group's answers once the front door's commands are applied, waiting for the commit.
+struct Served {
+    replies: Vec<(Reply, Vec<Answer>)>,
+    started: Instant,
+    applied: Duration,
+    commands: usize,
+    logged: usize,
+}
+
+/// What the input has for the engine now.
+enum Next<G> {
+    Group(G),
+    /// Nothing yet (only when asked not to wait).
+    Nothing,
+    /// The input is closed and drained.
+    End,
+}
+
+/// The next group from `queue`: whatever is there, up to `MAX_GROUP_COMMANDS` commands
+/// (`commands` counts an item's), waiting for a first item when `block`.
+fn next_group<T>(queue: &Receiver<T>, block: bool, commands: impl Fn(&T) -> usize) -> Next<Vec<T>> {
+    let mut group = Vec::new();
+    let mut counted = 0;
+    if block {
+        let Ok(first) = queue.recv() else {
+            return Next::End;
+        };
+        counted += commands(&first);
+        group.push(first);
+    }
+    while counted < MAX_GROUP_COMMANDS {
+        match queue.try_recv() {
+            Ok(item) => {
+                counted += commands(&item);
+                group.push(item);
+            }
+            Err(TryRecvError::Empty) => break,
+            Err(TryRecvError::Disconnected) if group.is_empty() => return Next::End,
+            Err(TryRecvError::Disconnected) => break,
+        }
+    }
+    match group.is_empty() {
+        true => Next::Nothing,
+        false => Next::Group(group),
+    }
+}
+
 /// A line as the reader hands it to the engine: a command, or the rejection of a line that
 /// could not be read.
 type Parsed = Result<Command, Box<CommandResult>>;
@@ -167,12 +218,14 @@ struct PendingProgram {
 
 pub struct Engine {
     ledger: Ledger,
-    log: CommandLog,
+    log: Arc<CommandLog>,
     clock: Clock,
     now: Option<Timestamp>,
     /// Programs to install at the first command's time (an event clock has no time before it).
     pending_programs: Vec<PendingProgram>,
     checkpoints: Checkpoints,
+    /// The log's writer thread while groups are being applied (`run`, `serve`).
+    committer: Option<Committer>,
 }
 
 impl Engine {
@@ -245,11 +298,12 @@ impl Engine {
         };
         let engine = Engine {
             ledger,
-            log,
+            log: Arc::new(log),
             clock,
             now,
             pending_programs: Vec::new(),
             checkpoints,
+            committer: None,
         };
         Ok((engine, recovery))
     }
@@ -406,7 +460,24 @@ impl Engine {
         std::thread::scope(|scope| {
             let (answers, durable) = sync_channel::<Vec<Arc<CommandResult>>>(RESULT_GROUPS_AHEAD);
             let writer = scope.spawn(move || write_results(&durable, output));
-            let applied = self.apply_groups_into(lines, &answers);
+            let applied = self.pipeline(
+                |block| next_group(lines, block, |_| 1),
+                |engine, group, logged| {
+                    let answers: Vec<Answer> = group
+                        .into_iter()
+                        .map(|parsed| match parsed {
+                            Ok(command) => engine.apply_command(command, logged),
+                            Err(rejection) => Answer::Ready(Arc::from(rejection)),
+                        })
+                        .collect();
+                    answers
+                },
+                |engine, answered, _| {
+                    let results = engine.answers(answered)?;
+                    // A closed channel: the writer stopped on an output error; it reports it.
+                    Ok(answers.send(results).is_ok())
+                },
+            );
             drop(answers);
             let written = writer.join().expect("the result writer does not panic");
             // A log error first: it is why the writer stopped, if it did.
@@ -414,35 +485,12 @@ impl Engine {
         })
     }
 
-    fn apply_groups_into(
-        &mut self,
-        lines: &Receiver<Parsed>,
-        answers: &SyncSender<Vec<Arc<CommandResult>>>,
-    ) -> Result<(), IngestError> {
-        let mut group = Vec::with_capacity(MAX_GROUP_COMMANDS);
-        while let Ok(first) = lines.recv() {
-            group.clear();
-            group.push(first);
-            while group.len() < MAX_GROUP_COMMANDS {
-                match lines.try_recv() {
-                    Ok(line) => group.push(line),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
-            }
-            let results = self.apply_group(&mut group)?;
-            if answers.send(results).is_err() {
-                // The writer stopped on an output error; it reports it.
-                break;
-            }
-        }
-        Ok(())
-    }
-
     /// Serves submissions (the network front door's batches) until every sender is gone:
-    /// whatever has arrived while the previous group was committed forms the next group (at
-    /// most `MAX_GROUP_COMMANDS` commands, whole submissions), which is applied in arrival
-    /// order, logged in one durable write, and only then answered, submission by submission.
-    /// The channel's bound is the back-pressure: a full queue makes senders wait or refuse.
+    /// whatever has arrived while the previous group was applied and committed forms the
+    /// next group (at most `MAX_GROUP_COMMANDS` commands, whole submissions), which is
+    /// applied in arrival order, logged in one durable write, and only then answered,
+    /// submission by submission. The channel's bound is the back-pressure: a full queue makes
+    /// senders wait or refuse.
     pub fn serve(&mut self, submissions: &Receiver<Submission>) -> Result<(), IngestError> {
         self.serve_observed(submissions, &mut |_| {})
     }
@@ -454,58 +502,141 @@ impl Engine {
         submissions: &Receiver<Submission>,
         observe: &mut dyn FnMut(&GroupCommitted),
     ) -> Result<(), IngestError> {
-        while let Ok(first) = submissions.recv() {
-            let mut group = vec![first];
-            let mut commands = group[0].commands.len();
-            while commands < MAX_GROUP_COMMANDS {
-                match submissions.try_recv() {
-                    Ok(next) => {
-                        commands += next.commands.len();
-                        group.push(next);
-                    }
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        self.pipeline(
+            |block| next_group(submissions, block, |s| s.commands.len()),
+            |engine, group, logged| engine.apply_submissions(group, logged),
+            |engine, served, durable_at| {
+                let committed = durable_at.unwrap_or_else(Instant::now) - served.started;
+                observe(&GroupCommitted {
+                    submissions: served.replies.len(),
+                    commands: served.commands,
+                    logged: served.logged,
+                    applied: served.applied,
+                    committed,
+                });
+                for (reply, answered) in served.replies {
+                    reply(engine.answers(answered)?);
                 }
-            }
-            self.serve_group(group, observe)?;
-        }
+                Ok(true)
+            },
+        )?;
         self.finish()
     }
 
-    fn serve_group(
-        &mut self,
-        mut group: Vec<Submission>,
-        observe: &mut dyn FnMut(&GroupCommitted),
-    ) -> Result<(), IngestError> {
+    fn apply_submissions(&mut self, group: Vec<Submission>, logged: &mut Vec<Logged>) -> Served {
         let started = Instant::now();
-        let commands = group.iter().map(|s| s.commands.len()).sum();
-        let mut logged = Vec::new();
-        let mut answers = Vec::with_capacity(group.len());
-        for submission in &mut group {
+        let mut commands = 0;
+        let mut replies = Vec::with_capacity(group.len());
+        for submission in group {
+            commands += submission.commands.len();
             // The commands move into the log's batch: no copy of each.
-            let answered: Vec<Answer> = std::mem::take(&mut submission.commands)
+            let answered: Vec<Answer> = submission
+                .commands
                 .into_iter()
-                .map(|command| self.apply_command(command, &mut logged))
+                .map(|command| self.apply_command(command, logged))
                 .collect();
-            answers.push(answered);
+            replies.push((submission.reply, answered));
         }
-        let applied = started.elapsed();
-        self.append(&logged)?;
-        observe(&GroupCommitted {
-            submissions: group.len(),
+        Served {
+            replies,
+            started,
+            applied: started.elapsed(),
             commands,
             logged: logged.len(),
-            applied,
-            committed: started.elapsed(),
-        });
-        self.checkpoint_if_due()?;
-        for (submission, answered) in group.into_iter().zip(answers) {
-            let mut results = Vec::with_capacity(answered.len());
-            for answer in answered {
-                results.push(self.answer(answer)?);
+        }
+    }
+
+    /// Applies groups while the committer makes the previous one durable: a group's answers
+    /// are released only once its log write (and every one before it) is durable, in order.
+    /// `next` gives the next group (waiting for one when `true`); `release` hands a durable
+    /// group's answers on, and says `false` when nobody is listening any more.
+    fn pipeline<G, A>(
+        &mut self,
+        mut next: impl FnMut(bool) -> Next<G>,
+        mut apply: impl FnMut(&mut Engine, G, &mut Vec<Logged>) -> A,
+        mut release: impl FnMut(&Engine, A, Option<Instant>) -> Result<bool, IngestError>,
+    ) -> Result<(), IngestError> {
+        self.committer = Some(Committer::start(Arc::clone(&self.log)));
+        let ran = self.pipeline_groups(&mut next, &mut apply, &mut release);
+        // Stops the thread once the group it may be writing is done.
+        self.committer = None;
+        ran
+    }
+
+    fn pipeline_groups<G, A>(
+        &mut self,
+        next: &mut impl FnMut(bool) -> Next<G>,
+        apply: &mut impl FnMut(&mut Engine, G, &mut Vec<Logged>) -> A,
+        release: &mut impl FnMut(&Engine, A, Option<Instant>) -> Result<bool, IngestError>,
+    ) -> Result<(), IngestError> {
+        let mut in_flight: Option<A> = None;
+        loop {
+            let group = match next(in_flight.is_none()) {
+                Next::Group(group) => group,
+                Next::Nothing => {
+                    let answers = in_flight
+                        .take()
+                        .expect("polled only with a group in flight");
+                    if !self.release_durable(answers, release)? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Next::End => break,
+            };
+            if self.checkpoint_due() {
+                // A checkpoint is of a state the log holds entirely: nothing in flight.
+                if let Some(answers) = in_flight.take() {
+                    if !self.release_durable(answers, release)? {
+                        return Ok(());
+                    }
+                }
+                self.start_checkpoint();
             }
-            (submission.reply)(results);
+            let mut logged = Vec::new();
+            let answers = apply(self, group, &mut logged);
+            if let Some(previous) = in_flight.take() {
+                if !self.release_durable(previous, release)? {
+                    return Ok(());
+                }
+            }
+            self.submit(logged);
+            in_flight = Some(answers);
+        }
+        if let Some(answers) = in_flight {
+            self.release_durable(answers, release)?;
         }
         Ok(())
+    }
+
+    /// Hands a group's log write to the committer.
+    fn submit(&mut self, logged: Vec<Logged>) {
+        let entries = self.ledger.take_entries();
+        self.checkpoints.commands_since += logged.len() as u64;
+        let committer = self.committer.as_mut().expect("the pipeline is running");
+        committer.submit(logged, entries);
+    }
+
+    /// Waits for the group in the committer's hands, then releases `answers` (applied before
+    /// the next group was handed over, so durable now). Collects a checkpoint that is done.
+    fn release_durable<A>(
+        &mut self,
+        answers: A,
+        release: &mut impl FnMut(&Engine, A, Option<Instant>) -> Result<bool, IngestError>,
+    ) -> Result<bool, IngestError> {
+        let committer = self.committer.as_mut().expect("the pipeline is running");
+        let durable_at = committer.wait()?;
+        // Nothing is being written now: compaction does not wait for the committer.
+        self.collect_checkpoint(false)?;
+        release(self, answers, durable_at)
+    }
+
+    /// Answers of a durable group.
+    fn answers(&self, answered: Vec<Answer>) -> Result<Vec<Arc<CommandResult>>, IngestError> {
+        answered
+            .into_iter()
+            .map(|answer| self.answer(answer))
+            .collect()
     }
 
     fn answer(&self, answer: Answer) -> Result<Arc<CommandResult>, IngestError> {
@@ -516,29 +647,12 @@ impl Engine {
         })
     }
 
-    /// Applies a group, logs what changed state in one durable write, then answers.
-    fn apply_group(
-        &mut self,
-        group: &mut Vec<Parsed>,
-    ) -> Result<Vec<Arc<CommandResult>>, IngestError> {
-        let mut logged = Vec::with_capacity(group.len());
-        let mut results = Vec::with_capacity(group.len());
-        for parsed in group.drain(..) {
-            results.push(match parsed {
-                Ok(command) => self.apply_command(command, &mut logged),
-                Err(rejection) => Answer::Ready(Arc::from(rejection)),
-            });
-        }
-        self.append(&logged)?;
-        self.checkpoint_if_due()?;
-        results
-            .into_iter()
-            .map(|answer| self.answer(answer))
-            .collect()
-    }
-
     /// Logs a group with the entries its commands wrote, in one durable transaction.
     fn append(&mut self, logged: &[Logged]) -> Result<(), IngestError> {
+        assert!(
+            self.committer.is_none(),
+            "the pipeline appends through its committer"
+        );
         let entries = self.ledger.take_entries();
         self.log.append(logged, &entries)?;
         self.checkpoints.commands_since += logged.len() as u64;
@@ -640,16 +754,13 @@ impl Engine {
         self.checkpoint_now()
     }
 
-    /// Starts a checkpoint in the background when enough commands were logged since the last
-    /// one, and compacts the log once a checkpoint is durable.
-    fn checkpoint_if_due(&mut self) -> Result<(), IngestError> {
-        self.collect_checkpoint(false)?;
+    /// Whether enough commands were logged since the last checkpoint to start another (and
+    /// none is being written).
+    fn checkpoint_due(&self) -> bool {
         let every = self.checkpoints.every_commands;
-        let due = every > 0 && self.checkpoints.commands_since >= every;
-        if due && self.checkpoints.in_flight.is_none() {
-            self.start_checkpoint();
-        }
-        Ok(())
+        every > 0
+            && self.checkpoints.commands_since >= every
+            && self.checkpoints.in_flight.is_none()
     }
 
     /// Takes a checkpoint of the state as it is now (unless checkpoints are off) and waits

@@ -7,6 +7,7 @@ pub mod program;
 
 pub use tally_protocol::Timestamp;
 pub mod checkpoint;
+mod commit;
 pub mod ingest;
 pub mod log;
 pub mod replay;

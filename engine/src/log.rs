@@ -7,8 +7,8 @@
 
 use std::path::Path;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use redb::backends::FileBackend;
 use redb::{Builder, Database, Durability, ReadableTable, StorageBackend, TableDefinition};
@@ -48,10 +48,15 @@ pub enum LogError {
     Corrupt { batch: u64, what: String },
 }
 
+/// The log is shared between the engine thread (statements, compaction) and the committer
+/// thread that appends; redb lets reads run beside the one write transaction, and appends
+/// are serialised by `appending`.
 pub struct CommandLog {
     db: Database,
     path: String,
-    next_batch: u64,
+    /// The number the next appended batch gets.
+    next_batch: AtomicU64,
+    appending: Mutex<()>,
 }
 
 impl CommandLog {
@@ -79,16 +84,18 @@ impl CommandLog {
 
     fn start(db: Database, path: &Path) -> Result<CommandLog, LogError> {
         let storage = |error: &dyn std::fmt::Display| storage_error(path, error);
-        let mut log = CommandLog {
+        let log = CommandLog {
             db,
             path: path.display().to_string(),
-            next_batch: 0,
+            next_batch: AtomicU64::new(0),
+            appending: Mutex::new(()),
         };
         let write = log.db.begin_write().map_err(|e| storage(&e))?;
         write.open_table(BATCHES).map_err(|e| storage(&e))?;
         write.open_table(ENTRIES).map_err(|e| storage(&e))?;
         write.commit().map_err(|e| storage(&e))?;
-        log.next_batch = log.last_batch()?.map_or(0, |last| last + 1);
+        let next = log.last_batch()?.map_or(0, |last| last + 1);
+        log.next_batch.store(next, Ordering::Release);
         Ok(log)
     }
 
@@ -106,8 +113,9 @@ impl CommandLog {
         Ok(last.map(|(key, _)| key.value()))
     }
 
+    /// Batches appended so far (durable ones: the count moves after the commit).
     pub fn batches(&self) -> u64 {
-        self.next_batch
+        self.next_batch.load(Ordering::Acquire)
     }
 
     /// Reads every batch in order and hands its commands to `visit`.
@@ -125,13 +133,13 @@ impl CommandLog {
         mut visit: impl FnMut(Logged),
     ) -> Result<u64, LogError> {
         let first = last_applied.map_or(0, |last| last + 1);
-        if first > self.next_batch {
+        let next_batch = self.batches();
+        if first > next_batch {
             return Err(LogError::Corrupt {
-                batch: self.next_batch,
+                batch: next_batch,
                 what: format!(
-                    "the checkpoint covers batches up to {}, but the log ends before {}",
+                    "the checkpoint covers batches up to {}, but the log ends before {next_batch}",
                     first - 1,
-                    self.next_batch
                 ),
             });
         }
@@ -157,7 +165,7 @@ impl CommandLog {
 
     /// Removes the batches before `batch` (a durable checkpoint holds their effects). The
     /// batch itself stays, so the log never runs behind the checkpoint.
-    pub fn compact_before(&mut self, batch: u64) -> Result<(), LogError> {
+    pub fn compact_before(&self, batch: u64) -> Result<(), LogError> {
         let mut write = self.db.begin_write().map_err(|e| self.storage(e))?;
         write.set_durability(Durability::Immediate);
         {
@@ -179,7 +187,7 @@ impl CommandLog {
 
     /// Appends one batch durably: when this returns `Ok`, the batch survives a crash. An
     /// error means it may or may not be on disk; the caller must stop acknowledging.
-    pub fn append(&mut self, records: &[Logged], entries: &[Entry]) -> Result<(), LogError> {
+    pub fn append(&self, records: &[Logged], entries: &[Entry]) -> Result<(), LogError> {
         if records.is_empty() {
             assert!(entries.is_empty(), "entries come from logged commands");
             return Ok(());
@@ -189,9 +197,11 @@ impl CommandLog {
             bytes.len() <= MAX_BATCH_BYTES,
             "a batch over the size limit reached the log"
         );
+        let _appending = self.appending.lock().expect("an append does not panic");
+        let batch = self.batches();
         // Pair assertion: what is written must read back as the same commands.
         debug_assert_eq!(
-            decode(self.next_batch, &bytes).expect("an encoded batch decodes"),
+            decode(batch, &bytes).expect("an encoded batch decodes"),
             records
         );
         let mut write = self.db.begin_write().map_err(|e| self.storage(e))?;
@@ -199,7 +209,7 @@ impl CommandLog {
         {
             let mut table = write.open_table(BATCHES).map_err(|e| self.storage(e))?;
             table
-                .insert(self.next_batch, bytes.as_slice())
+                .insert(batch, bytes.as_slice())
                 .map_err(|e| self.storage(e))?;
             if let Some(first) = entries.first() {
                 let mut table = write.open_table(ENTRIES).map_err(|e| self.storage(e))?;
@@ -209,7 +219,7 @@ impl CommandLog {
             }
         }
         write.commit().map_err(|e| self.storage(e))?;
-        self.next_batch += 1;
+        self.next_batch.store(batch + 1, Ordering::Release);
         Ok(())
     }
 }
@@ -491,7 +501,7 @@ mod tests {
         let path = dir.join("log.redb");
         let written = records(50);
         {
-            let mut log = CommandLog::open(&path).unwrap();
+            let log = CommandLog::open(&path).unwrap();
             log.append(&written[..20], &[]).unwrap();
             log.append(&written[20..], &[]).unwrap();
         }

@@ -1,0 +1,91 @@
+//! The committer: writes groups to the log on a thread of its own, in order, so that the
+//! engine thread applies the next group while the previous one is being made durable.
+//!
+//! One group at a time: the engine waits for a group's commit before it hands over the
+//! next, and answers a group only after that wait. A failed commit ends the thread; the
+//! engine learns of it from `wait` and stops acknowledging.
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crate::core::Entry;
+use crate::log::{CommandLog, LogError, Logged};
+
+/// A group's log write: its commands and the entries they wrote.
+struct Job {
+    records: Vec<Logged>,
+    entries: Vec<Entry>,
+}
+
+pub struct Committer {
+    jobs: Option<SyncSender<Job>>,
+    /// When each handed-over group became durable, or why it did not.
+    done: Receiver<Result<Instant, LogError>>,
+    outstanding: bool,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Committer {
+    pub fn start(log: Arc<CommandLog>) -> Committer {
+        let (jobs, receive) = sync_channel::<Job>(1);
+        let (report, done) = sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("tally-committer".into())
+            .spawn(move || {
+                for job in receive {
+                    let written = log.append(&job.records, &job.entries);
+                    let failed = written.is_err();
+                    // The group is freed here, off the engine thread.
+                    drop(job);
+                    if report.send(written.map(|()| Instant::now())).is_err() || failed {
+                        break;
+                    }
+                }
+            })
+            .expect("the committer thread starts");
+        Committer {
+            jobs: Some(jobs),
+            done,
+            outstanding: false,
+            thread: Some(thread),
+        }
+    }
+
+    /// Hands a group to the log. A group with nothing to log is not written.
+    pub fn submit(&mut self, records: Vec<Logged>, entries: Vec<Entry>) {
+        assert!(!self.outstanding, "one group is committed at a time");
+        if records.is_empty() {
+            assert!(entries.is_empty(), "entries come from logged commands");
+            return;
+        }
+        let jobs = self.jobs.as_ref().expect("the committer is running");
+        jobs.send(Job { records, entries })
+            .expect("the committer waits for work until it is stopped or a commit fails");
+        self.outstanding = true;
+    }
+
+    /// Waits until the group handed over last is durable: when it became so, or `None` if
+    /// nothing was outstanding.
+    pub fn wait(&mut self) -> Result<Option<Instant>, LogError> {
+        if !std::mem::take(&mut self.outstanding) {
+            return Ok(None);
+        }
+        let answer = self
+            .done
+            .recv()
+            .expect("the committer answers every group it takes");
+        answer.map(Some)
+    }
+}
+
+impl Drop for Committer {
+    /// Stops the thread after the group it is writing, if any.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the committer does not panic");
+        }
+    }
+}
