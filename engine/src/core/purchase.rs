@@ -223,26 +223,29 @@ pub fn purchase(
         .counters
         .add(month, plan_totals(&plan), ctx.program.tier_months_kept);
     tiers::rise(&ctx.program, member, month_index(&ctx.program, ctx.now));
+    // Kept as long as the order can be returned: each vector without the planning slack.
     let record = OrderRecord {
         member: index,
         month,
         total_minor: plan.total_minor,
-        lines: plan
-            .lines
-            .into_iter()
-            .map(|line| RecordedLine {
-                sku: line.sku.clone(),
-                qty: line.qty,
-                returned: 0,
-                net_minor: line.net_minor,
-            })
-            .collect(),
+        // Collected in place, this would keep the plan's (larger) lines' allocation.
+        lines: exact(
+            plan.lines
+                .into_iter()
+                .map(|line| RecordedLine {
+                    sku: line.sku.clone(),
+                    qty: line.qty,
+                    returned: 0,
+                    net_minor: line.net_minor,
+                })
+                .collect(),
+        ),
         rules: plan.rules.iter().map(|(rule, _, _)| rule.clone()).collect(),
-        earnings: plan.earnings,
-        order_points: plan.order_points,
+        earnings: exact(plan.earnings),
+        order_points: exact(plan.order_points),
         paid_points: plan.reward_points + plan.pay_points + plan.hold_points,
         paid_credit_minor: plan.pay_credit_minor + plan.hold_credit_minor,
-        paid_slices,
+        paid_slices: exact(paid_slices),
         own_lot,
         value_minor: plan.value_minor,
         spent_minor: plan.eligible_minor,
@@ -250,7 +253,7 @@ pub fn purchase(
         points_refunded: 0,
         credit_refunded_minor: 0,
         whole_returned: false,
-        promotions: promotion_records,
+        promotions: exact(promotion_records),
     };
     finish_member(
         merchant,
@@ -426,6 +429,12 @@ fn plan<'a>(merchant: &Merchant, ctx: &Ctx, order: &'a Purchase) -> Result<Plan<
         plan.points_earned += points;
     }
     Ok(plan)
+}
+
+/// The vector without spare capacity (one copy, when it has any).
+fn exact<T>(mut items: Vec<T>) -> Vec<T> {
+    items.shrink_to_fit();
+    items
 }
 
 fn plan_lines<'a>(program: &Program, order: &'a Purchase) -> Result<Vec<PlanLine<'a>>, Rejection> {
