@@ -1,11 +1,12 @@
 //! The durable engine: the same core, with every change logged before it is acknowledged.
 //!
-//! Commands are read and parsed on one thread, applied in groups on another, and their
-//! results encoded and written on a third. A group is whatever arrived while the previous
-//! group was being committed (at most `MAX_GROUP_COMMANDS`), so it grows under load and a
-//! lone command is committed at once. A group's state-changing commands
-//! are written to the log in one durable transaction; only then are its results written out.
-//! An error while logging stops the engine: nothing that is not durable is acknowledged.
+//! Commands are read and parsed on one thread, applied in groups on another, written to the
+//! log by a third (the committer) and their results encoded and written on a fourth. A group
+//! is whatever arrived while the previous one was being applied (at most
+//! `MAX_GROUP_COMMANDS`), so it grows under load and a lone command is committed at once.
+//! While the committer makes group `n` durable in one transaction, group `n + 1` is applied;
+//! only once a group's commit is durable are its results handed on. An error while logging
+//! stops the engine: nothing that is not durable is acknowledged.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
