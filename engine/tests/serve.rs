@@ -106,3 +106,88 @@ fn concurrent_submitters_are_answered_once_durable_and_exactly_once_after_a_rest
         }
     }
 }
+
+/// Many submitters on a few hot members, with the commit pipeline between them and the disk:
+/// every answer is exactly what a sequential replay of the log gives for that command, so no
+/// answer ran ahead of, or apart from, the order the log holds.
+#[test]
+fn answers_under_many_submitters_equal_a_sequential_replay_of_the_log() {
+    const STRESS_SUBMITTERS: usize = 16;
+    let dir = std::env::temp_dir().join(format!("tally-serve-stress-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _scratch = Scratch(dir.clone());
+    // Few members, so most groups hold several commands of the same member.
+    let commands: Vec<Command> = Workload::new(WorkloadConfig::demo(40))
+        .take(3_000)
+        .collect();
+
+    let (mut engine, _) = Engine::open(&dir, Clock::Event).expect("opens");
+    // No checkpoint: the whole log stays to be replayed.
+    engine.set_checkpoint_every(0);
+    engine
+        .install_programs(&[DEMO_PROGRAM.to_string()])
+        .expect("program");
+    let (submit, submissions) = sync_channel::<Submission>(4);
+    let (results_out, results_in) = channel();
+    std::thread::scope(|scope| {
+        for submitter in 0..STRESS_SUBMITTERS {
+            let submit = submit.clone();
+            let results_out = results_out.clone();
+            let mine: Vec<Command> = commands
+                .iter()
+                .skip(submitter)
+                .step_by(STRESS_SUBMITTERS)
+                .cloned()
+                .collect();
+            scope.spawn(move || {
+                // Submissions of 1 to 7 commands, one outstanding at a time, as a terminal.
+                let mut rest = mine.as_slice();
+                while !rest.is_empty() {
+                    let take = (rest.len() % 7 + 1).min(rest.len());
+                    let (batch, after) = rest.split_at(take);
+                    rest = after;
+                    let (answer, answered) = channel();
+                    submit
+                        .send(Submission {
+                            commands: batch.to_vec(),
+                            reply: Box::new(move |results| answer.send(results).unwrap()),
+                        })
+                        .expect("the engine serves");
+                    for result in answered.recv().expect("answered") {
+                        results_out.send(result).unwrap();
+                    }
+                }
+            });
+        }
+        drop(submit);
+        engine.serve(&submissions).expect("serves");
+    });
+    drop(results_out);
+    let received: Vec<Arc<CommandResult>> = results_in.iter().collect();
+    assert_eq!(received.len(), commands.len(), "one answer per command");
+    drop(engine.close().expect("closes"));
+
+    let applied: std::collections::HashMap<String, String> = received
+        .iter()
+        .filter(|r| status(r) == "applied" && !matches!(r.command.name(), "quote" | "balance"))
+        .map(|r| (r.key.clone(), r.to_json_line()))
+        .collect();
+    let log = tally_engine::log::CommandLog::open(&dir.join("log.redb")).expect("log");
+    let mut ledger = tally_engine::core::Ledger::new();
+    let mut compared = 0;
+    log.replay(|logged| {
+        let result = ledger.apply_shared(&logged.command, logged.now);
+        ledger.clear_entries();
+        if let Some(answered) = applied.get(&result.key) {
+            assert_eq!(&result.to_json_line(), answered, "{}", result.key);
+            compared += 1;
+        }
+    })
+    .expect("replays");
+    assert_eq!(
+        compared,
+        applied.len(),
+        "every applied answer is in the log, once"
+    );
+    assert!(compared > 2_000, "most commands applied: {compared}");
+}
