@@ -47,6 +47,9 @@ pub struct Recorder {
     started: Instant,
     measure_from: Instant,
     latency_us: Histogram<u64>,
+    /// From when each frame was actually sent: the server's part, without the wait for a
+    /// free stream. Beside `latency_us` it shows where the time went under overload.
+    service_us: Histogram<u64>,
     seconds: Vec<Second>,
     by_kind: BTreeMap<String, KindCounts>,
     retries: RetryCounts,
@@ -85,6 +88,7 @@ impl Recorder {
             started,
             measure_from: started + warmup,
             latency_us: histogram(3),
+            service_us: histogram(3),
             seconds: Vec::new(),
             by_kind: BTreeMap::new(),
             retries: RetryCounts::default(),
@@ -116,10 +120,12 @@ impl Recorder {
         }
     }
 
-    /// A frame due at `due` was answered now with results: every command in it waited as long.
-    pub fn answered(&mut self, due: Instant, results: &[(Sent, &CommandResult)]) {
+    /// A frame due at `due` and sent at `sent` was answered now with results: every command
+    /// in it waited as long.
+    pub fn answered(&mut self, due: Instant, sent: Instant, results: &[(Sent, &CommandResult)]) {
         let now = Instant::now();
         let latency_us = now.saturating_duration_since(due).as_micros() as u64;
+        let service_us = now.saturating_duration_since(sent).as_micros() as u64;
         let commands = results.len() as u64;
         let second = self.second(due);
         second.answered += commands;
@@ -131,6 +137,8 @@ impl Recorder {
         }
         self.latency_us
             .saturating_record_n(latency_us.max(1), commands);
+        self.service_us
+            .saturating_record_n(service_us.max(1), commands);
         self.commands_answered += commands;
         self.last_answer = Some(now);
         for (sent, result) in results {
@@ -213,6 +221,7 @@ impl Recorder {
             throughput_achieved_per_s: per_s(self.commands_answered, answering),
             purchases_per_s: per_s(self.purchases_answered, answering),
             latency_ms: Percentiles::of(&self.latency_us),
+            service_latency_ms: Percentiles::of(&self.service_us),
             by_kind: self.by_kind.clone(),
             retries: self.retries.clone(),
             errors: self.errors.clone(),
@@ -322,7 +331,10 @@ pub struct StepFigures {
     pub throughput_offered_per_s: f64,
     pub throughput_achieved_per_s: f64,
     pub purchases_per_s: f64,
+    /// From the intended send time: what a terminal would see (the figure that counts).
     pub latency_ms: Percentiles,
+    /// From the actual send time, for comparison: it leaves out waiting for a free stream.
+    pub service_latency_ms: Percentiles,
     pub by_kind: BTreeMap<String, KindCounts>,
     pub retries: RetryCounts,
     /// Commands without a result, by why (`overloaded`, `gave up: …`), and deliberate retries
@@ -353,6 +365,11 @@ impl StepFigures {
             l.p99_99,
             l.max
         );
+        let s = &self.service_latency_ms;
+        text.push_str(&format!(
+            "latency from actual send (ms):   p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  p99.99 {:.2}  max {:.2}\n",
+            s.p50, s.p90, s.p99, s.p99_9, s.p99_99, s.max
+        ));
         text.push_str(&format!(
             "  {:<10} {:>10} {:>10} {:>10}  rejections by reason\n",
             "kind", "applied", "duplicate", "rejected"
@@ -424,11 +441,11 @@ mod tests {
         });
         // Due in the warm-up: not in the totals.
         recorder.offered(started, 1);
-        recorder.answered(started, &[(sent.clone(), &applied)]);
+        recorder.answered(started, started, &[(sent.clone(), &applied)]);
         // Due 2 s ago and answered now: about 2,000 ms, whatever the send time was.
         let due = started + Duration::from_secs(1);
         recorder.offered(due, 2);
-        recorder.answered(due, &[(sent.clone(), &applied), (sent, &rejected)]);
+        recorder.answered(due, due, &[(sent.clone(), &applied), (sent, &rejected)]);
         let figures = recorder.figures(10, 2, started + Duration::from_secs(2));
         assert_eq!(figures.commands_offered, 2);
         assert_eq!(figures.commands_answered, 2);
@@ -457,7 +474,11 @@ mod tests {
         let duplicate = result(Status::Duplicate {
             first: Box::new(applied.clone()),
         });
-        recorder.answered(started, &[(retry.clone(), &duplicate), (retry, &applied)]);
+        recorder.answered(
+            started,
+            started,
+            &[(retry.clone(), &duplicate), (retry, &applied)],
+        );
         let figures = recorder.figures(1, 1, started);
         assert_eq!(figures.retries.deliberate_duplicate, 1);
         assert_eq!(figures.retries.deliberate_not_duplicate, 1);

@@ -86,14 +86,14 @@ fn escape(text: &str) -> String {
 fn steps_table(steps: &[StepFigures]) -> String {
     let mut html = String::from(
         "<table><tr><th>offered/s</th><th>achieved/s</th><th>purchases/s</th><th>p50 ms</th><th>p90</th>\
-         <th>p99</th><th>p99.9</th><th>p99.99</th><th>max</th><th>errors</th><th>retries dup/sent</th></tr>\n",
+         <th>p99</th><th>p99.9</th><th>p99.99</th><th>max</th><th>p99 from send</th><th>errors</th><th>retries dup/sent</th></tr>\n",
     );
     for s in steps {
         let l = &s.latency_ms;
         let _ = writeln!(
             html,
             "<tr><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td>\
-             <td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}/{}</td></tr>",
+             <td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}/{}</td></tr>",
             s.throughput_offered_per_s,
             s.throughput_achieved_per_s,
             s.purchases_per_s,
@@ -103,6 +103,7 @@ fn steps_table(steps: &[StepFigures]) -> String {
             l.p99_9,
             l.p99_99,
             l.max,
+            s.service_latency_ms.p99,
             s.error_commands,
             s.retries.deliberate_duplicate,
             s.retries.deliberate_sent

@@ -464,6 +464,7 @@ async fn exchange(
     let (commands, sent): (Vec<Command>, Vec<Sent>) = batch.into_iter().unzip();
     let request_id = shared.next_request.fetch_add(1, Ordering::Relaxed);
     let frame = wire::encode_request(request_id, commands.clone());
+    let sent_at = Instant::now();
     let outcome = send(&source.client, &frame, request_id, commands.len(), timeout).await;
     let count = commands.len() as u64;
     match outcome {
@@ -475,7 +476,7 @@ async fn exchange(
                 .collect();
             {
                 let mut recorder = shared.recorder.lock().expect("not poisoned");
-                recorder.answered(due, &pairs);
+                recorder.answered(due, sent_at, &pairs);
                 for _ in 1..attempts {
                     recorder.transport_retry();
                 }
