@@ -155,8 +155,9 @@ enum Tool {
         /// How long the fleet sends (`20s`, `5s`, `500ms`).
         #[arg(long, default_value = "20s", value_parser = tally_loadgen::parse_duration)]
         duration: std::time::Duration,
-        /// Commands per second, all terminals together.
-        #[arg(long, default_value_t = 10_000)]
+        /// Commands per second, all terminals together (within what a busy 2-core machine
+        /// sustains with the fleet on it too, see docs/performance.md).
+        #[arg(long, default_value_t = 5_000)]
         rate: u64,
         /// Commands per request frame.
         #[arg(long, default_value_t = 16)]
