@@ -12,7 +12,8 @@ use crate::Report;
 
 const WIDTH: f64 = 720.0;
 const HEIGHT: f64 = 260.0;
-const MARGIN: f64 = 48.0;
+/// Room around the plot; the left side also holds the latency labels.
+const MARGIN: f64 = 64.0;
 
 pub fn render(report: &Report) -> String {
     let mut html = String::new();
@@ -20,8 +21,7 @@ pub fn render(report: &Report) -> String {
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>tally-loadgen report</title>\n<style>\
          body{font:14px system-ui,sans-serif;margin:2em;max-width:960px;color:#222}\
          table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}\
-         th{background:#f4f4f4}svg{background:#fcfcfc;border:1px solid #ddd;margin:.5em 0}\
-         .p50{stroke:#2a7}.p99{stroke:#d62}.max{stroke:#888;stroke-dasharray:3 3}</style></head><body>\n",
+         th{background:#f4f4f4}svg{background:#fcfcfc;border:1px solid #ddd;margin:.5em 0}</style></head><body>\n",
     );
     let fleet = &report.fleet;
     let _ = writeln!(
@@ -141,13 +141,20 @@ fn y_axis(svg: &mut String, low: f64, high: f64) {
     }
 }
 
-fn polyline(points: &[(f64, f64)], class: &str) -> String {
+/// A line in one of the charts' colours, with its stroke on the element itself so that the
+/// chart draws the same wherever the SVG is shown.
+fn polyline(points: &[(f64, f64)], series: &str) -> String {
+    let stroke = match series {
+        "p50" => "stroke=\"#2a7\"",
+        "max" => "stroke=\"#888\" stroke-dasharray=\"3 3\"",
+        _ => "stroke=\"#d62\"",
+    };
     let coordinates: Vec<String> = points
         .iter()
         .map(|(x, y)| format!("{x:.1},{y:.1}"))
         .collect();
     format!(
-        "<polyline class=\"{class}\" fill=\"none\" stroke-width=\"1.5\" points=\"{}\"/>",
+        "<polyline {stroke} fill=\"none\" stroke-width=\"1.5\" points=\"{}\"/>",
         coordinates.join(" ")
     )
 }
@@ -273,6 +280,8 @@ mod tests {
         let html = render(&report);
         assert_eq!(html.matches("<svg").count(), 2);
         assert!(!html.contains("src=") && !html.contains("<script"));
+        // Lines carry their own colour: the SVG draws the same outside this page.
+        assert!(html.contains("<polyline stroke=\"#d62\""));
         assert!(html.contains("Maximum sustainable throughput: 100"));
     }
 }

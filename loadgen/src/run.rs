@@ -588,7 +588,7 @@ async fn progress_line(shared: Arc<Shared>, started: Instant, ended: Instant) {
     }
 }
 
-/// Balances of the busiest members (Zipf ranks 1, 2, …) of `merchant`, as the demo shows them.
+/// The cards of the busiest members (Zipf ranks 1, 2, …): the ones the demo shows.
 pub fn busiest_cards(config: &FleetConfig, count: u64) -> Vec<String> {
     (1..=count.min(config.members))
         .map(|rank| crate::fleet::card_of_rank(&config.run_tag, rank, config.members))
