@@ -179,6 +179,15 @@ fn timeline_chart(step: &StepFigures) -> String {
         );
     }
     y_axis(&mut svg, low, high);
+    let label_every = (step.timeline.len() / 10).max(1);
+    for second in (0..step.timeline.len()).step_by(label_every) {
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\">{second}</text>",
+            x(second as u64),
+            HEIGHT - MARGIN + 14.0
+        );
+    }
     for (class, value) in [("p50", 0), ("p99", 1), ("max", 2)] {
         let points: Vec<(f64, f64)> = step
             .timeline
