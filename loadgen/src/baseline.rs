@@ -191,12 +191,12 @@ async fn closed_loop(
                     let (mut send, mut recv) = client.open_stream().await?;
                     send.write_all(frame)
                         .await
-                        .map_err(|e| LoadError::Config(format!("sending: {e}")))?;
+                        .map_err(|e| LoadError::NoAnswer(format!("sending: {e}")))?;
                     let _ = send.finish();
                     if let Frame::Error { reason, .. } =
                         read_frame(&mut recv, wire::MAX_FRAME_BYTES_CEILING).await?
                     {
-                        return Err(LoadError::Config(format!("the server refused: {reason}")));
+                        return Err(LoadError::Refused(reason));
                     }
                 }
                 Ok::<(), LoadError>(())
@@ -204,14 +204,14 @@ async fn closed_loop(
         }
     }
     while let Some(done) = tasks.join_next().await {
-        done.map_err(|e| LoadError::Config(e.to_string()))??;
+        done.map_err(|e| LoadError::Task(e.to_string()))??;
     }
     Ok(started.elapsed())
 }
 
 /// A raw quinn server with the engine's TLS set-up that answers each frame with itself.
 fn echo_server(config: &BaselineConfig<'_>) -> Result<quinn::Endpoint, LoadError> {
-    let tls_error = |e: &dyn std::fmt::Display| LoadError::Config(format!("echo server TLS: {e}"));
+    let tls_error = |e: &dyn std::fmt::Display| LoadError::EchoTls(e.to_string());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(&config.credentials.ca_pem()) {

@@ -42,6 +42,16 @@ pub enum LoadError {
     Io(#[from] std::io::Error),
     #[error("storage baseline: {0}")]
     Storage(String),
+    /// An error frame: nothing of the request was applied.
+    #[error("the server refused a request: {0}")]
+    Refused(tally_protocol::Reason),
+    /// No answer after every attempt: the request may or may not have been applied.
+    #[error("no answer: {0}")]
+    NoAnswer(String),
+    #[error("the echo server's TLS set-up: {0}")]
+    EchoTls(String),
+    #[error("a load task stopped: {0}")]
+    Task(String),
 }
 
 /// A duration as people write it on a command line: `20s`, `500ms`, `2m`, or seconds.

@@ -345,11 +345,9 @@ impl Fleet {
             let results = match send(&source.client, &frame, request_id, chunk.len(), timeout).await
             {
                 Outcome::Results { results, .. } => results,
-                Outcome::Refused(reason) => {
-                    return Err(LoadError::Config(format!("reading balances: {reason}")))
-                }
+                Outcome::Refused(reason) => return Err(LoadError::Refused(reason)),
                 Outcome::Failed(why) => {
-                    return Err(LoadError::Config(format!("reading balances: {why}")))
+                    return Err(LoadError::NoAnswer(format!("reading balances: {why}")))
                 }
             };
             for (card, result) in chunk.iter().zip(results) {
