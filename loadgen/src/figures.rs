@@ -212,6 +212,7 @@ impl Recorder {
         let per_s = |count: u64, over: Duration| count as f64 / over.as_secs_f64().max(1e-9);
         let warmup_seconds = self.measure_from.duration_since(self.started).as_secs() as usize;
         StepFigures {
+            label: String::new(),
             rate_offered_per_s: rate_per_s,
             batch,
             window_s: window.as_secs_f64(),
@@ -322,6 +323,9 @@ pub struct SecondFigures {
 /// One step of a run at one offered rate.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepFigures {
+    /// What the step was for (`find-max step 3`, `80 % of the maximum`, …); empty for a
+    /// single run.
+    pub label: String,
     pub rate_offered_per_s: u64,
     pub batch: usize,
     /// The measured window: the schedule after the warm-up.

@@ -51,8 +51,13 @@ pub fn render(report: &Report) -> String {
     for (index, step) in report.steps.iter().enumerate() {
         let _ = writeln!(
             html,
-            "<h2>Step {}: {} commands/s offered, frames of {}</h2>",
+            "<h2>Step {}{}: {} commands/s offered, frames of {}</h2>",
             index + 1,
+            if step.label.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", escape(&step.label))
+            },
             step.rate_offered_per_s,
             step.batch
         );

@@ -126,6 +126,10 @@ struct RunArgs {
     step_factor: f64,
     #[arg(long, default_value_t = 12)]
     max_steps: usize,
+    /// With --find-max: then run at these percentages of the maximum found, e.g. `80,150`
+    /// (the latency at 80 %, the back-pressure at 150 %).
+    #[arg(long, value_delimiter = ',')]
+    then_percent: Vec<u64>,
     /// Read every touched member back at the end and compare with the acknowledged results.
     #[arg(long)]
     verify: bool,
@@ -251,13 +255,26 @@ async fn run(args: RunArgs) -> Result<()> {
         args.fleet.terminals,
         args.fleet.members
     );
-    let (steps, max_sustainable_per_s) = if args.find_max {
+    let (mut steps, max_sustainable_per_s) = if args.find_max {
         fleet
             .find_max(&step, args.step_factor, args.max_steps, args.slo_p99_ms)
             .await
     } else {
         (vec![fleet.step(&step).await], None)
     };
+    if let Some(max) = max_sustainable_per_s {
+        for percent in &args.then_percent {
+            let rate_per_s = (max as u64 * percent / 100).max(1);
+            let mut figures = fleet
+                .step(&StepConfig {
+                    rate_per_s,
+                    ..step.clone()
+                })
+                .await;
+            figures.label = format!("{percent} % of the maximum");
+            steps.push(figures);
+        }
+    }
     print_steps(
         &steps,
         max_sustainable_per_s,
@@ -308,14 +325,14 @@ async fn run(args: RunArgs) -> Result<()> {
 }
 
 fn print_steps(steps: &[StepFigures], max: Option<f64>, slo_p99_ms: f64, find_max: bool) {
-    for (index, step) in steps.iter().enumerate() {
-        if steps.len() > 1 {
+    for step in steps {
+        if !step.label.is_empty() {
             let verdict = if step.sustainable(slo_p99_ms) {
                 "within"
             } else {
                 "outside"
             };
-            println!("\nstep {} ({verdict} the objective):", index + 1);
+            println!("\n{} ({verdict} the objective):", step.label);
         }
         print!("{}", step.table());
     }

@@ -259,8 +259,9 @@ impl Fleet {
         let mut steps = Vec::new();
         let mut best = None;
         let mut step = start.clone();
-        for _ in 0..max_steps {
-            let figures = self.step(&step).await;
+        for index in 0..max_steps {
+            let mut figures = self.step(&step).await;
+            figures.label = format!("find-max step {}", index + 1);
             let sustainable = figures.sustainable(slo_p99_ms);
             if sustainable {
                 best = Some(figures.throughput_achieved_per_s);
