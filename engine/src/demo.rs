@@ -1,5 +1,5 @@
 //! `tally demo`: the whole product in one command. Part of the `tally` binary (a module of
-//! `main.rs`, not of the library).
+//! `main.rs`, not of the `tally_engine` crate).
 //!
 //! It starts `tally serve`'s server in this process on 127.0.0.1 (an ephemeral port) with a
 //! temporary data directory, a development CA and the demo program; drives it with the load

@@ -1,4 +1,5 @@
-//! The tally load generator as a library: a simulated POS fleet over QUIC, measured open loop.
+//! The tally load generator: a simulated POS fleet over QUIC, measured open loop. The
+//! `tally-loadgen` binary and the engine's `tally demo` are both built on this crate.
 //!
 //! - [`fleet`]: merchants × stores × terminals, Zipf-distributed members, a SKU catalog,
 //!   baskets, the command mix, returns of acknowledged purchases, deliberate retries.
