@@ -80,6 +80,9 @@ pub struct RetryCounts {
     pub deliberate_not_duplicate: u64,
     /// Frames sent again after a lost connection or a timeout (the same bytes).
     pub transport_retries: u64,
+    /// Why the attempts before them failed (the client's error, e.g. a timeout or a stream
+    /// reset by the server).
+    pub transport_retry_causes: BTreeMap<String, u64>,
 }
 
 impl Recorder {
@@ -183,8 +186,13 @@ impl Recorder {
         }
     }
 
-    pub fn transport_retry(&mut self) {
+    pub fn transport_retry(&mut self, cause: &str) {
         self.retries.transport_retries += 1;
+        *self
+            .retries
+            .transport_retry_causes
+            .entry(cause.to_string())
+            .or_default() += 1;
     }
 
     /// The last whole second before `now`: (second, commands answered, p99 in ms).
@@ -397,6 +405,9 @@ impl StepFigures {
             "deliberate retries {} (answered duplicate {}, otherwise {}); frames resent after a lost connection or timeout {}\n",
             r.deliberate_sent, r.deliberate_duplicate, r.deliberate_not_duplicate, r.transport_retries
         ));
+        for (cause, n) in &r.transport_retry_causes {
+            text.push_str(&format!("  resent after: {cause}: {n}\n"));
+        }
         if self.errors.is_empty() {
             text.push_str("errors: none\n");
         } else {

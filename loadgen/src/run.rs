@@ -131,7 +131,8 @@ impl std::fmt::Debug for Fleet {
 enum Outcome {
     Results {
         results: Vec<Arc<CommandResult>>,
-        attempts: u32,
+        /// Why each earlier attempt failed (empty when the first one was answered).
+        failed_attempts: Vec<String>,
     },
     /// An error frame: nothing of it was applied.
     Refused(Reason),
@@ -467,7 +468,11 @@ async fn exchange(
     let outcome = send(&source.client, &frame, request_id, commands.len(), timeout).await;
     let count = commands.len() as u64;
     match outcome {
-        Outcome::Results { results, attempts } => {
+        Outcome::Results {
+            results,
+            failed_attempts,
+        } => {
+            let resent = !failed_attempts.is_empty();
             let pairs: Vec<(Sent, &CommandResult)> = sent
                 .iter()
                 .cloned()
@@ -476,13 +481,13 @@ async fn exchange(
             {
                 let mut recorder = shared.recorder.lock().expect("not poisoned");
                 recorder.answered(due, sent_at, &pairs);
-                for _ in 1..attempts {
-                    recorder.transport_retry();
+                for cause in &failed_attempts {
+                    recorder.transport_retry(cause);
                 }
             }
             let mut model = shared.model.lock().expect("not poisoned");
             for (sent, result) in &pairs {
-                model.record(&source.merchant, sent, result, attempts > 1);
+                model.record(&source.merchant, sent, result, resent);
             }
             drop(model);
             let mut sim = source.sim.lock().expect("not poisoned");
@@ -523,25 +528,28 @@ async fn send(
     timeout: Duration,
 ) -> Outcome {
     let mut backoff = Duration::from_millis(50);
-    let mut attempts = 0;
+    let mut failed_attempts = Vec::new();
     loop {
-        attempts += 1;
         let answer = tokio::time::timeout(timeout, one_attempt(client, frame)).await;
         let error = match answer {
             Ok(Ok(Frame::Results {
                 request_id: id,
                 results,
             })) if id == request_id && results.len() == count => {
-                return Outcome::Results { results, attempts }
+                return Outcome::Results {
+                    results,
+                    failed_attempts,
+                }
             }
             Ok(Ok(Frame::Error { reason, .. })) => return Outcome::Refused(reason),
             Ok(Ok(_)) => "the answer does not match the request".to_string(),
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("no answer within {timeout:?}"),
         };
-        if attempts >= FRAME_ATTEMPTS {
+        if failed_attempts.len() + 1 >= FRAME_ATTEMPTS as usize {
             return Outcome::Failed(error);
         }
+        failed_attempts.push(error);
         tokio::time::sleep(backoff).await;
         backoff *= 2;
     }
