@@ -205,9 +205,9 @@ fn timeline_chart(step: &StepFigures) -> String {
             .collect();
         svg.push_str(&polyline(&points, class));
     }
-    let _ = write!(
+    let _ = writeln!(
         svg,
-        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">seconds ({} in all); green p50, red p99, grey max</text></svg>\n",
+        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">seconds ({} in all); green p50, red p99, grey max</text></svg>",
         WIDTH / 2.0,
         HEIGHT - 12.0,
         step.timeline.len()

@@ -287,7 +287,7 @@ impl Fleet {
             let releases = source.sim.lock().expect("not poisoned").release_all();
             if !releases.is_empty() {
                 let due = Instant::now();
-                exchange(&source, &shared, due, releases, self.request_timeout).await;
+                exchange(source, &shared, due, releases, self.request_timeout).await;
             }
         }
     }
