@@ -16,6 +16,8 @@ use tally_engine::server::ServerOptions;
 use tally_engine::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
 use tally_protocol::CommandResult;
 
+mod demo;
+
 // The core allocates many small, short-lived objects (results, lines); glibc malloc spends
 // a third of the time consolidating them under load, mimalloc does not.
 #[global_allocator]
@@ -143,15 +145,32 @@ enum Tool {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Runs a synthetic day of a coffee chain through the core with the demo program and
-    /// prints what happened: throughput, results, tiers, liability.
+    /// The whole product in one command: starts an engine (temporary data directory, demo
+    /// program) on 127.0.0.1, drives it over QUIC with a simulated POS fleet for --duration,
+    /// prints the figures, members' balances and tiers read back over the network, and the
+    /// liability, then shuts down cleanly. --offline: the core alone on generated commands.
     Demo {
-        #[arg(long, default_value_t = 50_000)]
+        #[arg(long, default_value_t = 100_000)]
         members: u64,
-        #[arg(long, default_value_t = 500_000)]
-        commands: u64,
-        /// Also write the generated commands here (JSON lines), e.g. to time `tally replay`.
+        /// How long the fleet sends (`20s`, `5s`, `500ms`).
+        #[arg(long, default_value = "20s", value_parser = tally_loadgen::parse_duration)]
+        duration: std::time::Duration,
+        /// Commands per second, all terminals together (within what a busy 2-core machine
+        /// sustains with the fleet on it too, see docs/performance.md).
+        #[arg(long, default_value_t = 5_000)]
+        rate: u64,
+        /// Commands per request frame.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// The earlier demo: a synthetic day through the core in memory, no disk, no network.
         #[arg(long)]
+        offline: bool,
+        /// With --offline: commands to generate.
+        #[arg(long, default_value_t = 500_000, requires = "offline")]
+        commands: u64,
+        /// With --offline: also write the generated commands here (JSON lines), e.g. to time
+        /// `tally replay`.
+        #[arg(long, requires = "offline")]
         save_input: Option<PathBuf>,
     },
 }
@@ -258,9 +277,27 @@ fn main() -> Result<()> {
         } => snapshot(&data, &out, merchant.as_deref(), format.as_deref()),
         Tool::Demo {
             members,
+            duration,
+            rate,
+            batch,
+            offline,
             commands,
             save_input,
-        } => demo(members, commands, save_input),
+        } => {
+            if offline {
+                return demo(members, commands, save_input);
+            }
+            anyhow::ensure!(
+                rate > 0 && batch > 0,
+                "--rate and --batch must be at least 1"
+            );
+            demo::live(&demo::LiveDemo {
+                members,
+                rate_per_s: rate,
+                duration,
+                batch,
+            })
+        }
     }
 }
 
@@ -549,37 +586,11 @@ fn demo(members: u64, commands: u64, save_input: Option<PathBuf>) -> Result<()> 
 }
 
 fn print_members(replayer: &Replayer) {
+    demo::print_tiers_and_liability(replayer.ledger());
     let Some(merchant) = replayer.ledger().merchant("demo") else {
         return;
     };
     let program = merchant.program();
-    let mut by_tier = std::collections::BTreeMap::new();
-    let (mut outstanding, mut pending, mut credit) = (0i64, 0i64, 0i64);
-    for member in &merchant.members {
-        *by_tier.entry(member.tier).or_insert(0u64) += 1;
-        outstanding += member.points;
-        pending += member.pending_points;
-        credit += member.credit_minor;
-    }
-    println!("\ntiers:");
-    for (tier, count) in &by_tier {
-        println!(
-            "  {:<16} {count}",
-            program.tier_id(*tier).unwrap_or_else(|| "(none)".into())
-        );
-    }
-    let liability = tally_engine::money::points_value_minor(
-        outstanding,
-        program.point_value_micro,
-        program.minor_units,
-    );
-    println!(
-        "\nliability: {outstanding} points outstanding ({pending} pending) = {} {}, plus {} {} store credit",
-        tally_engine::money::from_minor(liability, program.minor_units),
-        program.currency,
-        tally_engine::money::from_minor(credit, program.minor_units),
-        program.currency
-    );
     let mut top: Vec<_> = merchant.members.iter().collect();
     top.sort_by_key(|m| std::cmp::Reverse(m.points));
     println!("\ntop members:");

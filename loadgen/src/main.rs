@@ -1,32 +1,35 @@
-//! `tally-loadgen`: drives a running `tally serve` over QUIC with synthetic POS traffic.
+//! `tally-loadgen`: drives a running `tally serve` with a simulated POS fleet (`docs/loadgen.md`).
 //!
-//! - `compare`: the same pre-encoded request frames, as fast as they are answered, first to a
-//!   raw quinn echo server started here (same TLS, same certificates, answers each frame with
-//!   its own bytes), then to the engine; prints both throughputs and their ratio.
-//! - `rate`: open loop at a constant rate of frames; latency is measured from when each frame
-//!   was due, not when it was sent, so a stall counts for every frame it delays (corrected for
-//!   coordinated omission). Prints p50/p99/p99.9/max.
+//! - `run`: open loop at a constant aggregate rate (or `--find-max`: steps up until the p99
+//!   objective or errors), latency from each frame's intended send time, results by kind and
+//!   reason, `--verify`, `--json`, `--html`, `--baseline`.
+//! - `baseline`: the same frames through a raw quinn echo, the engine, redb appends; fsyncs.
 //!
-//! It issues its own terminal certificates with the engine's CA (`--data`, the server's data
-//! directory), one per simulated terminal, and gives every run fresh transaction numbers.
+//! Certificates are issued on the fly from the engine's CA in `--data` (the server's data
+//! directory), one per simulated terminal and operator.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use hdrhistogram::Histogram;
-use tally_client::{read_frame, Client, ClientConfig};
-use tally_engine::server::certs::{Authority, CertPaths, Identity};
-use tally_engine::workload::{Workload, WorkloadConfig};
-use tally_protocol::wire::{self, HEADER_BYTES};
-use tally_protocol::{Command, IdemKey, Origin, Status};
+use tally_certs::CertPaths;
+use tally_loadgen::baseline::{self, BaselineConfig};
+use tally_loadgen::{
+    CaCredentials, Fleet, FleetConfig, FleetSummary, Report, StepConfig, StepFigures,
+};
+
+// Frames, commands and results are many small, short-lived allocations: glibc malloc spent a
+// quarter of the load generator's time consolidating them (the engine's binary uses it too).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "tally-loadgen", about = "Drives tally serve over QUIC")]
+#[command(
+    name = "tally-loadgen",
+    about = "Drives tally serve with a simulated POS fleet over QUIC"
+)]
 struct Cli {
     #[command(subcommand)]
     mode: Mode,
@@ -34,39 +37,146 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Mode {
-    /// Throughput of the engine against a raw quinn echo of the same frames.
-    Compare(Common),
-    /// Open loop at a constant rate; latency corrected for coordinated omission.
-    Rate {
+    /// Open loop at a constant rate (or stepping up with --find-max); prints the figures.
+    Run(RunArgs),
+    /// The same frames through a raw quinn echo, the engine and redb appends; the fsync rate.
+    Baseline {
         #[command(flatten)]
-        common: Common,
-        /// Commands per second.
-        #[arg(long, default_value_t = 2_000)]
-        rate: u64,
+        fleet: FleetArgs,
+        /// Commands in all.
+        #[arg(long, default_value_t = 200_000)]
+        commands: usize,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Frames in flight per connection.
+        #[arg(long, default_value_t = 8)]
+        streams: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }
 
 #[derive(Args, Clone)]
-struct Common {
-    /// The server's data directory (its CA issues the load generator's certificates).
+struct FleetArgs {
+    /// The server's data directory: its CA issues the fleet's certificates.
     #[arg(long, default_value = "tally-data")]
     data: PathBuf,
     #[arg(long, default_value = "127.0.0.1:7878")]
     server: SocketAddr,
-    /// Simulated terminals, each with its own certificate and QUIC connection.
-    #[arg(long, default_value_t = 8)]
+    /// Merchants: `demo`, then `demo-2`, … (each gets the demo program under its name).
+    #[arg(long, default_value_t = 1)]
+    merchants: usize,
+    #[arg(long, default_value_t = 4)]
+    stores: usize,
+    /// Terminals per store, each with its own certificate and QUIC connection.
+    #[arg(long, default_value_t = 4)]
     terminals: usize,
-    /// Requests in flight per terminal (streams).
-    #[arg(long, default_value_t = 8)]
-    streams: usize,
-    /// Commands per request frame.
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
-    /// Commands in all.
-    #[arg(long, default_value_t = 100_000)]
-    commands: usize,
-    #[arg(long, default_value_t = 50_000)]
+    /// Members per merchant (Zipf-distributed draws).
+    #[arg(long, default_value_t = 1_000_000)]
     members: u64,
+    #[arg(long, default_value_t = 1.1)]
+    zipf: f64,
+    #[arg(long, default_value_t = 200)]
+    skus: usize,
+    #[arg(long, default_value_t = 5)]
+    max_lines: usize,
+    #[arg(
+        long,
+        default_value = "purchase=85,return=3,quote=5,hold=3,adjust=1,event=3"
+    )]
+    mix: String,
+    /// Percent of purchases that pay with points (some exceed the balance).
+    #[arg(long, default_value_t = 4)]
+    redeem_percent: u32,
+    /// Percent of purchases that present the promo code SPRING10.
+    #[arg(long, default_value_t = 2)]
+    code_percent: u32,
+    /// Percent of acknowledged commands sent again with the same key: each must be `duplicate`.
+    #[arg(long, default_value_t = 1)]
+    retry_percent: u32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    fleet: FleetArgs,
+    /// Commands per second, all terminals together (the first step with --find-max).
+    #[arg(long, default_value_t = 20_000)]
+    rate: u64,
+    /// The measured time per step (`30s`, `500ms`, `2m`).
+    #[arg(long, default_value = "30s", value_parser = tally_loadgen::parse_duration)]
+    duration: Duration,
+    /// Sent before each step's measured time and left out of its figures.
+    #[arg(long, default_value = "5s", value_parser = tally_loadgen::parse_duration)]
+    warmup: Duration,
+    /// Commands per request frame.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Frames in flight per connection.
+    #[arg(long, default_value_t = 32)]
+    streams: usize,
+    /// Step the rate up (x --step-factor) until p99 passes --slo-p99-ms or errors appear.
+    #[arg(long)]
+    find_max: bool,
+    #[arg(long, default_value_t = 10.0)]
+    slo_p99_ms: f64,
+    #[arg(long, default_value_t = 1.25)]
+    step_factor: f64,
+    #[arg(long, default_value_t = 12)]
+    max_steps: usize,
+    /// With --find-max: then run at these percentages of the maximum found, e.g. `80,150`
+    /// (the latency at 80 %, the back-pressure at 150 %).
+    #[arg(long, value_delimiter = ',')]
+    then_percent: Vec<u64>,
+    /// Read every touched member back at the end and compare with the acknowledged results.
+    #[arg(long)]
+    verify: bool,
+    /// Also measure the baselines (echo, redb, fsync) on this run's fleet.
+    #[arg(long)]
+    baseline: bool,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    html: Option<PathBuf>,
+    #[arg(long)]
+    no_progress: bool,
+}
+
+impl FleetArgs {
+    fn config(&self) -> Result<FleetConfig> {
+        let merchants = (1..=self.merchants)
+            .map(|n| match n {
+                1 => "demo".to_string(),
+                n => format!("demo-{n}"),
+            })
+            .collect();
+        Ok(FleetConfig {
+            merchants,
+            stores_per_merchant: self.stores,
+            terminals_per_store: self.terminals,
+            members: self.members,
+            zipf_exponent: self.zipf,
+            skus: self.skus,
+            max_lines: self.max_lines,
+            mix: self.mix.parse()?,
+            redeem_percent: self.redeem_percent,
+            code_percent: self.code_percent,
+            retry_percent: self.retry_percent,
+            seed: self.seed,
+            ..FleetConfig::demo(self.members)
+        })
+    }
+
+    fn credentials(&self) -> Result<CaCredentials> {
+        CaCredentials::load(&self.data).with_context(|| {
+            format!(
+                "the engine's CA in {} (start tally serve first, or give --data)",
+                self.data.display()
+            )
+        })
+    }
 }
 
 fn main() -> Result<()> {
@@ -77,320 +187,167 @@ fn main() -> Result<()> {
         .build()?;
     runtime.block_on(async {
         match cli.mode {
-            Mode::Compare(common) => compare(common).await,
-            Mode::Rate { common, rate } => open_loop(common, rate).await,
-        }
-    })
-}
-
-/// Per terminal, its pre-encoded request frames (and how many commands each holds).
-struct Load {
-    configs: Vec<ClientConfig>,
-    frames: Vec<Vec<(Vec<u8>, usize)>>,
-    commands: usize,
-}
-
-fn prepare(common: &Common) -> Result<Load> {
-    if common.terminals == 0 || common.streams == 0 || common.batch == 0 {
-        bail!("--terminals, --streams and --batch must be at least 1");
-    }
-    let paths = CertPaths::new(&common.data);
-    let authority = Authority::load(&paths).with_context(|| {
-        format!(
-            "the engine's CA in {} (start tally serve first)",
-            common.data.display()
-        )
-    })?;
-    let ca = std::fs::read(paths.ca_cert())?;
-    let mut configs = Vec::new();
-    for index in 0..common.terminals {
-        let identity = Identity::Terminal {
-            merchant: "demo".into(),
-            store: None,
-            terminal: format!("lg-{index}"),
-        };
-        let issued = authority.issue_client(&identity)?;
-        let mut config = ClientConfig::new(
-            common.server,
-            ca.clone(),
-            Some((issued.cert_pem.into_bytes(), issued.key_pem.into_bytes())),
-        );
-        config.max_attempts = 20;
-        configs.push(config);
-    }
-    // Event times end now (the server's wall clock); fresh keys every run.
-    let run = chrono::Utc::now();
-    let mut workload = WorkloadConfig::demo(common.members);
-    workload.interval_ms = 1;
-    workload.code_percent = 0;
-    workload.start = run - chrono::TimeDelta::milliseconds(common.commands as i64);
-    let mut by_terminal: Vec<Vec<Command>> = vec![Vec::new(); common.terminals];
-    let mut renamed_keys = std::collections::HashMap::new();
-    for (index, mut command) in Workload::new(workload).take(common.commands).enumerate() {
-        let slot = index % common.terminals;
-        let terminal = format!("lg-{slot}");
-        let IdemKey::Terminal { terminal: old, txn } = &command.key else {
-            continue; // operator set-up commands: not a terminal's
-        };
-        let renamed = format!("{}-{old}-{txn}", run.timestamp_micros());
-        renamed_keys.insert(
-            (old.clone(), txn.clone()),
-            (terminal.clone(), renamed.clone()),
-        );
-        command.key = IdemKey::Terminal {
-            terminal: terminal.clone(),
-            txn: renamed,
-        };
-        command.origin = Origin::Terminal(terminal);
-        rename_references(&mut command, &renamed_keys);
-        by_terminal[slot].push(command);
-    }
-    let mut next_id = 1u64;
-    let frames = by_terminal
-        .into_iter()
-        .map(|commands| {
-            commands
-                .chunks(common.batch)
-                .map(|chunk| {
-                    next_id += 1;
-                    (wire::encode_request(next_id, chunk.to_vec()), chunk.len())
-                })
-                .collect()
-        })
-        .collect::<Vec<Vec<_>>>();
-    let commands = frames.iter().flatten().map(|(_, n)| n).sum();
-    Ok(Load {
-        configs,
-        frames,
-        commands,
-    })
-}
-
-/// Returns name the order by its original terminal and number: give them this run's names.
-fn rename_references(
-    command: &mut Command,
-    renamed: &std::collections::HashMap<(String, String), (String, String)>,
-) {
-    if let tally_protocol::Body::Return(order) = &mut command.body {
-        let original = (
-            order.order.terminal.clone().unwrap_or_default(),
-            order.order.txn.clone().unwrap_or_default(),
-        );
-        if let Some((terminal, txn)) = renamed.get(&original) {
-            order.order.terminal = Some(terminal.clone());
-            order.order.txn = Some(txn.clone());
-        }
-    }
-}
-
-/// Sends every terminal's frames with `streams` in flight each; returns commands per second.
-async fn closed_loop(load: &Load, target: SocketAddr, streams: usize) -> Result<(f64, u64)> {
-    let mut clients = Vec::new();
-    for config in &load.configs {
-        let mut config = config.clone();
-        config.server = target;
-        clients.push(Client::connect(config).await?);
-    }
-    let rejected = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (client, frames) in clients.iter().zip(&load.frames) {
-        let frames = Arc::new(frames.clone());
-        let next = Arc::new(AtomicU64::new(0));
-        for _ in 0..streams {
-            let (client, frames, next, rejected) = (
-                client.clone(),
-                frames.clone(),
-                next.clone(),
-                rejected.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    let Some((frame, _)) = frames.get(index) else {
-                        return Ok::<(), anyhow::Error>(());
-                    };
-                    rejected.fetch_add(exchange(&client, frame).await?, Ordering::Relaxed);
+            Mode::Run(args) => run(args).await,
+            Mode::Baseline {
+                fleet,
+                commands,
+                batch,
+                streams,
+                json,
+            } => {
+                let measured = measure_baseline(&fleet, commands, batch, streams).await?;
+                print!("{}", measured.text());
+                if let Some(path) = json {
+                    write(&path, &serde_json::to_string_pretty(&measured)?)?;
                 }
-            }));
-        }
-    }
-    for task in tasks {
-        task.await??;
-    }
-    let elapsed = started.elapsed();
-    for client in &clients {
-        client.close().await;
-    }
-    Ok((
-        rate(load.commands as u64, elapsed),
-        rejected.load(Ordering::Relaxed),
-    ))
-}
-
-/// One frame out, one answer back; the number of rejected results in it.
-async fn exchange(client: &Client, frame: &[u8]) -> Result<u64> {
-    let (mut send, mut recv) = client.open_stream().await?;
-    send.write_all(frame).await?;
-    send.finish()?;
-    Ok(
-        match read_frame(&mut recv, wire::MAX_FRAME_BYTES_CEILING).await? {
-            wire::Frame::Results { results, .. } => results
-                .iter()
-                .filter(|r| matches!(r.status, Status::Rejected { .. }))
-                .count() as u64,
-            wire::Frame::Request { .. } => 0, // the echo
-            wire::Frame::Error {
-                reason, message, ..
-            } => bail!("refused: {reason}: {message}"),
-        },
-    )
-}
-
-#[allow(clippy::float_arithmetic)] // rates for display only
-fn rate(count: u64, elapsed: Duration) -> f64 {
-    count as f64 / elapsed.as_secs_f64().max(1e-9)
-}
-
-async fn compare(common: Common) -> Result<()> {
-    let load = prepare(&common)?;
-    let bytes: usize = load.frames.iter().flatten().map(|(f, _)| f.len()).sum();
-    println!(
-        "{} commands in {} frames of up to {} ({} bytes), {} terminals x {} streams",
-        load.commands,
-        load.frames.iter().map(Vec::len).sum::<usize>(),
-        common.batch,
-        bytes,
-        common.terminals,
-        common.streams
-    );
-    let echo = echo_server(&common.data).await?;
-    let (echo_rate, _) = closed_loop(&load, echo.local_addr()?, common.streams).await?;
-    echo.close(0u32.into(), b"done");
-    println!("quinn echo of the same frames: {echo_rate:.0} commands/s");
-    let (engine_rate, rejected) = closed_loop(&load, common.server, common.streams).await?;
-    println!("tally serve (durable, group commit): {engine_rate:.0} commands/s ({rejected} rejected by the ledger's rules)");
-    #[allow(clippy::float_arithmetic)]
-    let ratio = engine_rate / echo_rate;
-    println!("engine / echo: {ratio:.2}");
-    Ok(())
-}
-
-async fn open_loop(common: Common, per_second: u64) -> Result<()> {
-    let load = prepare(&common)?;
-    let mut clients = Vec::new();
-    for config in &load.configs {
-        clients.push(Client::connect(config.clone()).await?);
-    }
-    // Frames interleaved over terminals, one due every `interval`.
-    let mut schedule = Vec::new();
-    let longest = load.frames.iter().map(Vec::len).max().unwrap_or(0);
-    for index in 0..longest {
-        for (terminal, frames) in load.frames.iter().enumerate() {
-            if let Some((frame, count)) = frames.get(index) {
-                schedule.push((terminal, frame.clone(), *count));
+                Ok(())
             }
         }
+    })
+}
+
+async fn measure_baseline(
+    fleet: &FleetArgs,
+    commands: usize,
+    batch: usize,
+    streams: usize,
+) -> Result<baseline::Baseline> {
+    if batch == 0 || streams == 0 {
+        bail!("--batch and --streams must be at least 1");
     }
-    let frames_per_second = (per_second / common.batch as u64).max(1);
-    let interval = Duration::from_nanos(1_000_000_000 / frames_per_second);
-    // 1 µs to an hour, three significant digits.
-    let histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
-        1,
-        3_600_000_000,
-        3,
-    )?));
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(
-        common.terminals * common.streams * 64,
-    ));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (index, (terminal, frame, _)) in schedule.into_iter().enumerate() {
-        let due = started + interval * index as u32;
-        tokio::time::sleep_until(due.into()).await;
-        let permit = in_flight.clone().acquire_owned().await?;
-        let (client, histogram) = (clients[terminal].clone(), histogram.clone());
-        tasks.push(tokio::spawn(async move {
-            let answered = exchange(&client, &frame).await;
-            // From when it was due: waiting behind a stall counts.
-            let micros = due.elapsed().as_micros() as u64;
-            histogram
-                .lock()
-                .expect("not poisoned")
-                .saturating_record(micros.max(1));
-            drop(permit);
-            answered
-        }));
+    let credentials = fleet.credentials()?;
+    let paths = CertPaths::new(&fleet.data);
+    let read = |path: PathBuf| std::fs::read(&path).with_context(|| format!("{}", path.display()));
+    let config = BaselineConfig {
+        server: fleet.server,
+        server_cert_pem: read(paths.server_cert())?,
+        server_key_pem: read(paths.server_key())?,
+        credentials: &credentials,
+        fleet: fleet.config()?,
+        commands,
+        batch,
+        streams,
+        scratch_dir: &fleet.data,
+    };
+    Ok(baseline::measure(config).await?)
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    if args.batch == 0 || args.streams == 0 || args.rate == 0 {
+        bail!("--rate, --batch and --streams must be at least 1");
     }
-    for task in tasks {
-        task.await??;
-    }
-    let elapsed = started.elapsed();
-    let histogram = histogram.lock().expect("not poisoned");
+    let started_at = chrono::Utc::now().to_rfc3339();
+    let credentials = args.fleet.credentials()?;
+    let fleet = Fleet::connect(args.fleet.config()?, args.fleet.server, &credentials).await?;
+    let step = StepConfig {
+        rate_per_s: args.rate,
+        duration: args.duration,
+        warmup: args.warmup,
+        batch: args.batch,
+        streams: args.streams,
+        progress: !args.no_progress,
+    };
     println!(
-        "{} commands at {per_second}/s asked, {:.0}/s done, in frames of {}: latency from due time p50 {} us, p99 {} us, p99.9 {} us, max {} us",
-        load.commands,
-        rate(load.commands as u64, elapsed),
-        common.batch,
-        histogram.value_at_quantile(0.5),
-        histogram.value_at_quantile(0.99),
-        histogram.value_at_quantile(0.999),
-        histogram.max()
+        "{} connections ({} merchants x {} stores x {} terminals, and an operator each), {} members per merchant",
+        fleet.connections(),
+        args.fleet.merchants,
+        args.fleet.stores,
+        args.fleet.terminals,
+        args.fleet.members
     );
+    let (mut steps, max_sustainable_per_s) = if args.find_max {
+        fleet
+            .find_max(&step, args.step_factor, args.max_steps, args.slo_p99_ms)
+            .await
+    } else {
+        (vec![fleet.step(&step).await], None)
+    };
+    if let Some(max) = max_sustainable_per_s {
+        for percent in &args.then_percent {
+            let rate_per_s = (max as u64 * percent / 100).max(1);
+            let mut figures = fleet
+                .step(&StepConfig {
+                    rate_per_s,
+                    ..step.clone()
+                })
+                .await;
+            figures.label = format!("{percent} % of the maximum");
+            steps.push(figures);
+        }
+    }
+    print_steps(
+        &steps,
+        max_sustainable_per_s,
+        args.slo_p99_ms,
+        args.find_max,
+    );
+    let verify = if args.verify {
+        let report = fleet.verify().await?;
+        print!("{}", report.text());
+        Some(report)
+    } else {
+        None
+    };
+    fleet.close().await;
+    let baseline = if args.baseline {
+        let commands = (args.rate as usize * 5).clamp(20_000, 400_000);
+        let measured = measure_baseline(&args.fleet, commands, args.batch, 8).await?;
+        print!("{}", measured.text());
+        Some(measured)
+    } else {
+        None
+    };
+    let report = Report {
+        started_at,
+        server: args.fleet.server.to_string(),
+        fleet: FleetSummary::of(&fleet, &args.fleet.mix),
+        steps,
+        max_sustainable_per_s,
+        slo_p99_ms: args.find_max.then_some(args.slo_p99_ms),
+        verify,
+        baseline,
+    };
+    if let Some(path) = &args.json {
+        write(path, &serde_json::to_string_pretty(&report)?)?;
+    }
+    if let Some(path) = &args.html {
+        write(path, &tally_loadgen::html::render(&report))?;
+    }
+    let failed_verify = report.verify.as_ref().is_some_and(|v| !v.passed());
+    let failed_retries = report
+        .steps
+        .iter()
+        .any(|s| s.retries.deliberate_not_duplicate > 0);
+    if failed_verify || failed_retries {
+        bail!("the engine's answers disagree with what it acknowledged (see above)");
+    }
     Ok(())
 }
 
-/// A raw quinn server with the engine's TLS set-up that answers each frame with itself.
-async fn echo_server(data: &Path) -> Result<quinn::Endpoint> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let paths = CertPaths::new(data);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(paths.ca_cert())? {
-        roots.add(ca?)?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()?;
-    let chain =
-        CertificateDer::pem_file_iter(paths.server_cert())?.collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(paths.server_key())?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
-    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(64u32.into());
-    config.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
-    let accepting = endpoint.clone();
-    tokio::spawn(async move {
-        while let Some(incoming) = accepting.accept().await {
-            tokio::spawn(async move {
-                let Ok(connection) = incoming.await else {
-                    return;
-                };
-                while let Ok((mut send, mut recv)) = connection.accept_bi().await {
-                    tokio::spawn(async move {
-                        let mut header = [0u8; HEADER_BYTES];
-                        recv.read_exact(&mut header).await.ok()?;
-                        let header_read =
-                            wire::decode_header(&header, &wire::Limits::default()).ok()?;
-                        let mut payload = vec![0u8; header_read.payload_bytes as usize];
-                        recv.read_exact(&mut payload).await.ok()?;
-                        send.write_all(&header).await.ok()?;
-                        send.write_all(&payload).await.ok()?;
-                        send.finish().ok()
-                    });
-                }
-            });
+fn print_steps(steps: &[StepFigures], max: Option<f64>, slo_p99_ms: f64, find_max: bool) {
+    for step in steps {
+        if !step.label.is_empty() {
+            let verdict = if step.sustainable(slo_p99_ms) {
+                "within"
+            } else {
+                "outside"
+            };
+            println!("\n{} ({verdict} the objective):", step.label);
         }
-    });
-    Ok(endpoint)
+        print!("{}", step.table());
+    }
+    if find_max {
+        match max {
+            Some(max) => println!(
+                "\nmaximum sustainable throughput: {max:.0} commands/s (p99 <= {slo_p99_ms} ms, no errors)"
+            ),
+            None => println!("\nno step was within the objective (p99 <= {slo_p99_ms} ms, no errors)"),
+        }
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
 }

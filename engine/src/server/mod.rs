@@ -14,7 +14,9 @@
 //! window and is reset after `write_timeout_ms`.
 
 pub mod auth;
-pub mod certs;
+/// Certificates live in their own crate (`tally-certs`) so that the load generator can issue
+/// terminal certificates without depending on the engine.
+pub use tally_certs as certs;
 pub mod config;
 pub mod metrics;
 
