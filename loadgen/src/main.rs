@@ -240,6 +240,7 @@ async fn exchange(client: &Client, frame: &[u8]) -> Result<u64> {
                 .filter(|r| matches!(r.status, Status::Rejected { .. }))
                 .count() as u64,
             wire::Frame::Request { .. } => 0, // the echo
+            wire::Frame::Rows { .. } => bail!("a rows frame answers only a snapshot request"),
             wire::Frame::Error {
                 reason, message, ..
             } => bail!("refused: {reason}: {message}"),
