@@ -9,7 +9,9 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{
+    sync_channel, Receiver, RecvError, RecvTimeoutError, SyncSender, TryRecvError,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +27,8 @@ use crate::core::{Ledger, StatementPlan};
 use crate::log::{CommandLog, LogError, Logged, LoggedEntry};
 use crate::money::from_minor;
 use crate::program::parse_and_compile;
-use crate::replay::{parse_rejection, tick_if_due};
+use crate::replay::{parse_rejection, tick_command, tick_if_due};
+use crate::snapshot_stream::{RowSink, Streams};
 use crate::Timestamp;
 
 /// The most commands applied and committed as one group.
@@ -85,7 +88,10 @@ struct Checkpoints {
     dir: PathBuf,
     every_commands: u64,
     commands_since: u64,
-    /// The writer's answer: the last batch the new checkpoint covers, once it is durable.
+    /// Older checkpoints kept for `--as-of` (the log is kept from the oldest of them on).
+    keep: usize,
+    /// The writer's answer once the new checkpoint is durable: the batch the log may be
+    /// compacted before.
     in_flight: Option<Receiver<Result<u64, CheckpointError>>>,
     /// Background checkpoints that failed (the log kept everything; the next one retries).
     failed: Vec<String>,
@@ -96,6 +102,9 @@ struct Checkpoints {
 pub struct Submission {
     pub commands: Vec<Command>,
     pub reply: Box<dyn FnOnce(Vec<Arc<CommandResult>>) + Send>,
+    /// Set for a snapshot request (one `snapshot` command): where its rows go, chunk by
+    /// chunk, before `reply` gets its result (`snapshot_stream`).
+    pub rows: Option<Box<dyn RowSink>>,
 }
 
 /// One group of submissions, durable: what `Engine::serve_observed` reports.
@@ -173,6 +182,8 @@ pub struct Engine {
     /// Programs to install at the first command's time (an event clock has no time before it).
     pending_programs: Vec<PendingProgram>,
     checkpoints: Checkpoints,
+    /// Snapshots streaming to operators while commands go on.
+    snapshots: Streams,
 }
 
 impl Engine {
@@ -240,6 +251,7 @@ impl Engine {
             dir: data.to_path_buf(),
             every_commands: CHECKPOINT_EVERY_COMMANDS,
             commands_since: commands,
+            keep: 0,
             in_flight: None,
             failed: Vec::new(),
         };
@@ -250,6 +262,7 @@ impl Engine {
             now,
             pending_programs: Vec::new(),
             checkpoints,
+            snapshots: Streams::default(),
         };
         Ok((engine, recovery))
     }
@@ -263,6 +276,17 @@ impl Engine {
     /// then replays the whole log).
     pub fn set_checkpoint_every(&mut self, commands: u64) {
         self.checkpoints.every_commands = commands;
+    }
+
+    /// Keeps this many older checkpoints (and the log since the oldest) so that balances
+    /// at a past time can be rebuilt (`tally snapshot --as-of`).
+    pub fn set_checkpoints_kept(&mut self, older: usize) {
+        self.checkpoints.keep = older;
+    }
+
+    /// Rows per chunk a streamed snapshot hands to its connection between two groups.
+    pub fn set_snapshot_rows_per_chunk(&mut self, rows: usize) {
+        self.snapshots.set_rows_per_chunk(rows);
     }
 
     /// Closes the log (after any checkpoint being written) and hands back the state; the
@@ -454,7 +478,7 @@ impl Engine {
         submissions: &Receiver<Submission>,
         observe: &mut dyn FnMut(&GroupCommitted),
     ) -> Result<(), IngestError> {
-        while let Ok(first) = submissions.recv() {
+        while let Ok(first) = self.next_submission(submissions) {
             let mut group = vec![first];
             let mut commands = group[0].commands.len();
             while commands < MAX_GROUP_COMMANDS {
@@ -468,14 +492,40 @@ impl Engine {
             }
             self.serve_group(group, observe)?;
         }
+        self.snapshots.abandon();
         self.finish()
+    }
+
+    /// Waits for the next submission; meanwhile streams snapshots' rows, if any.
+    fn next_submission(
+        &mut self,
+        submissions: &Receiver<Submission>,
+    ) -> Result<Submission, RecvError> {
+        const IDLE_WAIT: Duration = Duration::from_millis(1);
+        while !self.snapshots.is_idle() {
+            match submissions.try_recv() {
+                Ok(submission) => return Ok(submission),
+                Err(TryRecvError::Disconnected) => return Err(RecvError),
+                Err(TryRecvError::Empty) => {}
+            }
+            if !self.snapshots.pump(&self.ledger, self.last_batch()) {
+                // Every reader is full: wait a little for them or for a command.
+                match submissions.recv_timeout(IDLE_WAIT) {
+                    Ok(submission) => return Ok(submission),
+                    Err(RecvTimeoutError::Disconnected) => return Err(RecvError),
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+            }
+        }
+        submissions.recv()
     }
 
     fn serve_group(
         &mut self,
-        mut group: Vec<Submission>,
+        group: Vec<Submission>,
         observe: &mut dyn FnMut(&GroupCommitted),
     ) -> Result<(), IngestError> {
+        let mut group = self.snapshots.accept(group);
         let started = Instant::now();
         let commands = group.iter().map(|s| s.commands.len()).sum();
         let mut logged = Vec::new();
@@ -505,6 +555,8 @@ impl Engine {
             }
             (submission.reply)(results);
         }
+        // Between groups: snapshots start at this position, or send their next rows.
+        self.snapshots.pump(&self.ledger, self.last_batch());
         Ok(())
     }
 
@@ -563,9 +615,17 @@ impl Engine {
             self.install_pending(now, logged)
                 .expect("programs were checked when given");
         }
+        let entries_before_tick = self.ledger.entries().len();
+        if !self.snapshots.is_idle() {
+            self.capture_for_snapshots(&command, now);
+        }
         self.tick_if_due(&command.merchant, now, logged);
         let entries_before = self.ledger.entries().len();
         let result = self.ledger.apply_shared(&command, now);
+        if !self.snapshots.is_idle() {
+            let written = &self.ledger.entries()[entries_before_tick..];
+            self.snapshots.after(&self.ledger, written);
+        }
         // Only what changed the state is logged: rejections, duplicates and quotes are not.
         let query = matches!(command.kind(), CommandKind::Quote | CommandKind::Balance);
         if matches!(result.status, Status::Applied(_)) && !query {
@@ -578,6 +638,15 @@ impl Engine {
             );
         }
         Answer::Ready(result)
+    }
+
+    /// Captures the snapshot rows the command, and the tick due before it, may change.
+    fn capture_for_snapshots(&mut self, command: &Command, now: Timestamp) {
+        let due = self.ledger.due_at(&command.merchant);
+        let tick = due
+            .is_some_and(|due| due <= now)
+            .then(|| tick_command(&command.merchant, now));
+        self.snapshots.before(&self.ledger, tick.as_ref(), command);
     }
 
     /// Answers a statement query from the log's entries.
@@ -670,10 +739,10 @@ impl Engine {
             return;
         };
         let bytes = checkpoint::encode(&self.ledger, last_batch, self.now);
-        let dir = self.checkpoints.dir.clone();
+        let (dir, keep) = (self.checkpoints.dir.clone(), self.checkpoints.keep);
         let (answer, in_flight) = sync_channel(1);
         std::thread::spawn(move || {
-            let written = checkpoint::write(&dir, &bytes).map(|()| last_batch);
+            let written = checkpoint::write_keeping(&dir, &bytes, keep);
             // The engine may have stopped; then nobody waits for the answer.
             let _ = answer.send(written);
         });
@@ -698,7 +767,7 @@ impl Engine {
         };
         self.checkpoints.in_flight = None;
         match answer {
-            Some(Ok(last_batch)) => Ok(self.log.compact_before(last_batch)?),
+            Some(Ok(compactable)) => Ok(self.log.compact_before(compactable)?),
             Some(Err(error)) if wait => Err(error.into()),
             Some(Err(error)) => {
                 self.checkpoints.failed.push(error.to_string());

@@ -7,10 +7,12 @@ pub mod program;
 
 pub use tally_protocol::Timestamp;
 pub mod checkpoint;
+pub mod history;
 pub mod ingest;
 pub mod log;
 pub mod replay;
 pub mod report;
 pub mod server;
 pub mod snapshot;
+pub mod snapshot_stream;
 pub mod workload;

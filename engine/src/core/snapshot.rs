@@ -1,13 +1,28 @@
-//! One member as a balance snapshot shows it: read-only, from the state alone.
+//! One member as a snapshot shows it: read-only, from the state alone; and a snapshot
+//! taken while commands go on applying (`SnapshotCursor`).
+//!
+//! A cursor records, at its position, every merchant's program, clock and member count, and
+//! walks the members in order, a chunk at a time. Before a command changes a member the
+//! cursor has not reached, the caller has the member's row captured as it is still (copy on
+//! touch): the rows all show the state at the position, with no copy of the state and no
+//! pause longer than a chunk. Members enrolled after the position are not in it.
 
-use chrono::TimeDelta;
-use tally_protocol::Alias;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use chrono::{Datelike, TimeDelta};
+use rustc_hash::FxHashSet;
+use tally_protocol::{Alias, Body, Command, MemberRef};
 
 use super::member::{Member, Totals};
-use super::time::month_index;
-use super::{tiers, Ledger, Merchant};
+use super::members::{alias_of, resolve, Who};
+use super::time::{local_date, month_index};
+use super::{tiers, Entry, Ledger, Merchant, Record};
 use crate::program::{Program, Window};
 use crate::Timestamp;
+
+/// Days of birthdays a tick may cross before a cursor takes the whole merchant instead.
+const MAX_BIRTHDAY_DAYS_NAMED: u32 = 400;
 
 /// Days ahead for which a snapshot sums the points about to expire.
 pub const EXPIRING_WITHIN_DAYS: [i64; 3] = [30, 60, 90];
@@ -50,7 +65,15 @@ impl Ledger {
 }
 
 fn member_snapshot(merchant: &Merchant, member: &Member) -> MemberSnapshot {
-    let program = merchant.program();
+    member_row(&merchant.name, merchant.program(), merchant.clock, member)
+}
+
+fn member_row(
+    merchant: &str,
+    program: &Program,
+    clock: Timestamp,
+    member: &Member,
+) -> MemberSnapshot {
     let aliases: Vec<String> = member
         .aliases
         .iter()
@@ -60,7 +83,7 @@ fn member_snapshot(merchant: &Merchant, member: &Member) -> MemberSnapshot {
         })
         .collect();
     MemberSnapshot {
-        merchant: merchant.name.to_string(),
+        merchant: merchant.to_string(),
         member: member.id,
         aliases: aliases.join(";"),
         points: member.points,
@@ -71,8 +94,8 @@ fn member_snapshot(merchant: &Merchant, member: &Member) -> MemberSnapshot {
         credit_held_minor: member.held_credit_minor,
         minor_units: program.minor_units,
         tier: program.tier_id(member.tier).map(|id| id.to_string()),
-        window: window_totals(program, member, merchant.clock),
-        expiring: expiring(member, merchant.clock),
+        window: window_totals(program, member, clock),
+        expiring: expiring(member, clock),
     }
 }
 
@@ -99,4 +122,251 @@ fn expiring(member: &Member, now: Timestamp) -> [i64; 3] {
         }
     }
     sums
+}
+
+/// The members a command may change, of the command's merchant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    Nothing,
+    /// Member indexes (over-approximated: a member named here may stay unchanged).
+    Members(Vec<u32>),
+    /// Possibly every member (a program load, tier re-evaluation at a month's start).
+    Every,
+}
+
+/// A snapshot in progress: see the module's comment. Plain data; the ledger fills it.
+#[derive(Debug)]
+pub struct SnapshotCursor {
+    merchants: Vec<CursorMerchant>,
+    /// Rows taken before a change, not handed out yet.
+    captured: VecDeque<MemberSnapshot>,
+}
+
+#[derive(Debug)]
+struct CursorMerchant {
+    name: Arc<str>,
+    program: Arc<Program>,
+    clock: Timestamp,
+    /// Members that existed at the position; later ones are not in the snapshot.
+    members: u32,
+    /// The next member the walk emits.
+    next: u32,
+    /// Members ahead of the walk whose row was captured already.
+    captured: FxHashSet<u32>,
+}
+
+impl CursorMerchant {
+    /// Whether the member's row as of the position is out already (or it is not in it).
+    fn taken(&self, index: u32) -> bool {
+        index >= self.members || index < self.next || self.captured.contains(&index)
+    }
+}
+
+impl SnapshotCursor {
+    /// Every row has been handed out.
+    pub fn is_done(&self) -> bool {
+        self.captured.is_empty() && self.merchants.iter().all(|m| m.next >= m.members)
+    }
+
+    /// Rows captured and not handed out yet: what copy-on-touch holds in memory.
+    pub fn captured_rows(&self) -> usize {
+        self.captured.len()
+    }
+
+    fn merchant_mut(&mut self, name: &str) -> Option<&mut CursorMerchant> {
+        self.merchants.iter_mut().find(|m| &*m.name == name)
+    }
+}
+
+impl Ledger {
+    /// Starts a snapshot of one merchant (or all) as of now.
+    pub fn snapshot_cursor(&self, merchant: Option<&str>) -> SnapshotCursor {
+        let merchants = self
+            .merchants()
+            .filter(|m| merchant.is_none_or(|name| &*m.name == name))
+            .map(|m| CursorMerchant {
+                name: m.name.clone(),
+                program: m.program().clone(),
+                clock: m.clock,
+                members: u32::try_from(m.members.len()).expect("member indexes are u32"),
+                next: 0,
+                captured: FxHashSet::default(),
+            })
+            .collect();
+        SnapshotCursor {
+            merchants,
+            captured: VecDeque::new(),
+        }
+    }
+
+    /// The next rows, at most `max_rows`: captured ones first, then the walk's.
+    pub fn snapshot_next(
+        &self,
+        cursor: &mut SnapshotCursor,
+        max_rows: usize,
+    ) -> Vec<MemberSnapshot> {
+        let from_captured = cursor.captured.len().min(max_rows);
+        let mut rows: Vec<MemberSnapshot> = cursor.captured.drain(..from_captured).collect();
+        for walked in &mut cursor.merchants {
+            let Some(merchant) = self.merchants.get(&*walked.name) else {
+                unreachable!("merchants are never removed")
+            };
+            while rows.len() < max_rows && walked.next < walked.members {
+                let index = walked.next;
+                walked.next += 1;
+                // A captured member's row went out with the captured ones.
+                if !walked.captured.remove(&index) {
+                    let member = &merchant.members[index as usize];
+                    rows.push(member_row(
+                        &walked.name,
+                        &walked.program,
+                        walked.clock,
+                        member,
+                    ));
+                }
+            }
+        }
+        rows
+    }
+
+    /// Captures, as they are now, the rows of the members `command` may change that the
+    /// cursor has not handed out yet. Call before applying it.
+    pub fn capture_before(&self, cursor: &mut SnapshotCursor, command: &Command) {
+        let Some(merchant) = self.merchants.get(&command.merchant) else {
+            return;
+        };
+        let touched = touched(merchant, command);
+        let Some(walked) = cursor.merchant_mut(&command.merchant) else {
+            return;
+        };
+        let indexes: Vec<u32> = match touched {
+            Touched::Nothing => return,
+            Touched::Members(indexes) => indexes,
+            Touched::Every => (walked.next..walked.members).collect(),
+        };
+        let mut rows = Vec::new();
+        for index in indexes {
+            if !walked.taken(index) {
+                let member = &merchant.members[index as usize];
+                rows.push(member_row(
+                    &walked.name,
+                    &walked.program,
+                    walked.clock,
+                    member,
+                ));
+                walked.captured.insert(index);
+            }
+        }
+        cursor.captured.extend(rows);
+    }
+
+    /// Whether any of `entries` changed a member whose row was neither out nor captured:
+    /// a command `touched` did not foresee. The snapshot can then no longer be trusted.
+    pub fn snapshot_missed(&self, cursor: &SnapshotCursor, entries: &[Entry]) -> bool {
+        entries.iter().any(|entry| {
+            let index = entry.member.checked_sub(1).map(|i| i as u32);
+            cursor
+                .merchants
+                .iter()
+                .find(|m| m.name == entry.merchant)
+                .zip(index)
+                .is_some_and(|(walked, index)| !walked.taken(index))
+        })
+    }
+}
+
+/// The members `command` may change in `merchant`: the one it names, the order's or the
+/// hold's member, the members with time-driven work due.
+pub fn touched(merchant: &Merchant, command: &Command) -> Touched {
+    let named = |member: &MemberRef| match resolve(merchant, member, false) {
+        Ok(Who::Existing(index) | Who::Activate(index)) => Touched::Members(vec![index]),
+        _ => Touched::Nothing,
+    };
+    let recorded = |key: Result<tally_protocol::IdemKey, String>| {
+        let record = key
+            .ok()
+            .and_then(|key| merchant.receipts.get(&key).map(|r| &r.record));
+        match record {
+            Some(Record::Order(order)) => Touched::Members(vec![order.member]),
+            Some(Record::Hold(hold)) => Touched::Members(vec![hold.member]),
+            _ => Touched::Nothing,
+        }
+    };
+    match &command.body {
+        Body::Purchase(order) => named(&order.member),
+        Body::Hold(hold) => named(&hold.member),
+        Body::Adjust(adjust) => named(&adjust.member),
+        Body::Event(event) => named(&event.member),
+        Body::Link(link) => named(&link.member),
+        Body::Return(ret) => recorded(ret.order.resolve(&command.origin)),
+        Body::Capture(capture) => recorded(capture.hold.resolve(&command.origin)),
+        Body::Release(release) => recorded(release.hold.resolve(&command.origin)),
+        Body::Enroll(enroll) => {
+            let aliases = [
+                enroll.phone.clone().map(Alias::Phone),
+                enroll.card.clone().map(Alias::Card),
+            ];
+            let indexes = aliases
+                .into_iter()
+                .flatten()
+                .filter_map(|alias| alias_of(merchant.program(), &alias).ok())
+                .filter_map(|alias| merchant.aliases.get(&alias).copied())
+                .collect();
+            Touched::Members(indexes)
+        }
+        Body::Tick(_) => touched_by_tick(merchant, command.at),
+        Body::LoadProgram(_) => Touched::Every,
+        // Queries, new cards, and promotion state, tags and assignments (not in a row).
+        Body::Quote(_)
+        | Body::Statement(_)
+        | Body::Balance(_)
+        | Body::Snapshot(_)
+        | Body::IssueCards(_)
+        | Body::IssueCodes(_)
+        | Body::AssignPromotion(_)
+        | Body::Tag(_) => Touched::Nothing,
+    }
+}
+
+/// Members whose timers are due by `at`, and those with a birthday on a day that starts by
+/// then; every member when a month starts (counters are pruned, tiers re-evaluated).
+fn touched_by_tick(merchant: &Merchant, at: Timestamp) -> Touched {
+    if merchant.next_month_start.is_some_and(|start| start <= at) {
+        return Touched::Every;
+    }
+    let mut indexes = Vec::new();
+    // The heap's array: a node is due no earlier than its parent, so only due subtrees are
+    // visited.
+    let heap = merchant.timers.as_slice();
+    let mut stack = vec![0usize];
+    while let Some(node) = stack.pop() {
+        let Some(std::cmp::Reverse((due, index))) = heap.get(node) else {
+            continue;
+        };
+        if *due <= at {
+            indexes.push(*index);
+            stack.extend([2 * node + 1, 2 * node + 2]);
+        }
+    }
+    if let Some(start) = merchant.next_day_start.filter(|start| *start <= at) {
+        let program = merchant.program();
+        let (mut day, last) = (local_date(program, start), local_date(program, at));
+        let mut days = 0;
+        while day <= last {
+            days += 1;
+            if days > MAX_BIRTHDAY_DAYS_NAMED {
+                return Touched::Every;
+            }
+            let mut keys = vec![(day.month(), day.day())];
+            // Those born on 29 February may celebrate on the 28th.
+            if keys[0] == (2, 28) {
+                keys.push((2, 29));
+            }
+            for key in keys {
+                indexes.extend(merchant.birthdays.get(&key).into_iter().flatten());
+            }
+            day = day.succ_opt().expect("date in range");
+        }
+    }
+    Touched::Members(indexes)
 }
