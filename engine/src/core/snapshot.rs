@@ -370,3 +370,130 @@ fn touched_by_tick(merchant: &Merchant, at: Timestamp) -> Touched {
     }
     Touched::Members(indexes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::{tick_command, tick_if_due};
+    use crate::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
+
+    /// Applies `command` as the engine does (the tick due first), capturing for `cursor`.
+    fn apply_capturing(ledger: &mut Ledger, cursor: &mut SnapshotCursor, command: &Command) {
+        let now = command.at;
+        if ledger
+            .due_at(&command.merchant)
+            .is_some_and(|due| due <= now)
+        {
+            ledger.capture_before(cursor, &tick_command(&command.merchant, now));
+        }
+        ledger.capture_before(cursor, command);
+        tick_if_due(ledger, &command.merchant, now);
+        let result = ledger.apply_shared(command, now);
+        if command.key.text().contains("x-") {
+            assert!(result.applied().is_some(), "{}", result.to_json_line());
+        }
+        assert!(
+            !ledger.snapshot_missed(cursor, ledger.entries()),
+            "a change not foreseen: {command:?}"
+        );
+        ledger.clear_entries();
+    }
+
+    /// An operator's or a terminal's command at `at`, from its JSON form's body.
+    fn sent(at: Timestamp, who: &str, txn: &str, body: &str) -> Command {
+        let line = format!(
+            r#"{{"merchant":"demo",{who},"txn":"{txn}","at":"{}",{body}}}"#,
+            at.to_rfc3339()
+        );
+        tally_protocol::parse_command_line(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    }
+
+    /// The workload (purchases, returns, events, quotes, promotions; ticks) and, by hand,
+    /// adjustments, holds captured and released, a link, an enrolment, a program load.
+    fn commands() -> Vec<Command> {
+        let mut commands: Vec<Command> = Workload::new(WorkloadConfig::demo(150))
+            .take(6000)
+            .collect();
+        let (admin, pos) = (r#""admin":"ops""#, r#""terminal":"pos-1""#);
+        let version_2 = DEMO_PROGRAM.replace("version = 1", "version = 2");
+        let load = serde_json::json!({ "load_program": { "program": version_2 } }).to_string();
+        let by_hand = [
+            (
+                2900,
+                admin,
+                r#""adjust":{"member":{"id":40},"points":500,"reason":"goodwill"}"#,
+            ),
+            (
+                2901,
+                admin,
+                r#""adjust":{"member":{"id":41},"points":500,"reason":"goodwill"}"#,
+            ),
+            (3100, pos, r#""hold":{"member":{"id":40},"points":100}"#),
+            (
+                3150,
+                pos,
+                r#""capture":{"hold":{"txn":"x-3100"},"points":60}"#,
+            ),
+            (3200, pos, r#""hold":{"member":{"id":41},"points":100}"#),
+            (3250, pos, r#""release":{"hold":{"txn":"x-3200"}}"#),
+            (
+                3300,
+                pos,
+                r#""link":{"member":{"id":42},"alias":{"card":"X-42"}}"#,
+            ),
+            (
+                3350,
+                admin,
+                r#""adjust":{"member":{"id":43},"points":25,"reason":"correction"}"#,
+            ),
+            (3400, pos, r#""enroll":{"phone":"+15550109999"}"#),
+            (5000, admin, &load[1..load.len() - 1]),
+        ];
+        // From the last place backwards, so that the places stay right.
+        for (place, who, body) in by_hand.into_iter().rev() {
+            let at = commands[place].at;
+            commands.insert(place, sent(at, who, &format!("x-{place}"), body));
+        }
+        commands
+    }
+
+    #[test]
+    fn a_cursor_shows_the_state_at_its_start_while_every_kind_of_command_goes_on() {
+        let commands = commands();
+        let mut ledger = Ledger::new();
+        ledger
+            .install_program(DEMO_PROGRAM, commands[0].at)
+            .unwrap();
+        let (before, after) = commands.split_at(3000);
+        let mut unused = Ledger::new().snapshot_cursor(None);
+        for command in before {
+            apply_capturing(&mut ledger, &mut unused, command);
+        }
+        let expected: Vec<MemberSnapshot> = ledger.snapshot(None).collect();
+        let mut cursor = ledger.snapshot_cursor(None);
+        let mut rows = Vec::new();
+        // One row every 25 commands: most members change before the walk reaches them.
+        for (index, command) in after.iter().enumerate() {
+            apply_capturing(&mut ledger, &mut cursor, command);
+            if index % 25 == 0 {
+                rows.extend(ledger.snapshot_next(&mut cursor, 1));
+            }
+        }
+        assert!(
+            !cursor.is_done(),
+            "the walk was still going when commands stopped"
+        );
+        while !cursor.is_done() {
+            rows.extend(ledger.snapshot_next(&mut cursor, 64));
+        }
+        rows.sort_by(|a, b| (&a.merchant, a.member).cmp(&(&b.merchant, b.member)));
+        assert_eq!(rows.len(), expected.len());
+        assert_eq!(rows, expected);
+        let now: Vec<MemberSnapshot> = ledger.snapshot(None).collect();
+        assert_ne!(
+            now[..expected.len()],
+            expected[..],
+            "members changed meanwhile"
+        );
+    }
+}
