@@ -508,7 +508,7 @@ impl Engine {
                 Err(TryRecvError::Disconnected) => return Err(RecvError),
                 Err(TryRecvError::Empty) => {}
             }
-            if !self.snapshots.pump(&self.ledger, self.last_batch()) {
+            if !self.snapshots.pump(&self.ledger, self.last_batch(), false) {
                 // Every reader is full: wait a little for them or for a command.
                 match submissions.recv_timeout(IDLE_WAIT) {
                     Ok(submission) => return Ok(submission),
@@ -556,7 +556,7 @@ impl Engine {
             (submission.reply)(results);
         }
         // Between groups: snapshots start at this position, or send their next rows.
-        self.snapshots.pump(&self.ledger, self.last_batch());
+        self.snapshots.pump(&self.ledger, self.last_batch(), true);
         Ok(())
     }
 

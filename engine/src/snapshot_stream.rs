@@ -8,6 +8,7 @@
 //! the engine pauses for one chunk at a time, and a slow reader only holds its own rows.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tally_protocol::{
     Body, Command, CommandKind, CommandResult, Origin, Reason, SnapshotRow, SnapshotRows, Status,
@@ -19,6 +20,11 @@ use crate::ingest::Submission;
 /// Rows per chunk: the engine's longest pause for a snapshot, and a `rows` frame's size
 /// (about 100 bytes a row).
 pub const ROWS_PER_CHUNK: usize = 8192;
+/// While commands wait, snapshots take at most this share of the engine thread's time (so
+/// ingestion keeps the rest); an idle engine streams as fast as the readers read.
+pub const ENGINE_TIME_SHARE_PERCENT: u32 = 20;
+/// The longest the engine hands rows over between two groups.
+pub const MAX_PAUSE: Duration = Duration::from_millis(50);
 /// Snapshots streaming at once; more wait for one to finish.
 pub const MAX_STREAMS: usize = 4;
 
@@ -56,6 +62,10 @@ pub struct Streams {
     waiting: Vec<(Submission, Box<dyn RowSink>)>,
     active: Vec<Stream>,
     rows_per_chunk: usize,
+    /// Since when snapshots have been streaming, and the engine time they took meanwhile
+    /// (pacing only: nothing the ledger sees depends on a clock).
+    streaming_since: Option<Instant>,
+    busy: Duration,
 }
 
 impl Default for Streams {
@@ -64,6 +74,8 @@ impl Default for Streams {
             waiting: Vec::new(),
             active: Vec::new(),
             rows_per_chunk: ROWS_PER_CHUNK,
+            streaming_since: None,
+            busy: Duration::ZERO,
         }
     }
 }
@@ -113,9 +125,32 @@ impl Streams {
         }
     }
 
-    /// Between groups: starts the waiting snapshots at this position, offers each its next
-    /// chunk, and answers the finished ones. Returns whether any rows moved.
-    pub fn pump(&mut self, ledger: &Ledger, log_position: Option<u64>) -> bool {
+    /// Between groups: starts the waiting snapshots at this position, offers each chunks
+    /// while its reader has room (under load, within the snapshots' share of the engine's
+    /// time, at least one), and answers the finished ones. Returns whether any rows moved.
+    pub fn pump(&mut self, ledger: &Ledger, log_position: Option<u64>, under_load: bool) -> bool {
+        let started = Instant::now();
+        let since = *self.streaming_since.get_or_insert(started);
+        let allowance = match under_load {
+            true => (since.elapsed() * ENGINE_TIME_SHARE_PERCENT / 100).saturating_sub(self.busy),
+            false => MAX_PAUSE,
+        }
+        .min(MAX_PAUSE);
+        let moved = self.pump_within(ledger, log_position, started, allowance);
+        self.busy += started.elapsed();
+        if self.is_idle() {
+            (self.streaming_since, self.busy) = (None, Duration::ZERO);
+        }
+        moved
+    }
+
+    fn pump_within(
+        &mut self,
+        ledger: &Ledger,
+        log_position: Option<u64>,
+        started: Instant,
+        allowance: Duration,
+    ) -> bool {
         while self.active.len() < MAX_STREAMS && !self.waiting.is_empty() {
             let (submission, sink) = self.waiting.remove(0);
             self.start(ledger, submission, sink, log_position);
@@ -124,7 +159,14 @@ impl Streams {
         let mut index = 0;
         while index < self.active.len() {
             let stream = &mut self.active[index];
-            match stream.step(ledger, self.rows_per_chunk) {
+            // Chunks until the reader is full or the time is used: a group under load takes
+            // far longer than a chunk, so one chunk per group would pace it by the groups.
+            let mut step = stream.step(ledger, self.rows_per_chunk);
+            while matches!(step, Step::Sent) && started.elapsed() < allowance {
+                moved = true;
+                step = stream.step(ledger, self.rows_per_chunk);
+            }
+            match step {
                 Step::Sent => moved = true,
                 Step::Waiting => {}
                 Step::Closed => {

@@ -1,6 +1,7 @@
 //! `tally snapshot` as a user runs it: after `tally ingest`, from the data directory, as CSV
 //! and as Parquet.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -396,6 +397,13 @@ fn an_as_of_snapshot_equals_a_replay_of_the_commands_up_to_that_time() {
     let now = std::fs::read_to_string(path("now.csv")).unwrap();
     assert_ne!(points_and_credit(&now, 2, 4, 8), expected);
 
+    tier_movements_are_the_changes_between_two_as_of_snapshots(
+        &data,
+        &commands[450].at.to_rfc3339(),
+        &commands[790].at.to_rfc3339(),
+        &scratch.0,
+    );
+
     // The first run's times are no longer kept: refused, naming the oldest time there is.
     let early = commands[100].at.to_rfc3339();
     let refused = Command::new(TALLY)
@@ -410,4 +418,58 @@ fn an_as_of_snapshot_equals_a_replay_of_the_commands_up_to_that_time() {
         message.contains("the oldest time available is") && message.contains(&oldest),
         "{message}"
     );
+}
+
+/// (member, tier) per row of a snapshot CSV.
+fn tiers_of(csv: &str) -> BTreeMap<i64, String> {
+    csv.lines()
+        .skip(1)
+        .map(|line| {
+            let c: Vec<&str> = line.split(',').collect();
+            (c[2].parse().unwrap(), c[10].to_string())
+        })
+        .collect()
+}
+
+fn tier_movements_are_the_changes_between_two_as_of_snapshots(
+    data: &Path,
+    from: &str,
+    to: &str,
+    scratch: &Path,
+) {
+    let at = |time: &str, name: &str| {
+        let out = scratch.join(name);
+        run(&[
+            "snapshot",
+            "--data",
+            text(data),
+            "--as-of",
+            time,
+            "--out",
+            text(&out),
+        ]);
+        tiers_of(&std::fs::read_to_string(out).unwrap())
+    };
+    let (start, end) = (at(from, "from.csv"), at(to, "to.csv"));
+    let mut expected: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for (member, tier) in &end {
+        let before = start.get(member).cloned().unwrap_or("new".into());
+        if before != *tier {
+            *expected.entry((before, tier.clone())).or_default() += 1;
+        }
+    }
+    assert!(!expected.is_empty(), "members moved in the period");
+    let json: serde_json::Value =
+        serde_json::from_str(&report(data, &["--from", from, "--to", to])).unwrap();
+    let movements = json["merchants"][0]["tier_movements"]
+        .as_array()
+        .expect("movements");
+    let reported: BTreeMap<(String, String), u64> = movements
+        .iter()
+        .map(|m| {
+            let name = |field: &str| m[field].as_str().unwrap().to_string();
+            ((name("from"), name("to")), m["members"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(reported, expected);
 }

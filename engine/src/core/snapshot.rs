@@ -74,18 +74,10 @@ fn member_row(
     clock: Timestamp,
     member: &Member,
 ) -> MemberSnapshot {
-    let aliases: Vec<String> = member
-        .aliases
-        .iter()
-        .map(|alias| match alias {
-            Alias::Phone(phone) => phone.clone(),
-            Alias::Card(card) => format!("card:{card}"),
-        })
-        .collect();
     MemberSnapshot {
         merchant: merchant.to_string(),
         member: member.id,
-        aliases: aliases.join(";"),
+        aliases: aliases_text(&member.aliases),
         points: member.points,
         available: member.available_points(),
         pending: member.pending_points,
@@ -97,6 +89,29 @@ fn member_row(
         window: window_totals(program, member, clock),
         expiring: expiring(member, clock),
     }
+}
+
+/// Phones as they are, cards as `card:<number>`, joined by `;`: one allocation, as a
+/// streamed snapshot builds a row per member on the engine thread.
+fn aliases_text(aliases: &[Alias]) -> String {
+    let length = aliases.iter().map(|alias| match alias {
+        Alias::Phone(phone) => phone.len() + 1,
+        Alias::Card(card) => card.len() + 6,
+    });
+    let mut text = String::with_capacity(length.sum());
+    for alias in aliases {
+        if !text.is_empty() {
+            text.push(';');
+        }
+        match alias {
+            Alias::Phone(phone) => text.push_str(phone),
+            Alias::Card(card) => {
+                text.push_str("card:");
+                text.push_str(card);
+            }
+        }
+    }
+    text
 }
 
 fn window_totals(program: &Program, member: &Member, now: Timestamp) -> Totals {
@@ -239,22 +254,28 @@ impl Ledger {
         let Some(walked) = cursor.merchant_mut(&command.merchant) else {
             return;
         };
-        let indexes: Vec<u32> = match touched {
-            Touched::Nothing => return,
-            Touched::Members(indexes) => indexes,
-            Touched::Every => (walked.next..walked.members).collect(),
+        let (name, program, clock) = (walked.name.clone(), walked.program.clone(), walked.clock);
+        let row = |index: u32| {
+            let member = &merchant.members[index as usize];
+            member_row(&name, &program, clock, member)
         };
         let mut rows = Vec::new();
-        for index in indexes {
-            if !walked.taken(index) {
-                let member = &merchant.members[index as usize];
-                rows.push(member_row(
-                    &walked.name,
-                    &walked.program,
-                    walked.clock,
-                    member,
-                ));
-                walked.captured.insert(index);
+        match touched {
+            Touched::Nothing => return,
+            Touched::Members(indexes) => {
+                for index in indexes {
+                    if !walked.taken(index) {
+                        rows.push(row(index));
+                        walked.captured.insert(index);
+                    }
+                }
+            }
+            // The rest of the walk at once; it is then over for this merchant.
+            Touched::Every => {
+                let rest = walked.next..walked.members;
+                rows.extend(rest.filter(|i| !walked.captured.contains(i)).map(row));
+                walked.next = walked.members;
+                walked.captured.clear();
             }
         }
         cursor.captured.extend(rows);
