@@ -330,6 +330,36 @@ mod tests {
     }
 
     #[test]
+    fn older_checkpoints_are_kept_and_the_log_is_compacted_only_before_the_oldest() {
+        let (ledger, now) = busy_ledger(&mut Workload::new(WorkloadConfig::demo(50)));
+        let dir = std::env::temp_dir().join(format!("tally-history-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut keep_two = |batch| write_keeping(&dir, &encode(&ledger, batch, Some(now)), 2);
+        // Until two older ones are kept, the log's start is the oldest state: no compaction.
+        assert_eq!(keep_two(10).unwrap(), 0);
+        assert_eq!(keep_two(20).unwrap(), 0);
+        assert_eq!(keep_two(30).unwrap(), 10);
+        assert_eq!(keep_two(40).unwrap(), 20);
+        let kept = history(&dir).unwrap();
+        let batches: Vec<u64> = kept.iter().map(|(batch, _)| *batch).collect();
+        assert_eq!(batches, [20, 30]);
+        assert_eq!(read_file(&kept[0].1).unwrap().last_batch, 20);
+        let every: Vec<(u64, Option<Timestamp>)> = all(&dir)
+            .unwrap()
+            .into_iter()
+            .map(|(b, t, _)| (b, t))
+            .collect();
+        assert_eq!(every, [(20, Some(now)), (30, Some(now)), (40, Some(now))]);
+        // Keeping none compacts up to the new checkpoint, as before.
+        assert_eq!(
+            write_keeping(&dir, &encode(&ledger, 50, Some(now)), 0).unwrap(),
+            50
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_damaged_checkpoint_is_refused_with_its_place() {
         let (ledger, now) = busy_ledger(&mut Workload::new(WorkloadConfig::demo(300)));
         let mut bytes = encode(&ledger, 7, Some(now));
