@@ -40,7 +40,7 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tally_protocol::wire::{self, Frame, FrameError, Limits, HEADER_BYTES};
-use tally_protocol::{Command, CommandResult, Reason};
+use tally_protocol::{Command, CommandResult, Reason, SnapshotRows};
 use tokio::sync::Mutex;
 
 /// How to reach the engine and who to be.
@@ -326,6 +326,54 @@ impl Client {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(config.max_backoff);
             attempt += 1;
+        }
+    }
+
+    /// Sends a `snapshot` command and hands each chunk of rows to `on_rows` as it arrives
+    /// (`on_rows` may block: that slows the server's sending, not its engine); returns the
+    /// snapshot's result. Each frame must arrive within the request timeout. Not retried: a
+    /// snapshot that fails is run again from the start.
+    pub async fn snapshot(
+        &self,
+        command: Command,
+        mut on_rows: impl FnMut(SnapshotRows),
+    ) -> Result<Arc<CommandResult>, ClientError> {
+        let config = &self.inner.config;
+        let request_id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let connection = self.connection().await?;
+        let (mut send, mut recv) = connection.open_bi().await.map_err(lost)?;
+        send.write_all(&wire::encode_request(request_id, vec![command]))
+            .await
+            .map_err(lost)?;
+        let _ = send.finish();
+        let mismatch = || {
+            ClientError::Protocol(FrameError::Payload(
+                "the answer does not match the request".into(),
+            ))
+        };
+        loop {
+            let frame = tokio::time::timeout(
+                config.request_timeout,
+                read_frame(&mut recv, config.max_answer_bytes),
+            )
+            .await
+            .unwrap_or(Err(ClientError::Timeout(config.request_timeout)))?;
+            match frame {
+                Frame::Rows {
+                    request_id: id,
+                    rows,
+                } if id == request_id => on_rows(rows),
+                Frame::Results {
+                    request_id: id,
+                    mut results,
+                } if id == request_id && results.len() == 1 => {
+                    return Ok(results.pop().expect("one result"))
+                }
+                Frame::Error {
+                    reason, message, ..
+                } => return Err(ClientError::Refused { reason, message }),
+                _ => return Err(mismatch()),
+            }
         }
     }
 

@@ -20,6 +20,9 @@ const CHECKSUM_BYTES: usize = 8;
 const NO_TIME: i64 = i64::MIN;
 pub const FILE_NAME: &str = "checkpoint";
 const TEMPORARY_NAME: &str = "checkpoint.tmp";
+/// Older checkpoints kept for `--as-of`: `history/checkpoint-<last batch>`.
+const HISTORY_DIR: &str = "history";
+const HISTORY_PREFIX: &str = "checkpoint-";
 
 /// A checkpoint read back: the state after log batch `last_batch`.
 #[derive(Debug)]
@@ -87,6 +90,130 @@ pub fn write(dir: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(error(dir))
+}
+
+/// Writes checkpoint bytes as `write` does, first keeping the checkpoint they replace in the
+/// history (up to `keep` older checkpoints, the oldest dropped first). Returns the batch the
+/// log may be compacted before: the oldest checkpoint kept, so that any time since it can be
+/// rebuilt (`--as-of`).
+pub fn write_keeping(dir: &Path, bytes: &[u8], keep: usize) -> Result<u64, CheckpointError> {
+    let last_batch = u64::from_le_bytes(bytes[6..14].try_into().expect("a header"));
+    if keep > 0 {
+        keep_current(dir, keep)?;
+    }
+    write(dir, bytes)?;
+    if keep == 0 {
+        return Ok(last_batch);
+    }
+    // Until the history is full, the log's start (the empty state) is the oldest state kept.
+    let kept = history(dir)?;
+    Ok(match kept.first() {
+        Some((oldest, _)) if kept.len() >= keep => (*oldest).min(last_batch),
+        _ => 0,
+    })
+}
+
+/// Links the current checkpoint into the history (it is replaced next, never changed) and
+/// drops the oldest ones beyond `keep`.
+fn keep_current(dir: &Path, keep: usize) -> Result<(), CheckpointError> {
+    let current = dir.join(FILE_NAME);
+    let Some((last_batch, _)) = read_header(&current)? else {
+        return Ok(());
+    };
+    let history_dir = dir.join(HISTORY_DIR);
+    let error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CheckpointError::Write { path, source }
+    };
+    std::fs::create_dir_all(&history_dir).map_err(error(&history_dir))?;
+    let kept = history_dir.join(format!("{HISTORY_PREFIX}{last_batch}"));
+    if !kept.exists() {
+        std::fs::hard_link(&current, &kept).map_err(error(&kept))?;
+    }
+    let mut older = history(dir)?;
+    while older.len() > keep {
+        let (_, path) = older.remove(0);
+        std::fs::remove_file(&path).map_err(error(&path))?;
+    }
+    std::fs::File::open(&history_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(error(&history_dir))
+}
+
+/// The kept older checkpoints, oldest first: (last batch, path).
+pub fn history(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
+    let history_dir = dir.join(HISTORY_DIR);
+    let entries = match std::fs::read_dir(&history_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(CheckpointError::Read {
+                path: history_dir,
+                source,
+            })
+        }
+    };
+    let mut kept: Vec<(u64, PathBuf)> = entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            let name = entry.file_name().to_str()?.to_string();
+            let batch = name.strip_prefix(HISTORY_PREFIX)?.parse().ok()?;
+            Some((batch, entry.path()))
+        })
+        .collect();
+    kept.sort();
+    Ok(kept)
+}
+
+/// Every checkpoint there is, the current one last: (last batch, engine time, path).
+pub fn all(dir: &Path) -> Result<Vec<(u64, Option<Timestamp>, PathBuf)>, CheckpointError> {
+    let mut found = Vec::new();
+    let paths = history(dir)?.into_iter().map(|(_, path)| path);
+    for path in paths.chain([dir.join(FILE_NAME)]) {
+        if let Some((last_batch, now)) = read_header(&path)? {
+            found.push((last_batch, now, path));
+        }
+    }
+    Ok(found)
+}
+
+/// A checkpoint's last batch and engine time, from its header alone.
+fn read_header(path: &Path) -> Result<Option<(u64, Option<Timestamp>)>, CheckpointError> {
+    use std::io::Read;
+    let mut header = [0u8; HEADER_BYTES];
+    let read = std::fs::File::open(path).and_then(|mut file| file.read_exact(&mut header));
+    match read {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(CheckpointError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    }
+    if header[..4] != MAGIC {
+        return Err(CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            what: "not a tally checkpoint".into(),
+        });
+    }
+    let field = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
+    let micros = field(14) as i64;
+    let now = (micros != NO_TIME)
+        .then(|| chrono::DateTime::from_timestamp_micros(micros))
+        .flatten();
+    Ok(Some((field(6), now)))
+}
+
+/// Reads one checkpoint file, checked whole.
+pub fn read_file(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    decode(path, &bytes)
 }
 
 /// Reads the checkpoint in `dir`, if there is one, and checks it whole before using it.
@@ -200,6 +327,36 @@ mod tests {
             assert_eq!(restored.take_entries(), ledger.take_entries());
         }
         assert_eq!(restored.digest(), ledger.digest());
+    }
+
+    #[test]
+    fn older_checkpoints_are_kept_and_the_log_is_compacted_only_before_the_oldest() {
+        let (ledger, now) = busy_ledger(&mut Workload::new(WorkloadConfig::demo(50)));
+        let dir = std::env::temp_dir().join(format!("tally-history-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let keep_two = |batch| write_keeping(&dir, &encode(&ledger, batch, Some(now)), 2);
+        // Until two older ones are kept, the log's start is the oldest state: no compaction.
+        assert_eq!(keep_two(10).unwrap(), 0);
+        assert_eq!(keep_two(20).unwrap(), 0);
+        assert_eq!(keep_two(30).unwrap(), 10);
+        assert_eq!(keep_two(40).unwrap(), 20);
+        let kept = history(&dir).unwrap();
+        let batches: Vec<u64> = kept.iter().map(|(batch, _)| *batch).collect();
+        assert_eq!(batches, [20, 30]);
+        assert_eq!(read_file(&kept[0].1).unwrap().last_batch, 20);
+        let every: Vec<(u64, Option<Timestamp>)> = all(&dir)
+            .unwrap()
+            .into_iter()
+            .map(|(b, t, _)| (b, t))
+            .collect();
+        assert_eq!(every, [(20, Some(now)), (30, Some(now)), (40, Some(now))]);
+        // Keeping none compacts up to the new checkpoint, as before.
+        assert_eq!(
+            write_keeping(&dir, &encode(&ledger, 50, Some(now)), 0).unwrap(),
+            50
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,8 @@ use crate::core::{Ledger, StatementPlan};
 use crate::log::{CommandLog, LogError, Logged, LoggedEntry};
 use crate::money::from_minor;
 use crate::program::parse_and_compile;
-use crate::replay::{parse_rejection, tick_if_due};
+use crate::replay::{parse_rejection, tick_command, tick_if_due};
+use crate::snapshot_stream::{RowSink, Streams};
 use crate::Timestamp;
 
 /// The most commands applied and committed as one group.
@@ -87,7 +88,10 @@ struct Checkpoints {
     dir: PathBuf,
     every_commands: u64,
     commands_since: u64,
-    /// The writer's answer: the last batch the new checkpoint covers, once it is durable.
+    /// Older checkpoints kept for `--as-of` (the log is kept from the oldest of them on).
+    keep: usize,
+    /// The writer's answer once the new checkpoint is durable: the batch the log may be
+    /// compacted before.
     in_flight: Option<Receiver<Result<u64, CheckpointError>>>,
     /// Background checkpoints that failed (the log kept everything; the next one retries).
     failed: Vec<String>,
@@ -98,6 +102,9 @@ struct Checkpoints {
 pub struct Submission {
     pub commands: Vec<Command>,
     pub reply: Reply,
+    /// Set for a snapshot request (one `snapshot` command): where its rows go, chunk by
+    /// chunk, before `reply` gets its result (`snapshot_stream`).
+    pub rows: Option<Box<dyn RowSink>>,
 }
 
 /// Hands a submission's results on once they are durable.
@@ -124,6 +131,18 @@ struct Served {
     logged: usize,
 }
 
+/// How long `next_group` may wait for a first item.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    No,
+    Forever,
+    UpTo(Duration),
+}
+
+/// An idle engine with snapshots streaming looks for commands this often while every
+/// snapshot's reader is full.
+const SNAPSHOT_IDLE_WAIT: Duration = Duration::from_millis(1);
+
 /// What the input has for the engine now.
 enum Next<G> {
     Group(G),
@@ -134,14 +153,23 @@ enum Next<G> {
 }
 
 /// The next group from `queue`: whatever is there, up to `MAX_GROUP_COMMANDS` commands
-/// (`commands` counts an item's), waiting for a first item when `block`.
-fn next_group<T>(queue: &Receiver<T>, block: bool, commands: impl Fn(&T) -> usize) -> Next<Vec<T>> {
+/// (`commands` counts an item's), waiting for a first item as `wait` says.
+fn next_group<T>(queue: &Receiver<T>, wait: Wait, commands: impl Fn(&T) -> usize) -> Next<Vec<T>> {
     let mut group = Vec::new();
     let mut counted = 0;
-    if block {
-        let Ok(first) = queue.recv() else {
-            return Next::End;
-        };
+    let first = match wait {
+        Wait::No => None,
+        Wait::Forever => match queue.recv() {
+            Ok(first) => Some(first),
+            Err(_) => return Next::End,
+        },
+        Wait::UpTo(limit) => match queue.recv_timeout(limit) {
+            Ok(first) => Some(first),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return Next::End,
+        },
+    };
+    if let Some(first) = first {
         counted += commands(&first);
         group.push(first);
     }
@@ -227,6 +255,8 @@ pub struct Engine {
     checkpoints: Checkpoints,
     /// The log's writer thread while groups are being applied (`run`, `serve`).
     committer: Option<Committer>,
+    /// Snapshots streaming to operators while commands go on.
+    snapshots: Streams,
 }
 
 impl Engine {
@@ -294,6 +324,7 @@ impl Engine {
             dir: data.to_path_buf(),
             every_commands: CHECKPOINT_EVERY_COMMANDS,
             commands_since: commands,
+            keep: 0,
             in_flight: None,
             failed: Vec::new(),
         };
@@ -305,6 +336,7 @@ impl Engine {
             pending_programs: Vec::new(),
             checkpoints,
             committer: None,
+            snapshots: Streams::default(),
         };
         Ok((engine, recovery))
     }
@@ -318,6 +350,17 @@ impl Engine {
     /// then replays the whole log).
     pub fn set_checkpoint_every(&mut self, commands: u64) {
         self.checkpoints.every_commands = commands;
+    }
+
+    /// Keeps this many older checkpoints (and the log since the oldest) so that balances
+    /// at a past time can be rebuilt (`tally snapshot --as-of`).
+    pub fn set_checkpoints_kept(&mut self, older: usize) {
+        self.checkpoints.keep = older;
+    }
+
+    /// Rows per chunk a streamed snapshot hands to its connection between two groups.
+    pub fn set_snapshot_rows_per_chunk(&mut self, rows: usize) {
+        self.snapshots.set_rows_per_chunk(rows);
     }
 
     /// Closes the log (after any checkpoint being written) and hands back the state; the
@@ -462,7 +505,7 @@ impl Engine {
             let (answers, durable) = sync_channel::<Vec<Arc<CommandResult>>>(RESULT_GROUPS_AHEAD);
             let writer = scope.spawn(move || write_results(&durable, output));
             let applied = self.pipeline(
-                |block| next_group(lines, block, |_| 1),
+                |wait| next_group(lines, wait, |_| 1),
                 |engine, group, logged| {
                     let answers: Vec<Answer> = group
                         .into_iter()
@@ -504,7 +547,7 @@ impl Engine {
         observe: &mut dyn FnMut(&GroupCommitted),
     ) -> Result<(), IngestError> {
         self.pipeline(
-            |block| next_group(submissions, block, |s| s.commands.len()),
+            |wait| next_group(submissions, wait, |s| s.commands.len()),
             |engine, group, logged| engine.apply_submissions(group, logged),
             |engine, served, durable_at| {
                 let committed = durable_at.unwrap_or_else(Instant::now) - served.started;
@@ -525,6 +568,8 @@ impl Engine {
     }
 
     fn apply_submissions(&mut self, group: Vec<Submission>, logged: &mut Vec<Logged>) -> Served {
+        // Snapshot requests wait aside until this group is durable (`start_snapshots`).
+        let group = self.snapshots.accept(group);
         let started = Instant::now();
         let mut commands = 0;
         let mut replies = Vec::with_capacity(group.len());
@@ -549,11 +594,11 @@ impl Engine {
 
     /// Applies groups while the committer makes the previous one durable: a group's answers
     /// are released only once its log write (and every one before it) is durable, in order.
-    /// `next` gives the next group (waiting for one when `true`); `release` hands a durable
+    /// `next` gives the next group (waiting for one as `Wait` says); `release` hands a durable
     /// group's answers on, and says `false` when nobody is listening any more.
     fn pipeline<G, A>(
         &mut self,
-        mut next: impl FnMut(bool) -> Next<G>,
+        mut next: impl FnMut(Wait) -> Next<G>,
         mut apply: impl FnMut(&mut Engine, G, &mut Vec<Logged>) -> A,
         mut release: impl FnMut(&Engine, A, Option<Instant>) -> Result<bool, IngestError>,
     ) -> Result<(), IngestError> {
@@ -566,33 +611,48 @@ impl Engine {
 
     fn pipeline_groups<G, A>(
         &mut self,
-        next: &mut impl FnMut(bool) -> Next<G>,
+        next: &mut impl FnMut(Wait) -> Next<G>,
         apply: &mut impl FnMut(&mut Engine, G, &mut Vec<Logged>) -> A,
         release: &mut impl FnMut(&Engine, A, Option<Instant>) -> Result<bool, IngestError>,
     ) -> Result<(), IngestError> {
         let mut in_flight: Option<A> = None;
+        // Whether the last idle pump moved rows: then look for commands without waiting.
+        let mut streaming = false;
         loop {
-            let group = match next(in_flight.is_none()) {
+            let wait = match (&in_flight, self.snapshots.is_idle(), streaming) {
+                (Some(_), _, _) | (None, false, true) => Wait::No,
+                (None, true, _) => Wait::Forever,
+                (None, false, false) => Wait::UpTo(SNAPSHOT_IDLE_WAIT),
+            };
+            let group = match next(wait) {
                 Next::Group(group) => group,
                 Next::Nothing => {
-                    let answers = in_flight
-                        .take()
-                        .expect("polled only with a group in flight");
-                    if !self.release_durable(answers, release)? {
-                        return Ok(());
+                    match in_flight.take() {
+                        Some(answers) => {
+                            if !self.release_durable(answers, release)? {
+                                return Ok(());
+                            }
+                            self.start_snapshots();
+                        }
+                        // Idle: snapshots stream at their readers' pace.
+                        None => streaming = self.snapshots.pump(&self.ledger, false),
                     }
                     continue;
                 }
                 Next::End => break,
             };
-            if self.checkpoint_due() {
-                // A checkpoint is of a state the log holds entirely: nothing in flight.
+            if self.checkpoint_due() || self.snapshots.has_waiting() {
+                // A checkpoint, and a snapshot's start, are of a state the log holds
+                // entirely: nothing in flight.
                 if let Some(answers) = in_flight.take() {
                     if !self.release_durable(answers, release)? {
                         return Ok(());
                     }
                 }
-                self.start_checkpoint();
+                if self.checkpoint_due() {
+                    self.start_checkpoint();
+                }
+                self.start_snapshots();
             }
             let mut logged = Vec::new();
             let answers = apply(self, group, &mut logged);
@@ -603,11 +663,24 @@ impl Engine {
             }
             self.submit(logged);
             in_flight = Some(answers);
+            // Between groups (while the committer writes): snapshots send their next rows.
+            self.snapshots.pump(&self.ledger, true);
         }
         if let Some(answers) = in_flight {
             self.release_durable(answers, release)?;
         }
+        // The engine is stopping: unfinished snapshots are dropped (run again by their readers).
+        self.snapshots.abandon();
         Ok(())
+    }
+
+    /// Starts the snapshots waiting for their group to be durable, at the log's last batch.
+    /// Only with nothing in flight, so the ledger is exactly the log.
+    fn start_snapshots(&mut self) {
+        if self.snapshots.has_waiting() {
+            let position = self.last_batch();
+            self.snapshots.start_waiting(&self.ledger, position);
+        }
     }
 
     /// Hands a group's log write to the committer.
@@ -678,9 +751,17 @@ impl Engine {
             self.install_pending(now, logged)
                 .expect("programs were checked when given");
         }
+        let entries_before_tick = self.ledger.entries().len();
+        if !self.snapshots.is_idle() {
+            self.capture_for_snapshots(&command, now);
+        }
         self.tick_if_due(&command.merchant, now, logged);
         let entries_before = self.ledger.entries().len();
         let result = self.ledger.apply_shared(&command, now);
+        if !self.snapshots.is_idle() {
+            let written = &self.ledger.entries()[entries_before_tick..];
+            self.snapshots.after(&self.ledger, written);
+        }
         // Only what changed the state is logged: rejections, duplicates and quotes are not.
         let query = matches!(command.kind(), CommandKind::Quote | CommandKind::Balance);
         if matches!(result.status, Status::Applied(_)) && !query {
@@ -693,6 +774,15 @@ impl Engine {
             );
         }
         Answer::Ready(result)
+    }
+
+    /// Captures the snapshot rows the command, and the tick due before it, may change.
+    fn capture_for_snapshots(&mut self, command: &Command, now: Timestamp) {
+        let due = self.ledger.due_at(&command.merchant);
+        let tick = due
+            .is_some_and(|due| due <= now)
+            .then(|| tick_command(&command.merchant, now));
+        self.snapshots.before(&self.ledger, tick.as_ref(), command);
     }
 
     /// Answers a statement query from the log's entries.
@@ -782,10 +872,10 @@ impl Engine {
             return;
         };
         let bytes = checkpoint::encode(&self.ledger, last_batch, self.now);
-        let dir = self.checkpoints.dir.clone();
+        let (dir, keep) = (self.checkpoints.dir.clone(), self.checkpoints.keep);
         let (answer, in_flight) = sync_channel(1);
         std::thread::spawn(move || {
-            let written = checkpoint::write(&dir, &bytes).map(|()| last_batch);
+            let written = checkpoint::write_keeping(&dir, &bytes, keep);
             // The engine may have stopped; then nobody waits for the answer.
             let _ = answer.send(written);
         });
@@ -810,7 +900,7 @@ impl Engine {
         };
         self.checkpoints.in_flight = None;
         match answer {
-            Some(Ok(last_batch)) => Ok(self.log.compact_before(last_batch)?),
+            Some(Ok(compactable)) => Ok(self.log.compact_before(compactable)?),
             Some(Err(error)) if wait => Err(error.into()),
             Some(Err(error)) => {
                 self.checkpoints.failed.push(error.to_string());

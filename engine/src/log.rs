@@ -132,6 +132,15 @@ impl CommandLog {
         last_applied: Option<u64>,
         mut visit: impl FnMut(Logged),
     ) -> Result<u64, LogError> {
+        self.replay_batches_after(last_applied, |_, logged| visit(logged))
+    }
+
+    /// `replay_after`, telling `visit` each command's batch number too.
+    pub fn replay_batches_after(
+        &self,
+        last_applied: Option<u64>,
+        mut visit: impl FnMut(u64, Logged),
+    ) -> Result<u64, LogError> {
         let first = last_applied.map_or(0, |last| last + 1);
         let next_batch = self.batches();
         if first > next_batch {
@@ -156,7 +165,7 @@ impl CommandLog {
                 });
             }
             for logged in decode(batch, value.value())? {
-                visit(logged);
+                visit(batch, logged);
             }
             expected += 1;
         }

@@ -70,6 +70,10 @@ enum Tool {
         /// also taken when the input ends. 0: none (recovery replays the whole log).
         #[arg(long, default_value_t = tally_engine::ingest::CHECKPOINT_EVERY_COMMANDS)]
         checkpoint_every: u64,
+        /// Keep this many older checkpoints, and the log since the oldest of them, so that
+        /// `tally snapshot --as-of` can go back that far.
+        #[arg(long, default_value_t = 0)]
+        keep_checkpoints: usize,
     },
     /// Serves terminals and operators over QUIC (TLS with client certificates). With no flags:
     /// data in ./tally-data, a development CA and server certificate made on first start, the
@@ -107,10 +111,24 @@ enum Tool {
         metrics: std::net::SocketAddr,
     },
     /// Writes every member's balances (of all merchants, or one) as of one log position, as
-    /// CSV or Parquet, from a stopped engine's data directory.
+    /// CSV or Parquet: from a stopped engine's data directory, or streamed from a running
+    /// server (`--server`, with an operator's certificate) while it goes on serving.
     Snapshot {
+        /// The data directory (without `--server`), or where the CA certificate is (with it).
         #[arg(long, default_value = "tally-data")]
         data: PathBuf,
+        /// A running server's address: the snapshot is streamed from it.
+        #[arg(long, requires = "cert")]
+        server: Option<std::net::SocketAddr>,
+        /// The operator's certificate (PEM), e.g. from `tally certs issue --admin NAME`.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Its key (default: the certificate's path with the extension `.key`).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The engine's CA certificate (default: <data>/certs/ca.pem).
+        #[arg(long)]
+        ca: Option<PathBuf>,
         /// The file to write; `.parquet` means Parquet unless `--format` says otherwise.
         #[arg(long)]
         out: PathBuf,
@@ -119,6 +137,10 @@ enum Tool {
         /// `csv` or `parquet` (default: from the file's extension).
         #[arg(long, value_parser = ["csv", "parquet"])]
         format: Option<String>,
+        /// Balances as they were at this time (RFC 3339 or a date: its midnight UTC), from
+        /// the checkpoints and the log kept (`--data` only).
+        #[arg(long, conflicts_with = "server")]
+        as_of: Option<String>,
     },
     /// Liability (by tier and month of expiry), tiers, and a period's activity by rule and
     /// promotion with breakage, from a stopped engine's data directory.
@@ -247,6 +269,7 @@ fn main() -> Result<()> {
             clock,
             balances_out,
             checkpoint_every,
+            keep_checkpoints,
         } => {
             let clock = if clock == "event" {
                 Clock::Event
@@ -257,6 +280,7 @@ fn main() -> Result<()> {
                 clock,
                 balances_out,
                 checkpoint_every,
+                keep_checkpoints,
             };
             ingest(&data, &programs, &input, options)
         }
@@ -271,10 +295,35 @@ fn main() -> Result<()> {
         } => report(&data, merchant.as_deref(), (from, to), format, out),
         Tool::Snapshot {
             data,
+            server: Some(server),
+            cert,
+            key,
+            ca,
             out,
             merchant,
             format,
-        } => snapshot(&data, &out, merchant.as_deref(), format.as_deref()),
+            ..
+        } => {
+            let cert = cert.expect("clap requires --cert with --server");
+            let client = SnapshotClient {
+                key: key.unwrap_or_else(|| cert.with_extension("key")),
+                ca: ca.unwrap_or_else(|| data.join("certs").join("ca.pem")),
+                cert,
+                server,
+            };
+            snapshot_from_server(&client, &out, merchant, format.as_deref())
+        }
+        Tool::Snapshot {
+            data,
+            out,
+            merchant,
+            format,
+            as_of,
+            ..
+        } => {
+            let as_of = as_of.as_deref().map(parse_time).transpose()?;
+            snapshot(&data, &out, merchant.as_deref(), format.as_deref(), as_of)
+        }
         Tool::Demo {
             members,
             duration,
@@ -365,6 +414,7 @@ struct IngestOptions {
     clock: Clock,
     balances_out: Option<PathBuf>,
     checkpoint_every: u64,
+    keep_checkpoints: usize,
 }
 
 fn ingest(data: &Path, programs: &[PathBuf], input: &Path, options: IngestOptions) -> Result<()> {
@@ -372,6 +422,7 @@ fn ingest(data: &Path, programs: &[PathBuf], input: &Path, options: IngestOption
     let (mut engine, recovery) = Engine::open(data, options.clock)?;
     eprintln!("{}", recovered(data, &recovery));
     engine.set_checkpoint_every(options.checkpoint_every);
+    engine.set_checkpoints_kept(options.keep_checkpoints);
     engine.install_programs(&texts)?;
     // Results are written on a thread of their own: `Stdout`, not its (thread-bound) lock.
     let mut output = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
@@ -443,7 +494,22 @@ fn report(
     });
     let (engine, recovery) = Engine::open(data, Clock::Event)?;
     eprintln!("{}", recovered(data, &recovery));
-    let report = build(engine.ledger(), engine.log(), merchant, period)?;
+    let mut report = build(engine.ledger(), engine.log(), merchant, period)?;
+    if let Some(from) = period.from {
+        // The states at the period's ends, from the checkpoints and the log kept.
+        use tally_engine::history::ledger_as_of;
+        let log = engine.log();
+        let end = period.to.map(|to| ledger_as_of(data, log, to)).transpose();
+        match (ledger_as_of(data, log, from), end) {
+            (Ok(start), Ok(end)) => {
+                let end = end.as_ref().map_or(engine.ledger(), |end| &end.ledger);
+                tally_engine::report::add_tier_movements(&mut report, &start.ledger, end);
+            }
+            (Err(error), _) | (_, Err(error)) => {
+                eprintln!("tier movements left out: {error}")
+            }
+        }
+    }
     let text = match format.as_str() {
         "csv" => to_csv(&report),
         "html" => to_html(&report),
@@ -469,14 +535,45 @@ fn parse_time(text: &str) -> Result<tally_engine::Timestamp> {
     Ok(date.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
 }
 
-fn snapshot(data: &Path, out: &Path, merchant: Option<&str>, format: Option<&str>) -> Result<()> {
-    use tally_engine::snapshot::{write, Format};
-    anyhow::ensure!(data.is_dir(), "no data directory at {}", data.display());
-    let format = match format {
+fn snapshot_format(format: Option<&str>, out: &Path) -> tally_engine::snapshot::Format {
+    use tally_engine::snapshot::Format;
+    match format {
         Some("parquet") => Format::Parquet,
         Some(_) => Format::Csv,
         None => Format::of_path(out),
-    };
+    }
+}
+
+fn snapshot(
+    data: &Path,
+    out: &Path,
+    merchant: Option<&str>,
+    format: Option<&str>,
+    as_of: Option<tally_engine::Timestamp>,
+) -> Result<()> {
+    use tally_engine::snapshot::write;
+    anyhow::ensure!(data.is_dir(), "no data directory at {}", data.display());
+    let format = snapshot_format(format, out);
+    if let Some(at) = as_of {
+        let log = tally_engine::log::CommandLog::open(&data.join("log.redb"))?;
+        let past = tally_engine::history::ledger_as_of(data, &log, at)?;
+        let rows = write(
+            past.ledger.snapshot(merchant),
+            past.log_position,
+            format,
+            out,
+        )?;
+        let position = past
+            .log_position
+            .map_or("an empty log".to_string(), |p| format!("log batch {p}"));
+        eprintln!(
+            "{rows} members as of {at} ({position}, entries up to {}) written to {}",
+            past.last_entry_seq,
+            out.display()
+        );
+        std::mem::forget(past);
+        return Ok(());
+    }
     let (engine, recovery) = Engine::open(data, Clock::Event)?;
     eprintln!("{}", recovered(data, &recovery));
     let position = engine.last_batch();
@@ -485,6 +582,111 @@ fn snapshot(data: &Path, out: &Path, merchant: Option<&str>, format: Option<&str
     eprintln!("{rows} members as of {at} written to {}", out.display());
     std::mem::forget(engine);
     Ok(())
+}
+
+/// Where a running server is and who the operator is.
+struct SnapshotClient {
+    server: std::net::SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+/// Streams a snapshot from a running server into a file: the network on this thread, the
+/// file written on another as the chunks arrive.
+fn snapshot_from_server(
+    client: &SnapshotClient,
+    out: &Path,
+    merchant: Option<String>,
+    format: Option<&str>,
+) -> Result<()> {
+    use tally_protocol::{Body, Command, IdemKey, Origin, SnapshotQuery, SnapshotRows, Status};
+    let format = snapshot_format(format, out);
+    let config = tally_client::ClientConfig::from_files(
+        client.server,
+        &client.ca,
+        &client.cert,
+        &client.key,
+    )?;
+    let started = Instant::now();
+    let now = chrono::Utc::now();
+    let command = Command {
+        merchant: every_merchant_name(merchant.as_deref()),
+        origin: Origin::Admin(String::new()),
+        // A query: its key is never remembered, only echoed.
+        key: IdemKey::Id(now.timestamp_nanos_opt().unwrap_or_default() as u128),
+        at: now,
+        program_version: None,
+        body: Body::Snapshot(SnapshotQuery {
+            every_merchant: merchant.is_none(),
+        }),
+    };
+    let (chunks, received) = std::sync::mpsc::sync_channel::<SnapshotRows>(8);
+    let path = out.to_path_buf();
+    let writer = std::thread::spawn(move || write_chunks(&received, format, &path));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        let client = tally_client::Client::connect(config).await?;
+        let result = client
+            .snapshot(command, |chunk| {
+                // The writer stopped on an error: it reports it.
+                let _ = chunks.send(chunk);
+            })
+            .await;
+        client.close().await;
+        result
+    });
+    // The end of the chunks: the writer finishes the file.
+    drop(chunks);
+    let written = writer.join().expect("the writer does not panic");
+    let result = result?;
+    if let Status::Rejected { reason, message } = &result.status {
+        bail!("the server refused the snapshot: {reason}: {message}");
+    }
+    let (rows, position, last_entry_seq) = written?;
+    let at = position.map_or("an empty log".to_string(), |p| format!("log batch {p}"));
+    eprintln!(
+        "{rows} members as of {at} (entries up to {last_entry_seq}) streamed from {} to {} in {:.2} s",
+        client.server,
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The command's merchant: the one asked for, or `*` for every merchant.
+fn every_merchant_name(merchant: Option<&str>) -> String {
+    merchant.unwrap_or("*").to_string()
+}
+
+/// Writes the chunks of one snapshot as they come; checks that the last one came and that
+/// every row did. Returns the rows, the log position and the last entry number.
+fn write_chunks(
+    received: &std::sync::mpsc::Receiver<tally_protocol::SnapshotRows>,
+    format: tally_engine::snapshot::Format,
+    out: &Path,
+) -> Result<(u64, Option<u64>, u64)> {
+    use tally_engine::snapshot_stream::member_row;
+    let Ok(first) = received.recv() else {
+        bail!("the server sent no rows");
+    };
+    let (position, last_entry_seq) = (first.log_position, first.last_entry_seq);
+    let (mut last, mut rows_sent) = (false, 0);
+    let chunks = std::iter::once(first)
+        .chain(received.iter())
+        .inspect(|chunk| {
+            last = chunk.last;
+            rows_sent = chunk.rows_sent;
+        });
+    let rows = chunks.flat_map(|chunk| chunk.rows.into_iter().map(member_row));
+    let written = tally_engine::snapshot::write(rows, position, format, out)?;
+    anyhow::ensure!(
+        last && written == rows_sent,
+        "the snapshot ended early: {written} rows of {rows_sent}"
+    );
+    Ok((written, position, last_entry_seq))
 }
 
 // A rate for display: the only float in the engine, never money.
@@ -667,6 +869,7 @@ fn serve(config: ServeConfig) -> Result<()> {
     let (mut engine, recovery) = Engine::open(&config.data, clock)?;
     eprintln!("{}", recovered(&config.data, &recovery));
     engine.set_checkpoint_every(config.checkpoint_every);
+    engine.set_checkpoints_kept(config.keep_checkpoints);
     let mut texts = read_programs(&config.programs)?;
     if config.demo_program {
         texts.insert(0, DEMO_PROGRAM.to_string());

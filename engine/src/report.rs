@@ -52,6 +52,20 @@ pub struct MerchantReport {
     pub activity: Vec<ActivityLine>,
     /// Points that expired in the period.
     pub breakage_points: i64,
+    /// Members whose tier at the period's end differs from its start, by pair (absent when
+    /// the period has no start, or the state at its start is not kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier_movements: Option<Vec<MovementLine>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MovementLine {
+    /// Tier ids; empty for no tier. A member enrolled in the period moves from `new`.
+    pub from: String,
+    pub to: String,
+    /// `up`, `down` (by the tiers' rank at the end) or `new`.
+    pub direction: &'static str,
+    pub members: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -187,7 +201,59 @@ fn balances(merchant: &Merchant) -> MerchantReport {
         by_expiry_month: expiry_lines(by_month, &value),
         activity: Vec::new(),
         breakage_points: 0,
+        tier_movements: None,
     }
+}
+
+/// Tier movements of every merchant between two states of the ledger (at the period's start
+/// and end): for each member at the end whose tier differs, its pair, counted.
+pub fn add_tier_movements(report: &mut Report, start: &Ledger, end: &Ledger) {
+    for line in &mut report.merchants {
+        let Some(after) = end.merchant(&line.merchant) else {
+            continue;
+        };
+        let before = start.merchant(&line.merchant);
+        line.tier_movements = Some(tier_movements(before, after));
+    }
+}
+
+fn tier_movements(before: Option<&Merchant>, after: &Merchant) -> Vec<MovementLine> {
+    let program = after.program();
+    let rank = |id: &Option<std::sync::Arc<str>>| {
+        id.as_ref()
+            .and_then(|id| program.tiers.iter().position(|t| t.id == *id))
+    };
+    let mut pairs: BTreeMap<(String, String, &'static str), u64> = BTreeMap::new();
+    for (index, member) in after.members.iter().enumerate() {
+        let to = program.tier_id(member.tier);
+        let from = before.and_then(|b| Some((b, b.members.get(index)?)));
+        let (from_name, direction) = match from {
+            None => ("new".to_string(), "new"),
+            Some((merchant, old)) => {
+                let from = merchant.program().tier_id(old.tier);
+                if from == to {
+                    continue;
+                }
+                let direction = if rank(&from) < rank(&to) {
+                    "up"
+                } else {
+                    "down"
+                };
+                (from.map_or(String::new(), |t| t.to_string()), direction)
+            }
+        };
+        let to_name = to.map_or(String::new(), |t| t.to_string());
+        *pairs.entry((from_name, to_name, direction)).or_default() += 1;
+    }
+    pairs
+        .into_iter()
+        .map(|((from, to, direction), members)| MovementLine {
+            from,
+            to,
+            direction,
+            members,
+        })
+        .collect()
 }
 
 /// By month of expiry, earliest first; points that never expire last.
@@ -264,6 +330,17 @@ pub fn to_csv(report: &Report) -> String {
                 Wallet::Credit => (String::new(), a.amount.to_string()),
             };
             row("activity", &a.rule, &kind, a.entries, points, amount);
+        }
+        for movement in m.tier_movements.iter().flatten() {
+            let pair = format!("{}>{}", movement.from, movement.to);
+            row(
+                "tier_movement",
+                &pair,
+                movement.direction,
+                movement.members,
+                String::new(),
+                String::new(),
+            );
         }
         row(
             "breakage",
@@ -352,7 +429,25 @@ pub fn to_html(report: &Report) -> String {
                 t.points_value
             );
         }
-        page.push_str("</table><h3>Activity in the period</h3>");
+        page.push_str("</table>");
+        if let Some(movements) = &m.tier_movements {
+            page.push_str("<h3>Tier movements in the period</h3>");
+            page.push_str(
+                "<table><tr><th>from</th><th>to</th><th>direction</th><th>members</th></tr>",
+            );
+            for movement in movements {
+                let _ = write!(
+                    page,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(&movement.from),
+                    escape(&movement.to),
+                    movement.direction,
+                    movement.members
+                );
+            }
+            page.push_str("</table>");
+        }
+        page.push_str("<h3>Activity in the period</h3>");
         page.push_str("<table><tr><th>rule or promotion</th><th>wallet</th><th>kind</th><th>entries</th><th>amount</th></tr>");
         for a in &m.activity {
             let _ = write!(

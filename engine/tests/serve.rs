@@ -45,6 +45,7 @@ fn serve_concurrently(engine: &mut Engine, commands: &[Command]) -> Vec<Arc<Comm
                     let submission = Submission {
                         commands: batch.iter().map(|(_, c)| c.clone()).collect(),
                         reply: Box::new(move |results| answer.send(results).unwrap()),
+                        rows: None,
                     };
                     submit.send(submission).expect("the engine serves");
                     let results = answered.recv().expect("every submission is answered");
@@ -151,6 +152,7 @@ fn answers_under_many_submitters_equal_a_sequential_replay_of_the_log() {
                         .send(Submission {
                             commands: batch.to_vec(),
                             reply: Box::new(move |results| answer.send(results).unwrap()),
+                            rows: None,
                         })
                         .expect("the engine serves");
                     for result in answered.recv().expect("answered") {

@@ -105,6 +105,7 @@ pub enum Body {
     // The full path: rkyv's derive has a `Tag` of its own in scope.
     Tag(crate::command::Tag),
     Balance(BalanceQuery),
+    Snapshot(SnapshotQuery),
 }
 
 /// The name of a command, as in its JSON key and in results.
@@ -146,6 +147,7 @@ pub enum CommandKind {
     Unknown,
     // After `Unknown`: the wire form numbers the kinds in this order.
     Balance,
+    Snapshot,
 }
 
 impl CommandKind {
@@ -170,6 +172,7 @@ impl CommandKind {
             CommandKind::Tag => "tag",
             CommandKind::Unknown => "unknown",
             CommandKind::Balance => "balance",
+            CommandKind::Snapshot => "snapshot",
         }
     }
 
@@ -185,6 +188,7 @@ impl CommandKind {
                 | CommandKind::AssignPromotion
                 | CommandKind::IssueCodes
                 | CommandKind::Tag
+                | CommandKind::Snapshot
         )
     }
 }
@@ -210,6 +214,7 @@ impl Body {
             Body::IssueCodes(_) => CommandKind::IssueCodes,
             Body::Tag(_) => CommandKind::Tag,
             Body::Balance(_) => CommandKind::Balance,
+            Body::Snapshot(_) => CommandKind::Snapshot,
         }
     }
 }
@@ -697,6 +702,28 @@ fn default_per_page() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct BalanceQuery {
     pub member: MemberRef,
+}
+
+/// Every member of the command's merchant (or of every merchant), as of one log position,
+/// streamed to an operator in `rows` frames (`docs/protocol.md`).
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotQuery {
+    /// Every merchant, not only the command's: for an operator whose certificate names none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub every_merchant: bool,
 }
 
 /// Gives a `regular` promotion to members, or to everyone who holds a tier.

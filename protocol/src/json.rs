@@ -58,6 +58,8 @@ pub struct CommandJson {
     pub tag: Option<Tag>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balance: Option<BalanceQuery>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotQuery>,
 }
 
 /// A command line that could not be read. `key` is set when the envelope was readable, so
@@ -220,11 +222,12 @@ fn take_body(json: &CommandJson) -> Result<Body, String> {
     push(json.issue_codes.clone().map(Body::IssueCodes));
     push(json.tag.clone().map(Body::Tag));
     push(json.balance.clone().map(Body::Balance));
+    push(json.snapshot.clone().map(Body::Snapshot));
     match bodies.len() {
         1 => Ok(bodies.pop().expect("one body")),
         0 => Err("the command has no body: add one of `purchase`, `quote`, `return`, `hold`, `capture`, \
                   `release`, `adjust`, `event`, `enroll`, `issue_cards`, `link`, `load_program`, `tick`, \
-                  `assign_promotion`, `issue_codes`, `tag`, `statement`, `balance`"
+                  `assign_promotion`, `issue_codes`, `tag`, `statement`, `balance`, `snapshot`"
             .into()),
         _ => Err("a command has exactly one body".into()),
     }
@@ -268,6 +271,7 @@ impl From<&Command> for CommandJson {
             Body::IssueCodes(b) => json.issue_codes = Some(b),
             Body::Tag(b) => json.tag = Some(b),
             Body::Balance(b) => json.balance = Some(b),
+            Body::Snapshot(b) => json.snapshot = Some(b),
         }
         json
     }

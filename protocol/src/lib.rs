@@ -10,13 +10,14 @@ mod command;
 mod json;
 mod reason;
 mod result;
+mod snapshot;
 pub mod wire;
 
 pub use command::{
     Adjust, AdjustReason, Alias, AssignPromotion, BalanceQuery, Body, Capture, Command,
     CommandKind, Enroll, Event, Hold, IdemKey, IssueCards, IssueCodes, Line, Link, LoadProgram,
-    MemberRef, Origin, Payment, Purchase, Release, Return, ReturnLine, StatementQuery, Tag, Tick,
-    TxnRef, ENGINE_ADMIN, MAX_STATEMENT_PAGE,
+    MemberRef, Origin, Payment, Purchase, Release, Return, ReturnLine, SnapshotQuery,
+    StatementQuery, Tag, Tick, TxnRef, ENGINE_ADMIN, MAX_STATEMENT_PAGE,
 };
 pub use json::{parse_command_line, CommandJson, ParseError};
 pub use reason::Reason;
@@ -25,6 +26,7 @@ pub use result::{
     MemberView, PromotionApplied, PromotionLine, PromotionNotApplied, PunchCard, RuleEarning,
     StatementEntry, StatementPage, Status, TickSummary, TierChange, Wallet,
 };
+pub use snapshot::{SnapshotRow, SnapshotRows};
 
 /// Money as it crosses the boundary: an exact decimal in the merchant's currency.
 pub use rust_decimal::Decimal;

@@ -17,6 +17,7 @@ use rust_decimal::Decimal;
 use crate::command::Command;
 use crate::reason::Reason;
 use crate::result::CommandResult;
+use crate::snapshot::SnapshotRows;
 use crate::Timestamp;
 
 /// Every frame starts with these four bytes.
@@ -47,6 +48,9 @@ pub enum FrameKind {
     Results = 2,
     /// Server to client: the request with this id was not applied at all, and why.
     Error = 3,
+    /// Server to client: the next rows of the snapshot request with this id (before its
+    /// results frame).
+    Rows = 4,
 }
 
 impl FrameKind {
@@ -55,6 +59,7 @@ impl FrameKind {
             1 => Some(FrameKind::Request),
             2 => Some(FrameKind::Results),
             3 => Some(FrameKind::Error),
+            4 => Some(FrameKind::Rows),
             _ => None,
         }
     }
@@ -156,6 +161,10 @@ pub enum Frame {
         reason: Reason,
         message: String,
     },
+    Rows {
+        request_id: u64,
+        rows: SnapshotRows,
+    },
 }
 
 /// Checks a header against the limits.
@@ -226,6 +235,18 @@ pub fn encode_error(request_id: u64, reason: Reason, message: &str) -> Vec<u8> {
     };
     let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&payload).expect("error archive");
     frame(FrameKind::Error, request_id, &archive)
+}
+
+/// A rows frame: the next rows of the snapshot request `request_id`.
+pub fn encode_rows(request_id: u64, rows: &SnapshotRows) -> Vec<u8> {
+    let archive = rkyv::to_bytes::<rkyv::rancor::Error>(rows).expect("rows archive");
+    frame(FrameKind::Rows, request_id, &archive)
+}
+
+/// Validates a rows payload.
+pub fn decode_rows(payload: &[u8]) -> Result<SnapshotRows, FrameError> {
+    let buffer = aligned(payload);
+    rkyv::from_bytes::<SnapshotRows, rkyv::rancor::Error>(&buffer).map_err(payload_error)
 }
 
 /// Copies a payload into a buffer aligned for the archive (a network buffer is not).
@@ -316,6 +337,10 @@ pub fn decode_payload(
                 message: error.message,
             }
         }
+        FrameKind::Rows => Frame::Rows {
+            request_id,
+            rows: decode_rows(payload)?,
+        },
     })
 }
 

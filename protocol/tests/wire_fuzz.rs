@@ -8,9 +8,10 @@ use std::sync::{Arc, LazyLock};
 
 use proptest::prelude::*;
 use tally_protocol::wire::{
-    decode_frame, encode_error, encode_request, encode_results, Frame, Limits, HEADER_BYTES,
+    decode_frame, encode_error, encode_request, encode_results, encode_rows, Frame, Limits,
+    HEADER_BYTES,
 };
-use tally_protocol::{parse_command_line, CommandResult, Reason};
+use tally_protocol::{parse_command_line, CommandResult, Reason, SnapshotRow, SnapshotRows};
 
 const COMMANDS_DOC: &str = include_str!("../../docs/commands.md");
 
@@ -36,7 +37,35 @@ fn corpus() -> Vec<Vec<u8>> {
     frames.extend(results.iter().map(|r| encode_results(3, vec![r.clone()])));
     frames.push(encode_results(4, results));
     frames.push(encode_error(5, Reason::Invalid, "a sentence"));
+    frames.push(encode_rows(6, &snapshot_rows()));
     frames
+}
+
+fn snapshot_rows() -> SnapshotRows {
+    let row = |member: u64, tier: Option<&str>| SnapshotRow {
+        merchant: "demo".into(),
+        member,
+        aliases: "+15550100;card:1234567890".into(),
+        points: 1200,
+        available: 900,
+        pending: 300,
+        held: 0,
+        credit_minor: 1250,
+        credit_held_minor: 0,
+        minor_units: 2,
+        tier: tier.map(str::to_string),
+        window_points_earned: 1500,
+        window_amount_spent_minor: 123_456,
+        window_orders: 7,
+        expiring: [0, 100, 250],
+    };
+    SnapshotRows {
+        log_position: Some(41),
+        last_entry_seq: 1234,
+        rows: vec![row(1, Some("gold")), row(2, None)],
+        last: true,
+        rows_sent: 2,
+    }
 }
 
 /// Decoding never panics; what decodes re-encodes to the same frame.
@@ -57,6 +86,7 @@ fn check(bytes: &[u8]) {
                 reason,
                 message,
             } => encode_error(request_id, reason, &message),
+            Frame::Rows { request_id, rows } => encode_rows(request_id, &rows),
         };
         assert_eq!(decode_frame(&again, &limits), Ok(frame));
     }

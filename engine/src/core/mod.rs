@@ -34,7 +34,7 @@ pub use intern::interning;
 pub use member::{Counters, Lot, Lots, Member, Slice, Totals};
 pub use phone::normalize_phone;
 pub use promotions::scratch_codes;
-pub use snapshot::{MemberSnapshot, EXPIRING_WITHIN_DAYS};
+pub use snapshot::{touched, MemberSnapshot, SnapshotCursor, Touched, EXPIRING_WITHIN_DAYS};
 
 use crate::money::from_minor;
 use crate::program::{parse_and_compile, Program};
@@ -346,6 +346,11 @@ impl Ledger {
     }
 
     /// When the merchant next has time-driven work, if ever.
+    /// The number of the last entry written (0: none yet).
+    pub fn last_entry_seq(&self) -> u64 {
+        self.next_entry_seq - 1
+    }
+
     pub fn due_at(&self, merchant: &str) -> Option<Timestamp> {
         self.merchants.get(merchant).and_then(time::due_at)
     }
@@ -404,7 +409,11 @@ impl Ledger {
         // Queries change nothing and ticks are idempotent by nature: none is remembered.
         let remembered = !matches!(
             kind,
-            CommandKind::Quote | CommandKind::Tick | CommandKind::Statement | CommandKind::Balance
+            CommandKind::Quote
+                | CommandKind::Tick
+                | CommandKind::Statement
+                | CommandKind::Balance
+                | CommandKind::Snapshot
         );
         let fingerprint = if remembered { fingerprint(command) } else { 0 };
         let merchant = self
@@ -669,6 +678,10 @@ fn dispatch(
         Body::IssueCodes(issue) => promotions::issue_codes(merchant, ctx, issue).map(none),
         Body::Tag(tag) => promotions::tag(merchant, ctx, tag).map(none),
         Body::Balance(query) => balance(merchant, ctx, query).map(none),
+        Body::Snapshot(_) => reject(
+            Reason::Invalid,
+            "snapshots are streamed by the engine's server to an operator",
+        ),
     }
 }
 

@@ -80,6 +80,13 @@ pub fn authorize(identity: &Identity, command: &mut Command) -> Result<(), Refus
             command.origin = Origin::Terminal(terminal.clone());
         }
         Identity::Admin { merchant, name } => {
+            if let (Some(merchant), Body::Snapshot(query)) = (merchant, &command.body) {
+                if query.every_merchant {
+                    return Err(Refusal::unauthorized(format!(
+                        "This operator works for merchant {merchant}; it cannot snapshot every merchant."
+                    )));
+                }
+            }
             if let Some(merchant) = merchant {
                 if command.merchant != *merchant {
                     return Err(Refusal::unauthorized(format!(

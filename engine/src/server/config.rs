@@ -34,6 +34,8 @@ pub struct ServeConfig {
     pub clock: ClockSetting,
     /// Take a checkpoint after this many logged commands (0: none).
     pub checkpoint_every: u64,
+    /// Older checkpoints kept, with the log since the oldest, for `tally snapshot --as-of`.
+    pub keep_checkpoints: usize,
     /// Names the development server certificate is valid for (made on first start).
     pub server_names: Vec<String>,
     pub limits: Limits,
@@ -49,6 +51,7 @@ impl Default for ServeConfig {
             demo_program: true,
             clock: ClockSetting::Wall,
             checkpoint_every: crate::ingest::CHECKPOINT_EVERY_COMMANDS,
+            keep_checkpoints: 0,
             server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             limits: Limits::default(),
         }

@@ -19,6 +19,7 @@ pub mod auth;
 pub use tally_certs as certs;
 pub mod config;
 pub mod metrics;
+mod snapshot;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,7 +32,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use tally_protocol::wire::{self, FrameKind, Limits as FrameLimits, HEADER_BYTES};
-use tally_protocol::{Command, CommandResult, Reason};
+use tally_protocol::{Body, Command, CommandResult, Reason};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
 
@@ -85,6 +86,8 @@ pub struct Limits {
     pub idle_timeout_ms: u64,
     /// How long a shutdown waits for requests in flight to be answered.
     pub drain_timeout_ms: u64,
+    /// Rows a streamed snapshot sends per chunk: the engine's pause between two groups.
+    pub snapshot_rows_per_chunk: u32,
 }
 
 impl Default for Limits {
@@ -102,6 +105,7 @@ impl Default for Limits {
             write_timeout_ms: 10_000,
             idle_timeout_ms: 30_000,
             drain_timeout_ms: 10_000,
+            snapshot_rows_per_chunk: crate::snapshot_stream::ROWS_PER_CHUNK as u32,
         }
     }
 }
@@ -120,6 +124,8 @@ impl Limits {
                 "max_commands_per_frame must be 1..=max_in_flight_commands"
             } else if self.max_connections == 0 || self.max_streams_per_connection == 0 {
                 "max_connections and max_streams_per_connection must be at least 1"
+            } else if self.snapshot_rows_per_chunk == 0 {
+                "snapshot_rows_per_chunk must be at least 1"
             } else if self.connection_window_bytes < self.max_frame_bytes {
                 "connection_window_bytes must be at least max_frame_bytes"
             } else {
@@ -263,10 +269,12 @@ pub fn start(engine: Engine, options: ServerOptions) -> Result<Running, ServerEr
     let (submit, submissions) = sync_channel::<Submission>(queue);
     let (engine_stopped, engine_done) = watch::channel(false);
     let engine_metrics = metrics.clone();
+    let rows_per_chunk = options.limits.snapshot_rows_per_chunk as usize;
     let engine_thread = std::thread::Builder::new()
         .name("tally-engine".into())
         .spawn(move || {
             let mut engine = engine;
+            engine.set_snapshot_rows_per_chunk(rows_per_chunk);
             let served = engine.serve_observed(&submissions, &mut |group| {
                 engine_metrics.group_committed(group)
             });
@@ -668,6 +676,9 @@ async fn serve_frame(
             .close(VarInt::from_u32(codes::REVOKED), b"certificate revoked");
         return Err(StreamEnd::Done);
     }
+    if commands.iter().any(|c| matches!(c.body, Body::Snapshot(_))) {
+        return snapshot::serve(shared, peer, send, request_id, commands).await;
+    }
     let started = Instant::now();
     let frame = answer(shared, &peer.identity, request_id, commands).await;
     shared.metrics.request_answered(started.elapsed());
@@ -770,26 +781,30 @@ async fn submit(
         reply: Box::new(move |results| {
             let _ = reply.send(results);
         }),
+        rows: None,
     };
-    {
-        let queue = shared.submit.read().expect("not poisoned");
-        let Some(queue) = queue.as_ref() else {
-            return Err("The loyalty service is restarting; try again shortly.");
-        };
-        match queue.try_send(submission) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(Reason::Overloaded.message()),
-            Err(TrySendError::Disconnected(_)) => {
-                return Err("The loyalty service is restarting; try again shortly.")
-            }
-        }
-    }
+    enqueue(shared, submission)?;
     let in_flight = count as i64;
     shared.metrics.in_flight_commands.add(in_flight);
     let answered = answered.await;
     shared.metrics.in_flight_commands.add(-in_flight);
     // A dropped reply means the engine stopped before the group was durable: not applied.
-    answered.map_err(|_| "The loyalty service is restarting; try again shortly.")
+    answered.map_err(|_| RESTARTING)
+}
+
+const RESTARTING: &str = "The loyalty service is restarting; try again shortly.";
+
+/// Puts a submission in the engine's queue, if there is room now.
+fn enqueue(shared: &Shared, submission: Submission) -> Result<(), &'static str> {
+    let queue = shared.submit.read().expect("not poisoned");
+    let Some(queue) = queue.as_ref() else {
+        return Err(RESTARTING);
+    };
+    match queue.try_send(submission) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(_)) => Err(Reason::Overloaded.message()),
+        Err(TrySendError::Disconnected(_)) => Err(RESTARTING),
+    }
 }
 
 /// Counts a request from its frame's header until its answer is written.

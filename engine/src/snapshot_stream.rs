@@ -1,0 +1,360 @@
+//! Snapshots of a running engine, streamed to an operator while commands go on applying.
+//!
+//! A snapshot request waits until the group it came in is durable and nothing after it is
+//! applied; then its cursor starts (`core::SnapshotCursor`) at that log position. Between groups, and while the engine is
+//! idle, each snapshot hands its next chunk of rows to its connection if the connection has
+//! room (never waiting for it); before a command changes a member no chunk has shown yet,
+//! that member's row is captured as it is still. So the rows are the state at one position,
+//! the engine pauses for one chunk at a time, and a slow reader only holds its own rows.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tally_protocol::{
+    Body, Command, CommandKind, CommandResult, Origin, Reason, SnapshotRow, SnapshotRows, Status,
+};
+
+use crate::core::{Entry, Ledger, MemberSnapshot, SnapshotCursor};
+use crate::ingest::Submission;
+
+/// Rows per chunk: the engine's longest pause for a snapshot, and a `rows` frame's size
+/// (about 100 bytes a row).
+pub const ROWS_PER_CHUNK: usize = 8192;
+/// While commands wait, snapshots take at most this share of the engine thread's time (so
+/// ingestion keeps the rest); an idle engine streams as fast as the readers read.
+pub const ENGINE_TIME_SHARE_PERCENT: u32 = 20;
+/// The longest the engine hands rows over between two groups.
+pub const MAX_PAUSE: Duration = Duration::from_millis(50);
+/// Snapshots streaming at once; more wait for one to finish.
+pub const MAX_STREAMS: usize = 4;
+
+/// What a connection did with a chunk offered to it.
+pub enum Offer {
+    Taken,
+    /// No room now: offered again later.
+    Full(SnapshotRows),
+    /// The reader went away: the snapshot stops.
+    Closed,
+}
+
+/// Where a snapshot's rows go (the connection's task). `offer` must not block.
+pub trait RowSink: Send {
+    fn offer(&mut self, rows: SnapshotRows) -> Offer;
+}
+
+/// A snapshot being streamed.
+struct Stream {
+    command: Command,
+    cursor: SnapshotCursor,
+    log_position: Option<u64>,
+    last_entry_seq: u64,
+    rows_sent: u64,
+    /// A chunk the connection had no room for.
+    unsent: Option<SnapshotRows>,
+    sink: Box<dyn RowSink>,
+    reply: Box<dyn FnOnce(Vec<Arc<CommandResult>>) + Send>,
+    /// A change the cursor did not foresee: the rows can no longer be trusted.
+    broken: bool,
+}
+
+/// Every snapshot of the engine: waiting for their group to be durable, or streaming.
+pub struct Streams {
+    waiting: Vec<(Submission, Box<dyn RowSink>)>,
+    active: Vec<Stream>,
+    rows_per_chunk: usize,
+    /// Since when snapshots have been streaming, and the engine time they took meanwhile
+    /// (pacing only: nothing the ledger sees depends on a clock).
+    streaming_since: Option<Instant>,
+    busy: Duration,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams {
+            waiting: Vec::new(),
+            active: Vec::new(),
+            rows_per_chunk: ROWS_PER_CHUNK,
+            streaming_since: None,
+            busy: Duration::ZERO,
+        }
+    }
+}
+
+impl Streams {
+    pub fn set_rows_per_chunk(&mut self, rows: usize) {
+        assert!(rows > 0, "a chunk holds at least one row");
+        self.rows_per_chunk = rows;
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.active.is_empty()
+    }
+
+    /// Takes the snapshot requests out of a group: they start once the group is durable.
+    pub fn accept(&mut self, group: Vec<Submission>) -> Vec<Submission> {
+        let mut rest = Vec::with_capacity(group.len());
+        for mut submission in group {
+            match submission.rows.take() {
+                Some(sink) => self.waiting.push((submission, sink)),
+                None => rest.push(submission),
+            }
+        }
+        rest
+    }
+
+    /// Captures the rows `command` (and the engine's `tick` before it, if any) may change.
+    pub fn before(&mut self, ledger: &Ledger, tick: Option<&Command>, command: &Command) {
+        for stream in &mut self.active {
+            if let Some(tick) = tick {
+                ledger.capture_before(&mut stream.cursor, tick);
+            }
+            ledger.capture_before(&mut stream.cursor, command);
+        }
+    }
+
+    /// Checks that the entries a command wrote changed only members already captured.
+    pub fn after(&mut self, ledger: &Ledger, entries: &[Entry]) {
+        for stream in &mut self.active {
+            if !stream.broken && ledger.snapshot_missed(&stream.cursor, entries) {
+                tracing::error!(
+                    key = %stream.command.key,
+                    "a snapshot missed a change; it is refused and can be run again"
+                );
+                stream.broken = true;
+            }
+        }
+    }
+
+    /// Snapshot requests taken out of a durable group, waiting for their start.
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// Starts the waiting snapshots (as many as may stream at once) at this log position. The
+    /// ledger must hold exactly the log up to it: nothing applied and not yet durable.
+    pub fn start_waiting(&mut self, ledger: &Ledger, log_position: Option<u64>) {
+        while self.active.len() < MAX_STREAMS && !self.waiting.is_empty() {
+            let (submission, sink) = self.waiting.remove(0);
+            self.start(ledger, submission, sink, log_position);
+        }
+    }
+
+    /// Between groups: offers each started snapshot chunks while its reader has room (under
+    /// load, within the snapshots' share of the engine's time, at least one), and answers the
+    /// finished ones. Returns whether any rows moved. Rows not shown yet are as they were at
+    /// the snapshot's start (a command captures them before changing them), so this may run
+    /// while the ledger is ahead of the log.
+    pub fn pump(&mut self, ledger: &Ledger, under_load: bool) -> bool {
+        let started = Instant::now();
+        let since = *self.streaming_since.get_or_insert(started);
+        let allowance = match under_load {
+            true => (since.elapsed() * ENGINE_TIME_SHARE_PERCENT / 100).saturating_sub(self.busy),
+            false => MAX_PAUSE,
+        }
+        .min(MAX_PAUSE);
+        let moved = self.pump_within(ledger, started, allowance);
+        self.busy += started.elapsed();
+        if self.is_idle() {
+            (self.streaming_since, self.busy) = (None, Duration::ZERO);
+        }
+        moved
+    }
+
+    fn pump_within(&mut self, ledger: &Ledger, started: Instant, allowance: Duration) -> bool {
+        let mut moved = false;
+        let mut index = 0;
+        while index < self.active.len() {
+            let stream = &mut self.active[index];
+            // Chunks until the reader is full or the time is used: a group under load takes
+            // far longer than a chunk, so one chunk per group would pace it by the groups.
+            let mut step = stream.step(ledger, self.rows_per_chunk);
+            while matches!(step, Step::Sent) && started.elapsed() < allowance {
+                moved = true;
+                step = stream.step(ledger, self.rows_per_chunk);
+            }
+            match step {
+                Step::Sent => moved = true,
+                Step::Waiting => {}
+                Step::Closed => {
+                    drop(self.active.swap_remove(index));
+                    continue;
+                }
+                Step::Done => {
+                    let stream = self.active.swap_remove(index);
+                    stream.finish();
+                    moved = true;
+                    continue;
+                }
+            }
+            index += 1;
+        }
+        moved
+    }
+
+    fn start(
+        &mut self,
+        ledger: &Ledger,
+        submission: Submission,
+        sink: Box<dyn RowSink>,
+        log_position: Option<u64>,
+    ) {
+        let Submission {
+            mut commands,
+            reply,
+            ..
+        } = submission;
+        let refuse = |command: &Command, reason: Reason, message: &str| {
+            vec![Arc::new(CommandResult::rejected(
+                &command.merchant,
+                command.key.text(),
+                CommandKind::Snapshot,
+                reason,
+                message.to_string(),
+            ))]
+        };
+        let command = commands.pop().expect("a snapshot request has one command");
+        assert!(commands.is_empty(), "a snapshot request is alone");
+        let Body::Snapshot(query) = &command.body else {
+            unreachable!("only snapshot requests carry a row sink")
+        };
+        if matches!(command.origin, Origin::Terminal(_)) {
+            return reply(refuse(
+                &command,
+                Reason::Unauthorized,
+                "a snapshot needs an operator (admin) identity",
+            ));
+        }
+        let merchant = (!query.every_merchant).then_some(command.merchant.as_str());
+        if merchant.is_some_and(|name| ledger.merchant(name).is_none()) {
+            let message = format!("merchant {:?} has no loyalty program", command.merchant);
+            return reply(refuse(&command, Reason::UnknownMerchant, &message));
+        }
+        let cursor = ledger.snapshot_cursor(merchant);
+        self.active.push(Stream {
+            command,
+            cursor,
+            log_position,
+            last_entry_seq: ledger.last_entry_seq(),
+            rows_sent: 0,
+            unsent: None,
+            sink,
+            reply,
+            broken: false,
+        });
+    }
+
+    /// The engine is stopping: snapshots not finished are dropped (their readers see the
+    /// stream end without a result and run them again).
+    pub fn abandon(&mut self) {
+        self.waiting.clear();
+        self.active.clear();
+    }
+}
+
+enum Step {
+    Sent,
+    Waiting,
+    Closed,
+    Done,
+}
+
+impl Stream {
+    fn step(&mut self, ledger: &Ledger, rows_per_chunk: usize) -> Step {
+        if self.broken {
+            return Step::Done;
+        }
+        let chunk = match self.unsent.take() {
+            Some(chunk) => chunk,
+            None => self.next_chunk(ledger, rows_per_chunk),
+        };
+        let last = chunk.last;
+        match self.sink.offer(chunk) {
+            Offer::Taken if last => Step::Done,
+            Offer::Taken => Step::Sent,
+            Offer::Full(chunk) => {
+                self.unsent = Some(chunk);
+                Step::Waiting
+            }
+            Offer::Closed => Step::Closed,
+        }
+    }
+
+    fn next_chunk(&mut self, ledger: &Ledger, rows_per_chunk: usize) -> SnapshotRows {
+        let rows: Vec<SnapshotRow> = ledger
+            .snapshot_next(&mut self.cursor, rows_per_chunk)
+            .into_iter()
+            .map(wire_row)
+            .collect();
+        self.rows_sent += rows.len() as u64;
+        SnapshotRows {
+            log_position: self.log_position,
+            last_entry_seq: self.last_entry_seq,
+            rows,
+            last: self.cursor.is_done(),
+            rows_sent: self.rows_sent,
+        }
+    }
+
+    fn finish(self) {
+        let status = match self.broken {
+            false => Status::Applied(Box::default()),
+            true => Status::Rejected {
+                reason: Reason::Overloaded,
+                message: "The snapshot could not be kept consistent with the commands applied \
+                          meanwhile; run it again."
+                    .into(),
+            },
+        };
+        let result = CommandResult {
+            merchant: self.command.merchant.clone(),
+            key: self.command.key.text(),
+            command: CommandKind::Snapshot,
+            status,
+        };
+        (self.reply)(vec![Arc::new(result)]);
+    }
+}
+
+/// A row as the wire carries it.
+pub fn wire_row(row: MemberSnapshot) -> SnapshotRow {
+    SnapshotRow {
+        merchant: row.merchant,
+        member: row.member,
+        aliases: row.aliases,
+        points: row.points,
+        available: row.available,
+        pending: row.pending,
+        held: row.held,
+        credit_minor: row.credit_minor,
+        credit_held_minor: row.credit_held_minor,
+        minor_units: row.minor_units,
+        tier: row.tier,
+        window_points_earned: row.window.points_earned,
+        window_amount_spent_minor: row.window.amount_spent_minor,
+        window_orders: row.window.orders,
+        expiring: row.expiring,
+    }
+}
+
+/// A row read from the wire, for the file writers.
+pub fn member_row(row: SnapshotRow) -> MemberSnapshot {
+    MemberSnapshot {
+        merchant: row.merchant,
+        member: row.member,
+        aliases: row.aliases,
+        points: row.points,
+        available: row.available,
+        pending: row.pending,
+        held: row.held,
+        credit_minor: row.credit_minor,
+        credit_held_minor: row.credit_held_minor,
+        minor_units: row.minor_units,
+        tier: row.tier,
+        window: crate::core::Totals {
+            points_earned: row.window_points_earned,
+            amount_spent_minor: row.window_amount_spent_minor,
+            orders: row.window_orders,
+        },
+        expiring: row.expiring,
+    }
+}
