@@ -16,24 +16,8 @@ use crate::Timestamp;
 /// The demo program's text, built in.
 pub const DEMO_PROGRAM: &str = include_str!("../../docs/demo-program.toml");
 
-/// (sku, category, unit price in cents)
-const CATALOG: &[(&str, &str, i64)] = &[
-    ("LATTE", "coffee", 450),
-    ("ESPRESSO", "coffee", 300),
-    ("CAPPUCCINO", "coffee", 420),
-    ("COLD-BREW", "coffee", 500),
-    ("CROISSANT", "pastry", 350),
-    ("MUFFIN", "pastry", 325),
-    ("DAY-OLD-MUFFIN", "pastry", 150),
-    ("BAGEL", "food", 400),
-    ("SANDWICH", "food", 895),
-    ("SALAD", "food", 1095),
-    ("BEANS-1KG", "beans", 2400),
-    ("BEANS-250G", "beans", 899),
-    ("MUG", "merch", 1500),
-    ("TUMBLER", "merch", 2500),
-    ("TOTE", "merch", 1800),
-];
+/// (sku, category, unit price in cents): the articles the load generator's fleet sells too.
+const CATALOG: &[(&str, &str, i64)] = tally_loadgen::fleet::DEMO_ARTICLES;
 
 const STORES: &[&str] = &["downtown", "airport", "campus", "harbor"];
 

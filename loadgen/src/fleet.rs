@@ -144,26 +144,28 @@ pub struct Sku {
     pub price_cents: i64,
 }
 
-/// The demo program's named articles first (its rules and promotions name them), then
-/// generated ones in the same categories.
+/// The demo program's named articles (its rules and promotions name them): (sku, category,
+/// unit price in cents).
+pub const DEMO_ARTICLES: &[(&str, &str, i64)] = &[
+    ("LATTE", "coffee", 450),
+    ("ESPRESSO", "coffee", 300),
+    ("CAPPUCCINO", "coffee", 420),
+    ("COLD-BREW", "coffee", 500),
+    ("CROISSANT", "pastry", 350),
+    ("MUFFIN", "pastry", 325),
+    ("DAY-OLD-MUFFIN", "pastry", 150),
+    ("BAGEL", "food", 400),
+    ("SANDWICH", "food", 895),
+    ("SALAD", "food", 1095),
+    ("BEANS-1KG", "beans", 2400),
+    ("BEANS-250G", "beans", 899),
+    ("MUG", "merch", 1500),
+    ("TUMBLER", "merch", 2500),
+    ("TOTE", "merch", 1800),
+];
+
+/// The demo program's named articles first, then generated ones in the same categories.
 pub fn catalog(skus: usize, seed: u64) -> Vec<Sku> {
-    const NAMED: &[(&str, &str, i64)] = &[
-        ("LATTE", "coffee", 450),
-        ("ESPRESSO", "coffee", 300),
-        ("CAPPUCCINO", "coffee", 420),
-        ("COLD-BREW", "coffee", 500),
-        ("CROISSANT", "pastry", 350),
-        ("MUFFIN", "pastry", 325),
-        ("DAY-OLD-MUFFIN", "pastry", 150),
-        ("BAGEL", "food", 400),
-        ("SANDWICH", "food", 895),
-        ("SALAD", "food", 1095),
-        ("BEANS-1KG", "beans", 2400),
-        ("BEANS-250G", "beans", 899),
-        ("MUG", "merch", 1500),
-        ("TUMBLER", "merch", 2500),
-        ("TOTE", "merch", 1800),
-    ];
     // (category, lowest and highest price in cents)
     const CATEGORIES: &[(&str, i64, i64)] = &[
         ("coffee", 250, 650),
@@ -173,7 +175,7 @@ pub fn catalog(skus: usize, seed: u64) -> Vec<Sku> {
         ("merch", 800, 4000),
     ];
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut catalog: Vec<Sku> = NAMED
+    let mut catalog: Vec<Sku> = DEMO_ARTICLES
         .iter()
         .map(|&(sku, category, price_cents)| Sku {
             sku: sku.into(),
