@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use tally_protocol::IdemKey;
+use tally_protocol::{Alias, IdemKey};
 
 use rust_decimal::Decimal;
 use tally_protocol::TierChange;
@@ -338,56 +338,85 @@ fn restore_merchant(image: MerchantImage) -> Result<Merchant, ImageError> {
     if programs.is_empty() {
         return Err(inconsistent("no program".into()));
     }
-    let mut receipts = FxHashMap::default();
-    receipts.reserve(image.receipts.len());
-    for (key, receipt) in image.receipts {
-        receipts.insert(Arc::new(key), receipt);
-    }
-    let mut recent_keys = VecDeque::with_capacity(image.recent_keys.len());
-    for key in image.recent_keys {
-        // Share the receipt's key, as a running ledger does.
-        let (shared, _) = receipts
-            .get_key_value(&key)
-            .ok_or_else(|| inconsistent(format!("recent key {key} has no receipt")))?;
-        recent_keys.push_back(shared.clone());
-    }
-    let mut merchant = Merchant {
+    // The receipts' map and the members' indexes are independent: built on two cores.
+    let (receipts, indexes) = std::thread::scope(|scope| {
+        let receipts = scope.spawn(|| receipts_map(image.receipts, image.recent_keys));
+        let indexes = member_indexes(&image.members);
+        let receipts = receipts
+            .join()
+            .expect("building the receipts' map does not panic");
+        (receipts, indexes)
+    });
+    let (receipts, recent_keys) = receipts.map_err(inconsistent)?;
+    let (aliases, timers, birthdays) = indexes.map_err(inconsistent)?;
+    Ok(Merchant {
         name: Arc::from(image.name.as_str()),
         programs,
         members: image.members,
-        aliases: FxHashMap::default(),
+        aliases,
         receipts,
-        timers: BinaryHeap::new(),
-        birthdays: FxHashMap::default(),
+        timers,
+        birthdays,
         recent_keys,
         clock: image.clock,
         next_day_start: image.next_day_start,
         next_month_start: image.next_month_start,
         next_card: image.next_card,
         promotions: image.promotions,
-    };
-    rebuild_indexes(&mut merchant).map_err(inconsistent)?;
-    Ok(merchant)
+    })
 }
 
 /// The alias, timer and birthday indexes, from the members.
-fn rebuild_indexes(merchant: &mut Merchant) -> Result<(), String> {
-    merchant.aliases.reserve(merchant.members.len());
-    for (index, member) in merchant.members.iter().enumerate() {
+type Receipts = FxHashMap<Arc<IdemKey>, Receipt>;
+
+/// The receipts by key, and the keys of those kept whole (sharing the receipts' keys, as a
+/// running ledger does).
+fn receipts_map(
+    image: Vec<(IdemKey, Receipt)>,
+    recent: Vec<IdemKey>,
+) -> Result<(Receipts, VecDeque<Arc<IdemKey>>), String> {
+    let mut receipts = FxHashMap::default();
+    receipts.reserve(image.len());
+    for (key, receipt) in image {
+        receipts.insert(Arc::new(key), receipt);
+    }
+    let mut recent_keys = VecDeque::with_capacity(recent.len());
+    for key in recent {
+        let (shared, _) = receipts
+            .get_key_value(&key)
+            .ok_or_else(|| format!("recent key {key} has no receipt"))?;
+        recent_keys.push_back(shared.clone());
+    }
+    Ok((receipts, recent_keys))
+}
+
+type MemberIndexes = (
+    FxHashMap<Alias, u32>,
+    BinaryHeap<std::cmp::Reverse<(Timestamp, u32)>>,
+    FxHashMap<(u32, u32), Vec<u32>>,
+);
+
+/// The indexes a merchant keeps over its members: aliases, timers, birthdays.
+fn member_indexes(members: &[Member]) -> Result<MemberIndexes, String> {
+    let mut aliases = FxHashMap::default();
+    aliases.reserve(members.iter().map(|m| m.aliases.len()).sum());
+    let mut timers = BinaryHeap::new();
+    let mut birthdays: FxHashMap<(u32, u32), Vec<u32>> = FxHashMap::default();
+    for (index, member) in members.iter().enumerate() {
         let index = index as u32;
         for alias in &member.aliases {
-            if merchant.aliases.insert(alias.clone(), index).is_some() {
+            if aliases.insert(alias.clone(), index).is_some() {
                 return Err(format!("alias {alias:?} belongs to two members"));
             }
         }
         if let Some(due) = member.timer_at {
-            merchant.timers.push(std::cmp::Reverse((due, index)));
+            timers.push(std::cmp::Reverse((due, index)));
         }
         if let Some(birthday) = member.birthday {
-            merchant.birthdays.entry(birthday).or_default().push(index);
+            birthdays.entry(birthday).or_default().push(index);
         }
     }
-    Ok(())
+    Ok((aliases, timers, birthdays))
 }
 
 /// An older remembered result: what `Applied::clone_summary` keeps (balances, totals, tier),
