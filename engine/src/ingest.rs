@@ -634,8 +634,12 @@ impl Engine {
                             }
                             self.start_snapshots();
                         }
-                        // Idle: snapshots stream at their readers' pace.
-                        None => streaming = self.snapshots.pump(&self.ledger, false),
+                        // Idle (nothing in flight): snapshots start, and stream at their
+                        // readers' pace.
+                        None => {
+                            self.start_snapshots();
+                            streaming = self.snapshots.pump(&self.ledger, false);
+                        }
                     }
                     continue;
                 }

@@ -125,9 +125,9 @@ impl Streams {
         }
     }
 
-    /// Snapshot requests taken out of a durable group, waiting for their start.
+    /// Whether a snapshot request waits for its start and one more may stream now.
     pub fn has_waiting(&self) -> bool {
-        !self.waiting.is_empty()
+        !self.waiting.is_empty() && self.active.len() < MAX_STREAMS
     }
 
     /// Starts the waiting snapshots (as many as may stream at once) at this log position. The
