@@ -366,7 +366,6 @@ fn restore_merchant(image: MerchantImage) -> Result<Merchant, ImageError> {
     })
 }
 
-/// The alias, timer and birthday indexes, from the members.
 type Receipts = FxHashMap<Arc<IdemKey>, Receipt>;
 
 /// The receipts by key, and the keys of those kept whole (sharing the receipts' keys, as a
