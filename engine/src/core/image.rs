@@ -13,7 +13,10 @@ use rust_decimal::Decimal;
 use tally_protocol::TierChange;
 use tally_protocol::{Applied, Balances, CommandKind, CommandResult, MemberView, TickSummary};
 
-use super::{promotions, Ledger, Member, Merchant, Receipt, Stored};
+use super::holds::HoldRecord;
+use super::packed::Packed;
+use super::purchase::OrderRecord;
+use super::{promotions, Ledger, Member, Merchant, Receipt, Record, Stored};
 use crate::program::{parse_and_compile, ProgramErrors};
 use crate::Timestamp;
 
@@ -147,6 +150,7 @@ fn encode_sized<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 struct PartAt {
     merchant: usize,
     kind: u8,
+    version: u16,
     start: usize,
     end: usize,
 }
@@ -157,8 +161,9 @@ enum Decoded {
 }
 
 impl LedgerImage {
-    /// Reads an image written by `LedgerImageRef::encode`, its parts on `threads` threads.
-    pub fn decode(bytes: &[u8], threads: usize) -> Result<LedgerImage, String> {
+    /// Reads an image written by `LedgerImageRef::encode`, its parts on `threads` threads;
+    /// `version` is the checkpoint format's (1: receipts before they were kept packed).
+    pub fn decode(bytes: &[u8], threads: usize, version: u16) -> Result<LedgerImage, String> {
         use bincode::Options;
         let mut reader = Reader { bytes, at: 0 };
         let head = reader.take_sized()?;
@@ -179,6 +184,7 @@ impl LedgerImage {
             parts.push(PartAt {
                 merchant,
                 kind,
+                version,
                 start,
                 end: start + length,
             });
@@ -236,6 +242,16 @@ fn decode_part(bytes: &[u8], part: &PartAt) -> Result<Decoded, String> {
     let decoder = bounded_bincode(bytes.len());
     Ok(match part.kind {
         PART_MEMBERS => Decoded::Members(decoder.deserialize(bytes).map_err(error)?),
+        _ if part.version == 1 => {
+            let receipts: Vec<(IdemKey, ReceiptV1)> = decoder.deserialize(bytes).map_err(error)?;
+            let upgrade = |(key, receipt): (IdemKey, ReceiptV1)| {
+                receipt
+                    .upgrade::<bincode::Error>()
+                    .map(|receipt| (key, receipt))
+            };
+            let upgraded: Result<_, _> = receipts.into_iter().map(upgrade).collect();
+            Decoded::Receipts(upgraded.map_err(error)?)
+        }
         _ => Decoded::Receipts(decoder.deserialize(bytes).map_err(error)?),
     })
 }
@@ -503,11 +519,55 @@ impl Summary {
 
 /// A remembered result in an image. Whole results go as their JSON (the result types are
 /// shaped for JSON, with optional fields left out); summaries, the bulk of the receipts, as
-/// they are.
+/// they are kept: packed.
 #[derive(Debug, Deserialize)]
 enum StoredImage {
     Whole(String),
+    Summary(Packed<Summary>),
+}
+
+fn whole<E: serde::de::Error>(json: &str) -> Result<Stored, E> {
+    let result: CommandResult = serde_json::from_str(json).map_err(E::custom)?;
+    Ok(Stored::Whole(Arc::new(result)))
+}
+
+/// A receipt as version 1 of the checkpoint wrote it: summaries and order records field by
+/// field, before they were kept packed.
+#[derive(Debug, Deserialize)]
+struct ReceiptV1 {
+    fingerprint: u128,
+    result: StoredV1,
+    record: RecordV1,
+}
+
+#[derive(Debug, Deserialize)]
+enum StoredV1 {
+    Whole(String),
     Summary(Box<Summary>),
+}
+
+#[derive(Debug, Deserialize)]
+enum RecordV1 {
+    None,
+    Order(Box<OrderRecord>),
+    Hold(Box<HoldRecord>),
+}
+
+impl ReceiptV1 {
+    fn upgrade<E: serde::de::Error>(self) -> Result<Receipt, E> {
+        Ok(Receipt {
+            fingerprint: self.fingerprint,
+            result: match self.result {
+                StoredV1::Whole(json) => whole(&json)?,
+                StoredV1::Summary(summary) => Stored::Summary(Packed::pack(&*summary)),
+            },
+            record: match self.record {
+                RecordV1::None => Record::None,
+                RecordV1::Order(order) => Record::Order(Packed::pack(&*order)),
+                RecordV1::Hold(hold) => Record::Hold(hold),
+            },
+        })
+    }
 }
 
 impl Serialize for Stored {
@@ -530,11 +590,7 @@ impl Serialize for Stored {
 impl<'de> Deserialize<'de> for Stored {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Ok(match StoredImage::deserialize(deserializer)? {
-            StoredImage::Whole(json) => {
-                let result: CommandResult =
-                    serde_json::from_str(&json).map_err(serde::de::Error::custom)?;
-                Stored::Whole(Arc::new(result))
-            }
+            StoredImage::Whole(json) => whole(&json)?,
             StoredImage::Summary(summary) => Stored::Summary(summary),
         })
     }

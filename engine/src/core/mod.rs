@@ -10,6 +10,7 @@ mod image;
 mod intern;
 mod members;
 mod micros;
+mod packed;
 mod phone;
 mod promotions;
 mod purchase;
@@ -103,7 +104,7 @@ pub(crate) fn reject<T>(reason: Reason, message: impl Into<String>) -> Result<T,
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Record {
     None,
-    Order(Box<purchase::OrderRecord>),
+    Order(packed::Packed<purchase::OrderRecord>),
     Hold(Box<holds::HoldRecord>),
 }
 
@@ -118,19 +119,22 @@ pub(crate) struct Receipt {
 #[derive(Debug, Clone)]
 pub(crate) enum Stored {
     Whole(Arc<CommandResult>),
-    Summary(Box<image::Summary>),
+    Summary(packed::Packed<image::Summary>),
 }
 
 impl Stored {
     fn result(&self, merchant: &str, key: &IdemKey) -> CommandResult {
         match self {
             Stored::Whole(result) => (**result).clone(),
-            Stored::Summary(summary) => CommandResult {
-                merchant: merchant.to_string(),
-                key: key.text(),
-                command: summary.command,
-                status: Status::Applied(Box::new(summary.applied())),
-            },
+            Stored::Summary(packed) => {
+                let summary = packed.unpack();
+                CommandResult {
+                    merchant: merchant.to_string(),
+                    key: key.text(),
+                    command: summary.command,
+                    status: Status::Applied(Box::new(summary.applied())),
+                }
+            }
         }
     }
 }
@@ -567,7 +571,7 @@ fn remember(merchant: &mut Merchant, key: Arc<IdemKey>, receipt: Receipt, kept_w
             if let Stored::Whole(result) = &receipt.result {
                 if let Status::Applied(applied) = &result.status {
                     let summary = image::Summary::of(result.command, applied);
-                    receipt.result = Stored::Summary(Box::new(summary));
+                    receipt.result = Stored::Summary(packed::Packed::pack(&summary));
                 }
             }
         }

@@ -16,6 +16,7 @@ use tally_protocol::{
 use super::holds;
 use super::member::{Slice, Totals};
 use super::members::{debit_points, filter_holds, materialize, resolve, Who};
+use super::packed::Packed;
 use super::promotions::{self, OrderFacts, OrderPromotions, PromotionRecord};
 use super::time::{expiry_of, month_index};
 use super::{finish_member, reject, tiers, Books, Ctx, Merchant, Record, Rejection};
@@ -223,29 +224,27 @@ pub fn purchase(
         .counters
         .add(month, plan_totals(&plan), ctx.program.tier_months_kept);
     tiers::rise(&ctx.program, member, month_index(&ctx.program, ctx.now));
-    // Kept as long as the order can be returned: each vector without the planning slack.
+    // Kept, packed, as long as the order can be returned.
     let record = OrderRecord {
         member: index,
         month,
         total_minor: plan.total_minor,
-        // Collected in place, this would keep the plan's (larger) lines' allocation.
-        lines: exact(
-            plan.lines
-                .into_iter()
-                .map(|line| RecordedLine {
-                    sku: line.sku.clone(),
-                    qty: line.qty,
-                    returned: 0,
-                    net_minor: line.net_minor,
-                })
-                .collect(),
-        ),
+        lines: plan
+            .lines
+            .iter()
+            .map(|line| RecordedLine {
+                sku: line.sku.clone(),
+                qty: line.qty,
+                returned: 0,
+                net_minor: line.net_minor,
+            })
+            .collect(),
         rules: plan.rules.iter().map(|(rule, _, _)| rule.clone()).collect(),
-        earnings: exact(plan.earnings),
-        order_points: exact(plan.order_points),
+        earnings: plan.earnings,
+        order_points: plan.order_points,
         paid_points: plan.reward_points + plan.pay_points + plan.hold_points,
         paid_credit_minor: plan.pay_credit_minor + plan.hold_credit_minor,
-        paid_slices: exact(paid_slices),
+        paid_slices,
         own_lot,
         value_minor: plan.value_minor,
         spent_minor: plan.eligible_minor,
@@ -253,7 +252,7 @@ pub fn purchase(
         points_refunded: 0,
         credit_refunded_minor: 0,
         whole_returned: false,
-        promotions: exact(promotion_records),
+        promotions: promotion_records,
     };
     finish_member(
         merchant,
@@ -263,7 +262,7 @@ pub fn purchase(
         plan.tier_before,
         &mut applied,
     );
-    Ok((applied, Record::Order(Box::new(record))))
+    Ok((applied, Record::Order(Packed::pack(&record))))
 }
 
 /// Writes the order's accrual entries into one new lot; returns the lot.
@@ -429,12 +428,6 @@ fn plan<'a>(merchant: &Merchant, ctx: &Ctx, order: &'a Purchase) -> Result<Plan<
         plan.points_earned += points;
     }
     Ok(plan)
-}
-
-/// The vector without spare capacity (one copy, when it has any).
-fn exact<T>(mut items: Vec<T>) -> Vec<T> {
-    items.shrink_to_fit();
-    items
 }
 
 fn plan_lines<'a>(program: &Program, order: &'a Purchase) -> Result<Vec<PlanLine<'a>>, Rejection> {

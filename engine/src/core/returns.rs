@@ -8,6 +8,7 @@ use tally_protocol::{Applied, EntryKind, LineEarning, Reason, Return, RuleEarnin
 
 use super::holds::split_slices;
 use super::member::{Member, Slice, Totals};
+use super::packed::Packed;
 use super::promotions::{self, TakeBack};
 use super::purchase::OrderRecord;
 use super::{finish_member, reject, Books, Ctx, Merchant, Record, Rejection};
@@ -50,11 +51,11 @@ pub fn apply_return(
         .order
         .resolve(&ctx.origin)
         .or_else(|m| reject(Reason::Invalid, m))?;
-    let Some(Record::Order(record)) = merchant.receipts.get(&key).map(|r| &r.record) else {
+    let Some(Record::Order(packed)) = merchant.receipts.get(&key).map(|r| &r.record) else {
         return reject(Reason::UnknownOrder, format!("no purchase {key}"));
     };
-    let plan = plan(record, ret)?;
-    let mut record = record.clone();
+    let mut record = packed.unpack();
+    let plan = plan(&record, ret)?;
     let index = record.member;
     let tier = merchant.members[index as usize].tier;
     let negative = ctx.program.negative_balance;
@@ -83,7 +84,7 @@ pub fn apply_return(
         &mut applied,
     );
     let receipt = merchant.receipts.get_mut(&key).expect("found above");
-    receipt.record = Record::Order(record);
+    receipt.record = Record::Order(Packed::pack(&record));
     finish_member(merchant, ctx, index, false, tier, &mut applied);
     Ok(applied)
 }

@@ -308,7 +308,8 @@ pub fn touched(merchant: &Merchant, command: &Command) -> Touched {
             .ok()
             .and_then(|key| merchant.receipts.get(&key).map(|r| &r.record));
         match record {
-            Some(Record::Order(order)) => Touched::Members(vec![order.member]),
+            // An order record's first field is its member.
+            Some(Record::Order(order)) => Touched::Members(vec![order.leading::<u32>()]),
             Some(Record::Hold(hold)) => Touched::Members(vec![hold.member]),
             _ => Touched::Nothing,
         }

@@ -1,0 +1,117 @@
+//! Values kept as their encoding. An order record and a result's summary are written once,
+//! read again only by a return or a late duplicate, and kept for every command: packed, one
+//! is a single allocation of a few hundred bytes instead of a dozen holding a kilobyte, and
+//! a checkpoint copies it as it is.
+
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::image::state_bincode;
+
+/// `T` in the state's encoding (`image::state_bincode`).
+pub(crate) struct Packed<T> {
+    bytes: Box<[u8]>,
+    kind: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Packed<T> {
+    pub fn pack(value: &T) -> Packed<T> {
+        use bincode::Options;
+        let bytes = state_bincode()
+            .serialize(value)
+            .expect("encoding into memory does not fail");
+        Packed::from_bytes(bytes.into_boxed_slice())
+    }
+
+    /// The value. Its bytes were written by `pack` (or checked with the checkpoint that held
+    /// them), so a value that does not decode is a broken invariant.
+    pub fn unpack(&self) -> T {
+        self.leading()
+    }
+
+    /// The value's leading fields, decoded without the rest: `P` is a prefix of `T`'s layout.
+    pub fn leading<P: DeserializeOwned>(&self) -> P {
+        use bincode::Options;
+        state_bincode()
+            .deserialize(&self.bytes)
+            .expect("a packed value decodes")
+    }
+}
+
+impl<T> Packed<T> {
+    fn from_bytes(bytes: Box<[u8]>) -> Packed<T> {
+        Packed {
+            bytes,
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<T> Clone for Packed<T> {
+    fn clone(&self) -> Packed<T> {
+        Packed::from_bytes(self.bytes.clone())
+    }
+}
+
+impl<T> std::fmt::Debug for Packed<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Packed({} bytes)", self.bytes.len())
+    }
+}
+
+impl<T> Serialize for Packed<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.bytes)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Packed<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Bytes;
+        impl serde::de::Visitor<'_> for Bytes {
+            type Value = Box<[u8]>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a packed value's bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Box<[u8]>, E> {
+                Ok(bytes.into())
+            }
+        }
+        deserializer
+            .deserialize_bytes(Bytes)
+            .map(Packed::from_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::core::{Ledger, Record};
+    use crate::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
+
+    #[test]
+    fn an_order_record_packs_whole_and_its_member_reads_alone() {
+        let mut ledger = Ledger::new();
+        for (index, command) in Workload::new(WorkloadConfig::demo(40))
+            .take(400)
+            .enumerate()
+        {
+            if index == 0 {
+                ledger.install_program(DEMO_PROGRAM, command.at).unwrap();
+            }
+            ledger.apply_shared(&command, command.at);
+        }
+        let merchant = ledger.merchants.values().next().unwrap();
+        let mut orders = 0;
+        for receipt in merchant.receipts.values() {
+            if let Record::Order(packed) = &receipt.record {
+                let record = packed.unpack();
+                assert_eq!(packed.leading::<u32>(), record.member);
+                assert_eq!(super::Packed::pack(&record).bytes, packed.bytes);
+                orders += 1;
+            }
+        }
+        assert!(orders > 100, "most commands are purchases: {orders}");
+    }
+}
