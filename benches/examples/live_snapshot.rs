@@ -201,9 +201,23 @@ fn snapshot(submit: &SyncSender<Submission>, out: &Path) -> u64 {
 fn write_chunks(chunks: &Receiver<SnapshotRows>, out: &Path) -> u64 {
     let first = chunks.recv().expect("rows");
     let position = first.log_position;
-    let all = std::iter::once(first).chain(chunks.iter());
+    // How long the writer waits for the engine's rows: what paces the snapshot when it is
+    // not the writer's own work.
+    let mut waited = Duration::ZERO;
+    let later = std::iter::from_fn(|| {
+        let started = Instant::now();
+        let chunk = chunks.recv().ok();
+        waited += started.elapsed();
+        chunk
+    });
+    let all = std::iter::once(first).chain(later);
     let rows = all.flat_map(|chunk| chunk.rows.into_iter().map(member_row));
-    write(rows, position, Format::Parquet, out).expect("written")
+    let written = write(rows, position, Format::Parquet, out).expect("written");
+    println!(
+        "the Parquet writer waited {:.2} s for rows",
+        waited.as_secs_f64()
+    );
+    written
 }
 
 /// The process's peak resident memory (Linux), in MB.

@@ -13,6 +13,7 @@ use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
+use parquet::schema::types::ColumnPath;
 
 use crate::core::MemberSnapshot;
 use crate::money::from_minor;
@@ -171,8 +172,11 @@ fn write_parquet(
     file: std::fs::File,
 ) -> Result<u64, SnapshotError> {
     let schema = Arc::new(parse_message_type(PARQUET_SCHEMA)?);
+    // Ids and aliases are unique per member: a dictionary would only grow and be dropped.
     let properties = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
+        .set_column_dictionary_enabled(ColumnPath::from("member"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("aliases"), false)
         .build();
     let mut writer = SerializedFileWriter::new(file, schema, Arc::new(properties))?;
     let mut count = 0u64;
