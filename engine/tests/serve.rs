@@ -193,3 +193,91 @@ fn answers_under_many_submitters_equal_a_sequential_replay_of_the_log() {
     );
     assert!(compared > 2_000, "most commands applied: {compared}");
 }
+
+/// Sixteen terminals enrol the same new phones at the same instant, each by its first
+/// purchase (international or national, spaced or not): every phone becomes exactly one member,
+/// every terminal's answer names that member, and a restart gives the same members.
+#[test]
+fn many_terminals_enrolling_the_same_phones_at_once_make_one_member_each() {
+    const TERMINALS: usize = 16;
+    const PHONES: usize = 50;
+    let dir = std::env::temp_dir().join(format!("tally-serve-enrol-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _scratch = Scratch(dir.clone());
+    let written = |terminal: usize, phone: usize| match terminal % 3 {
+        0 => format!("+1555{phone:07}"),
+        1 => format!("(555) {:03}-{:04}", phone / 10_000, phone % 10_000),
+        _ => format!("+1 555 {:03} {:04}", phone / 10_000, phone % 10_000),
+    };
+    let purchase = |terminal: usize, phone: usize| {
+        let line = format!(
+            r#"{{"merchant":"demo","terminal":"t{terminal}","txn":"p{phone}","at":"2026-01-05T12:00:00Z","purchase":{{"member":{{"phone":"{}"}},"lines":[{{"sku":"LATTE","qty":1,"unit_price":"4.50"}}],"total":"4.50"}}}}"#,
+            written(terminal, phone)
+        );
+        tally_protocol::parse_command_line(&line).expect("a valid purchase")
+    };
+
+    let (mut engine, _) = Engine::open(&dir, Clock::Event).expect("opens");
+    // No checkpoint: the restart below replays the whole log.
+    engine.set_checkpoint_every(0);
+    engine
+        .install_programs(&[DEMO_PROGRAM.to_string()])
+        .expect("program");
+    let (submit, submissions) = sync_channel::<Submission>(4);
+    let (results_out, results_in) = channel();
+    std::thread::scope(|scope| {
+        for terminal in 0..TERMINALS {
+            let (submit, results_out) = (submit.clone(), results_out.clone());
+            scope.spawn(move || {
+                // Every terminal goes through the same phones, one submission each.
+                for phone in 0..PHONES {
+                    let (answer, answered) = channel();
+                    let submission = Submission {
+                        commands: vec![purchase(terminal, phone)],
+                        reply: Box::new(move |results| answer.send(results).unwrap()),
+                        rows: None,
+                    };
+                    submit.send(submission).expect("the engine serves");
+                    let result = answered.recv().expect("answered").remove(0);
+                    results_out.send((phone, result)).unwrap();
+                }
+            });
+        }
+        drop(submit);
+        engine.serve(&submissions).expect("serves");
+    });
+    drop(results_out);
+    let mut member_of_phone = std::collections::BTreeMap::new();
+    let mut enrolments = 0;
+    for (phone, result) in results_in.iter() {
+        let applied = result.applied().expect("every purchase applies");
+        let member = applied.member.as_ref().expect("names its member");
+        enrolments += usize::from(member.enrolled);
+        let first = *member_of_phone.entry(phone).or_insert(member.id);
+        assert_eq!(member.id, first, "phone {phone} answered as two members");
+    }
+    assert_eq!(member_of_phone.len(), PHONES);
+    assert_eq!(enrolments, PHONES, "one enrolment per phone");
+    let ids: std::collections::BTreeSet<u64> = member_of_phone.values().copied().collect();
+    assert_eq!(ids.len(), PHONES, "no two phones share a member");
+    drop(engine.close().expect("closes"));
+
+    // Replayed from the log, the same phones are the same members.
+    let (mut engine, recovery) = Engine::open(&dir, Clock::Event).expect("recovers");
+    assert!(
+        recovery.checkpoint.is_none(),
+        "recovered from the log alone"
+    );
+    let balance = |phone: usize| {
+        let line = format!(
+            r#"{{"merchant":"demo","terminal":"t0","txn":"b{phone}","at":"2026-01-05T12:00:00Z","balance":{{"member":{{"phone":"+1555{phone:07}"}}}}}}"#
+        );
+        tally_protocol::parse_command_line(&line).expect("a valid query")
+    };
+    let queries: Vec<Command> = (0..PHONES).map(balance).collect();
+    let answers = serve_concurrently(&mut engine, &queries);
+    for (phone, answer) in answers.iter().enumerate() {
+        let member = answer.applied().and_then(|a| a.member.as_ref());
+        assert_eq!(member.map(|m| m.id), Some(member_of_phone[&phone]));
+    }
+}
