@@ -57,27 +57,54 @@ pub enum CheckpointError {
     },
 }
 
-/// Serialises the ledger, as it is after log batch `last_batch`, into checkpoint bytes. This
-/// is the part that needs the state; writing the bytes can happen on another thread.
-pub fn encode(ledger: &Ledger, last_batch: u64, now: Option<Timestamp>) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(1 << 20);
-    bytes.extend_from_slice(&MAGIC);
-    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    bytes.extend_from_slice(&last_batch.to_le_bytes());
-    let micros = now.map_or(NO_TIME, |now| now.timestamp_micros());
-    bytes.extend_from_slice(&micros.to_le_bytes());
-    bytes.extend_from_slice(&0u64.to_le_bytes());
-    ledger.image().encode(&mut bytes);
-    let body_bytes = (bytes.len() - HEADER_BYTES) as u64;
-    bytes[HEADER_BYTES - 8..HEADER_BYTES].copy_from_slice(&body_bytes.to_le_bytes());
-    let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
-    bytes.extend_from_slice(&checksum.to_le_bytes());
-    bytes
+/// A checkpoint's bytes in segments (the header first), without the checksum, which is
+/// computed as they are written: encoding reads the state, so the engine waits for it;
+/// hashing and writing do not, and happen on another thread.
+pub struct Encoded {
+    segments: Vec<Vec<u8>>,
 }
 
-/// Writes checkpoint bytes durably into `dir`, replacing the previous checkpoint only once
-/// the new one is on disk.
-pub fn write(dir: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+impl Encoded {
+    /// The last log batch the checkpoint holds.
+    pub fn last_batch(&self) -> u64 {
+        u64::from_le_bytes(self.segments[0][6..14].try_into().expect("a header"))
+    }
+
+    /// The file's size: the segments and the checksum.
+    pub fn file_bytes(&self) -> usize {
+        self.segments.iter().map(Vec::len).sum::<usize>() + CHECKSUM_BYTES
+    }
+
+    /// The whole file: the segments and the checksum.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = self.segments.concat();
+        let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
+        bytes.extend_from_slice(&checksum.to_le_bytes());
+        bytes
+    }
+}
+
+/// Serialises the ledger, as it is after log batch `last_batch`, for a checkpoint. This is
+/// the part that needs the state (on every core: the engine waits for it); writing the bytes
+/// can happen on another thread.
+pub fn encode(ledger: &Ledger, last_batch: u64, now: Option<Timestamp>) -> Encoded {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut segments = ledger.image().encode_segments(threads);
+    let body_bytes: usize = segments.iter().map(Vec::len).sum();
+    let mut header = Vec::with_capacity(HEADER_BYTES);
+    header.extend_from_slice(&MAGIC);
+    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&last_batch.to_le_bytes());
+    let micros = now.map_or(NO_TIME, |now| now.timestamp_micros());
+    header.extend_from_slice(&micros.to_le_bytes());
+    header.extend_from_slice(&(body_bytes as u64).to_le_bytes());
+    segments.insert(0, header);
+    Encoded { segments }
+}
+
+/// Writes a checkpoint durably into `dir`, replacing the previous checkpoint only once the
+/// new one is on disk.
+pub fn write(dir: &Path, encoded: &Encoded) -> Result<(), CheckpointError> {
     let temporary = dir.join(TEMPORARY_NAME);
     let target = dir.join(FILE_NAME);
     let error = |path: &Path| {
@@ -85,7 +112,13 @@ pub fn write(dir: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
         move |source| CheckpointError::Write { path, source }
     };
     let mut file = std::fs::File::create(&temporary).map_err(error(&temporary))?;
-    file.write_all(bytes).map_err(error(&temporary))?;
+    let mut checksum = xxhash_rust::xxh3::Xxh3::new();
+    for segment in &encoded.segments {
+        checksum.update(segment);
+        file.write_all(segment).map_err(error(&temporary))?;
+    }
+    file.write_all(&checksum.digest().to_le_bytes())
+        .map_err(error(&temporary))?;
     file.sync_all().map_err(error(&temporary))?;
     drop(file);
     std::fs::rename(&temporary, &target).map_err(error(&target))?;
@@ -99,12 +132,12 @@ pub fn write(dir: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
 /// history (up to `keep` older checkpoints, the oldest dropped first). Returns the batch the
 /// log may be compacted before: the oldest checkpoint kept, so that any time since it can be
 /// rebuilt (`--as-of`).
-pub fn write_keeping(dir: &Path, bytes: &[u8], keep: usize) -> Result<u64, CheckpointError> {
-    let last_batch = u64::from_le_bytes(bytes[6..14].try_into().expect("a header"));
+pub fn write_keeping(dir: &Path, encoded: &Encoded, keep: usize) -> Result<u64, CheckpointError> {
+    let last_batch = encoded.last_batch();
     if keep > 0 {
         keep_current(dir, keep)?;
     }
-    write(dir, bytes)?;
+    write(dir, encoded)?;
     if keep == 0 {
         return Ok(last_batch);
     }
@@ -329,10 +362,10 @@ mod tests {
             .take(3000)
             .collect();
         let (mut ledger, now) = busy_ledger(&mut workload);
-        let bytes = encode(&ledger, 41, Some(now));
+        let encoded = encode(&ledger, 41, Some(now));
         let dir = std::env::temp_dir().join(format!("tally-checkpoint-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        write(&dir, &bytes).unwrap();
+        write(&dir, &encoded).unwrap();
         let checkpoint = read(&dir).unwrap().expect("written above");
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(checkpoint.last_batch, 41);
@@ -413,7 +446,7 @@ mod tests {
     #[test]
     fn a_damaged_checkpoint_is_refused_with_its_place() {
         let (ledger, now) = busy_ledger(&mut Workload::new(WorkloadConfig::demo(300)));
-        let mut bytes = encode(&ledger, 7, Some(now));
+        let mut bytes = encode(&ledger, 7, Some(now)).to_bytes();
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x01;
         let error = decode(Path::new("checkpoint"), &bytes)
@@ -426,7 +459,7 @@ mod tests {
     #[test]
     fn a_damaged_length_under_a_good_checksum_is_refused_not_allocated() {
         let (ledger, now) = busy_ledger(&mut Workload::new(WorkloadConfig::demo(50)));
-        let mut bytes = encode(&ledger, 3, Some(now));
+        let mut bytes = encode(&ledger, 3, Some(now)).to_bytes();
         // Lengths of 2^64-1 everywhere at the start of the state, checksum made to match:
         // what a bug writing the file could leave.
         let body_end = bytes.len() - CHECKSUM_BYTES;

@@ -875,11 +875,18 @@ impl Engine {
         let Some(last_batch) = self.log.batches().checked_sub(1) else {
             return;
         };
-        let bytes = checkpoint::encode(&self.ledger, last_batch, self.now);
+        let started = Instant::now();
+        let encoded = checkpoint::encode(&self.ledger, last_batch, self.now);
+        tracing::info!(
+            batch = last_batch,
+            mb = encoded.file_bytes() >> 20,
+            engine_waited_ms = started.elapsed().as_millis() as u64,
+            "checkpoint serialised; writing it"
+        );
         let (dir, keep) = (self.checkpoints.dir.clone(), self.checkpoints.keep);
         let (answer, in_flight) = sync_channel(1);
         std::thread::spawn(move || {
-            let written = checkpoint::write_keeping(&dir, &bytes, keep);
+            let written = checkpoint::write_keeping(&dir, &encoded, keep);
             // The engine may have stopped; then nobody waits for the answer.
             let _ = answer.send(written);
         });

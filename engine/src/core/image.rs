@@ -104,34 +104,81 @@ pub fn bounded_bincode(bytes: usize) -> impl bincode::Options {
     state_bincode().with_limit(bytes as u64)
 }
 
+/// One part of an image to encode: a merchant's members or receipts, by slice.
+enum PartJob<'a> {
+    Members(&'a [Member]),
+    Receipts(&'a [(&'a IdemKey, &'a Receipt)]),
+}
+
 impl LedgerImageRef<'_> {
-    /// Appends the image: the head (everything but members and receipts), the number of
-    /// parts, then each part as `merchant: u32, kind: u8` and its bytes; the head and every
-    /// part are preceded by their length (u64). Integers little-endian.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        encode_sized(out, self);
-        let mut parts = 0u64;
-        let count_at = out.len();
-        out.extend_from_slice(&parts.to_le_bytes());
+    /// The image in segments that, concatenated, are its encoding: the head (everything but
+    /// members and receipts, preceded by its length) with the number of parts, then each part
+    /// as `merchant: u32, kind: u8`, its length (u64) and its bytes. Integers little-endian.
+    /// Parts are encoded on `threads` threads: the engine waits while its state is read, so
+    /// that wait is shared out.
+    pub fn encode_segments(&self, threads: usize) -> Vec<Vec<u8>> {
+        let receipts: Vec<Vec<(&IdemKey, &Receipt)>> = self
+            .merchants
+            .iter()
+            .map(|m| m.receipts.iter().map(|(k, r)| (&**k, r)).collect())
+            .collect();
+        let mut jobs = Vec::new();
         for (index, merchant) in self.merchants.iter().enumerate() {
             let index = index as u32;
             for chunk in merchant.members.chunks(MEMBERS_PER_PART) {
-                out.extend_from_slice(&index.to_le_bytes());
-                out.push(PART_MEMBERS);
-                encode_sized(out, chunk);
-                parts += 1;
+                jobs.push((index, PartJob::Members(chunk)));
             }
-            let receipts: Vec<(&IdemKey, &Receipt)> =
-                merchant.receipts.iter().map(|(k, r)| (&**k, r)).collect();
-            for chunk in receipts.chunks(RECEIPTS_PER_PART) {
-                out.extend_from_slice(&index.to_le_bytes());
-                out.push(PART_RECEIPTS);
-                encode_sized(out, chunk);
-                parts += 1;
+            for chunk in receipts[index as usize].chunks(RECEIPTS_PER_PART) {
+                jobs.push((index, PartJob::Receipts(chunk)));
             }
         }
-        out[count_at..count_at + 8].copy_from_slice(&parts.to_le_bytes());
+        let mut head = Vec::new();
+        encode_sized(&mut head, self);
+        head.extend_from_slice(&(jobs.len() as u64).to_le_bytes());
+        let mut segments = vec![head];
+        segments.extend(encode_parts(&jobs, threads.max(1)));
+        segments
     }
+}
+
+/// Encodes the parts on `threads` threads (part `i` on thread `i % threads`), in order.
+fn encode_parts(jobs: &[(u32, PartJob)], threads: usize) -> Vec<Vec<u8>> {
+    let encode_share = |share: usize| -> Vec<(usize, Vec<u8>)> {
+        let mine = jobs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % threads == share);
+        mine.map(|(i, (merchant, job))| (i, encode_part(*merchant, job)))
+            .collect()
+    };
+    let mut encoded: Vec<(usize, Vec<u8>)> = std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads)
+            .map(|share| scope.spawn(move || encode_share(share)))
+            .collect();
+        let mut encoded = encode_share(0);
+        for other in others {
+            encoded.extend(other.join().expect("encoding does not panic"));
+        }
+        encoded
+    });
+    encoded.sort_unstable_by_key(|(index, _)| *index);
+    encoded.into_iter().map(|(_, part)| part).collect()
+}
+
+fn encode_part(merchant: u32, job: &PartJob) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&merchant.to_le_bytes());
+    match job {
+        PartJob::Members(members) => {
+            out.push(PART_MEMBERS);
+            encode_sized(&mut out, *members);
+        }
+        PartJob::Receipts(receipts) => {
+            out.push(PART_RECEIPTS);
+            encode_sized(&mut out, *receipts);
+        }
+    }
+    out
 }
 
 /// Appends the value's length (u64) and the value, in the state's encoding.
