@@ -68,6 +68,17 @@ fn serve_concurrently(engine: &mut Engine, commands: &[Command]) -> Vec<Arc<Comm
     results.into_iter().map(|(_, result)| result).collect()
 }
 
+/// An engine on `dir` with the demo program that takes no checkpoint, so the whole log stays
+/// to be replayed.
+fn engine_keeping_the_whole_log(dir: &std::path::Path) -> Engine {
+    let (mut engine, _) = Engine::open(dir, Clock::Event).expect("opens");
+    engine.set_checkpoint_every(0);
+    engine
+        .install_programs(&[DEMO_PROGRAM.to_string()])
+        .expect("program");
+    engine
+}
+
 fn status(result: &CommandResult) -> &'static str {
     match result.status {
         tally_protocol::Status::Applied(_) => "applied",
@@ -122,12 +133,7 @@ fn answers_under_many_submitters_equal_a_sequential_replay_of_the_log() {
         .take(3_000)
         .collect();
 
-    let (mut engine, _) = Engine::open(&dir, Clock::Event).expect("opens");
-    // No checkpoint: the whole log stays to be replayed.
-    engine.set_checkpoint_every(0);
-    engine
-        .install_programs(&[DEMO_PROGRAM.to_string()])
-        .expect("program");
+    let mut engine = engine_keeping_the_whole_log(&dir);
     let (submit, submissions) = sync_channel::<Submission>(4);
     let (results_out, results_in) = channel();
     std::thread::scope(|scope| {
@@ -217,12 +223,7 @@ fn many_terminals_enrolling_the_same_phones_at_once_make_one_member_each() {
         tally_protocol::parse_command_line(&line).expect("a valid purchase")
     };
 
-    let (mut engine, _) = Engine::open(&dir, Clock::Event).expect("opens");
-    // No checkpoint: the restart below replays the whole log.
-    engine.set_checkpoint_every(0);
-    engine
-        .install_programs(&[DEMO_PROGRAM.to_string()])
-        .expect("program");
+    let mut engine = engine_keeping_the_whole_log(&dir);
     let (submit, submissions) = sync_channel::<Submission>(4);
     let (results_out, results_in) = channel();
     std::thread::scope(|scope| {
