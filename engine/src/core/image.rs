@@ -141,28 +141,34 @@ impl LedgerImageRef<'_> {
     }
 }
 
-/// Encodes the parts on `threads` threads (part `i` on thread `i % threads`), in order.
+/// Encodes the parts on `threads` threads, in order.
 fn encode_parts(jobs: &[(u32, PartJob)], threads: usize) -> Vec<Vec<u8>> {
-    let encode_share = |share: usize| -> Vec<(usize, Vec<u8>)> {
-        let mine = jobs
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % threads == share);
-        mine.map(|(i, (merchant, job))| (i, encode_part(*merchant, job)))
+    on_threads(jobs.len(), threads, |mine| {
+        mine.map(|i| (i, encode_part(jobs[i].0, &jobs[i].1)))
             .collect()
-    };
-    let mut encoded: Vec<(usize, Vec<u8>)> = std::thread::scope(|scope| {
+    })
+}
+
+/// Runs `share` on `threads` threads, each given the indexes `i < count` with
+/// `i % threads` its own, and returns what they made in the order of `i`.
+fn on_threads<R: Send>(
+    count: usize,
+    threads: usize,
+    share: impl Fn(&mut dyn Iterator<Item = usize>) -> Vec<(usize, R)> + Sync,
+) -> Vec<R> {
+    let run = |thread: usize| share(&mut (thread..count).step_by(threads));
+    let mut made: Vec<(usize, R)> = std::thread::scope(|scope| {
         let others: Vec<_> = (1..threads)
-            .map(|share| scope.spawn(move || encode_share(share)))
+            .map(|thread| scope.spawn(move || run(thread)))
             .collect();
-        let mut encoded = encode_share(0);
+        let mut made = run(0);
         for other in others {
-            encoded.extend(other.join().expect("encoding does not panic"));
+            made.extend(other.join().expect("a part's thread does not panic"));
         }
-        encoded
+        made
     });
-    encoded.sort_unstable_by_key(|(index, _)| *index);
-    encoded.into_iter().map(|(_, part)| part).collect()
+    made.sort_unstable_by_key(|(index, _)| *index);
+    made.into_iter().map(|(_, item)| item).collect()
 }
 
 fn encode_part(merchant: u32, job: &PartJob) -> Vec<u8> {
@@ -208,7 +214,8 @@ enum Decoded {
 }
 
 impl LedgerImage {
-    /// Reads an image written by `LedgerImageRef::encode`, its parts on `threads` threads;
+    /// Reads an image written by `LedgerImageRef::encode_segments`, its parts on `threads`
+    /// threads;
     /// `version` is the checkpoint format's (1: receipts before they were kept packed).
     pub fn decode(bytes: &[u8], threads: usize, version: u16) -> Result<LedgerImage, String> {
         use bincode::Options;
@@ -251,36 +258,15 @@ impl LedgerImage {
     }
 }
 
-/// Decodes the parts on `threads` threads (part `i` on thread `i % threads`), in order.
+/// Decodes the parts on `threads` threads, in order.
 fn decode_parts(bytes: &[u8], parts: &[PartAt], threads: usize) -> Result<Vec<Decoded>, String> {
-    let decode_share = |share: usize| -> Result<Vec<(usize, Decoded)>, String> {
+    let decoded = on_threads(parts.len(), threads, |mine| {
         super::intern::interning(|| {
-            parts
-                .iter()
-                .enumerate()
-                .filter(|(index, _)| index % threads == share)
-                .map(|(index, part)| Ok((index, decode_part(&bytes[part.start..part.end], part)?)))
-                .collect()
+            let decode = |i: usize| decode_part(&bytes[parts[i].start..parts[i].end], &parts[i]);
+            mine.map(|i| (i, decode(i))).collect()
         })
-    };
-    let shares: Vec<Result<Vec<(usize, Decoded)>, String>> = std::thread::scope(|scope| {
-        let others: Vec<_> = (1..threads)
-            .map(|share| scope.spawn(move || decode_share(share)))
-            .collect();
-        let mut shares = vec![decode_share(0)];
-        shares.extend(
-            others
-                .into_iter()
-                .map(|t| t.join().expect("decoding does not panic")),
-        );
-        shares
     });
-    let mut decoded: Vec<(usize, Decoded)> = Vec::with_capacity(parts.len());
-    for share in shares {
-        decoded.extend(share?);
-    }
-    decoded.sort_unstable_by_key(|(index, _)| *index);
-    Ok(decoded.into_iter().map(|(_, part)| part).collect())
+    decoded.into_iter().collect()
 }
 
 fn decode_part(bytes: &[u8], part: &PartAt) -> Result<Decoded, String> {
