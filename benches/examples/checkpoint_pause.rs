@@ -17,13 +17,15 @@ fn main() {
         .expect("usage: checkpoint_pause DIR");
     let (engine, recovery) = Engine::open(std::path::Path::new(&dir), Clock::Event).expect("opens");
     println!("{recovery:?}");
+    let mut buffers = Vec::new();
     for _ in 0..3 {
         let started = Instant::now();
-        let encoded = checkpoint::encode(engine.ledger(), 1, None);
+        let encoded = checkpoint::encode(engine.ledger(), 1, None, buffers);
         println!(
             "{} MB serialised in {} ms",
             encoded.file_bytes() >> 20,
             started.elapsed().as_millis()
         );
+        buffers = encoded.into_buffers();
     }
 }

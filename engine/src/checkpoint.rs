@@ -75,6 +75,11 @@ impl Encoded {
         self.segments.iter().map(Vec::len).sum::<usize>() + CHECKSUM_BYTES
     }
 
+    /// The memory the segments hold, for the next checkpoint to write into.
+    pub fn into_buffers(self) -> Vec<Vec<u8>> {
+        self.segments
+    }
+
     /// The whole file: the segments and the checksum.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = self.segments.concat();
@@ -86,12 +91,22 @@ impl Encoded {
 
 /// Serialises the ledger, as it is after log batch `last_batch`, for a checkpoint. This is
 /// the part that needs the state (on every core: the engine waits for it); writing the bytes
-/// can happen on another thread.
-pub fn encode(ledger: &Ledger, last_batch: u64, now: Option<Timestamp>) -> Encoded {
+/// can happen on another thread. `buffers` (the previous checkpoint's, from
+/// `Encoded::into_buffers`) are written into rather than fresh memory, which is slow to
+/// touch on a virtual machine.
+pub fn encode(
+    ledger: &Ledger,
+    last_batch: u64,
+    now: Option<Timestamp>,
+    buffers: Vec<Vec<u8>>,
+) -> Encoded {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut segments = ledger.image().encode_segments(threads);
+    // The same order as the segments: the header's, then the image's.
+    let mut buffers = buffers.into_iter();
+    let mut header = buffers.next().unwrap_or_default();
+    header.clear();
+    let mut segments = ledger.image().encode_segments(threads, buffers.collect());
     let body_bytes: usize = segments.iter().map(Vec::len).sum();
-    let mut header = Vec::with_capacity(HEADER_BYTES);
     header.extend_from_slice(&MAGIC);
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     header.extend_from_slice(&last_batch.to_le_bytes());
@@ -362,7 +377,7 @@ mod tests {
             .take(3000)
             .collect();
         let (mut ledger, now) = busy_ledger(&mut workload);
-        let encoded = encode(&ledger, 41, Some(now));
+        let encoded = encode(&ledger, 41, Some(now), Vec::new());
         let dir = std::env::temp_dir().join(format!("tally-checkpoint-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         write(&dir, &encoded).unwrap();
@@ -419,7 +434,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tally-history-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let keep_two = |batch| write_keeping(&dir, &encode(&ledger, batch, Some(now)), 2);
+        let keep_two =
+            |batch| write_keeping(&dir, &encode(&ledger, batch, Some(now), Vec::new()), 2);
         // Until two older ones are kept, the log's start is the oldest state: no compaction.
         assert_eq!(keep_two(10).unwrap(), 0);
         assert_eq!(keep_two(20).unwrap(), 0);
@@ -437,7 +453,7 @@ mod tests {
         assert_eq!(every, [(20, Some(now)), (30, Some(now)), (40, Some(now))]);
         // Keeping none compacts up to the new checkpoint, as before.
         assert_eq!(
-            write_keeping(&dir, &encode(&ledger, 50, Some(now)), 0).unwrap(),
+            write_keeping(&dir, &encode(&ledger, 50, Some(now), Vec::new()), 0).unwrap(),
             50
         );
         std::fs::remove_dir_all(&dir).unwrap();
@@ -446,7 +462,7 @@ mod tests {
     #[test]
     fn a_damaged_checkpoint_is_refused_with_its_place() {
         let (ledger, now) = busy_ledger(&mut Workload::new(WorkloadConfig::demo(300)));
-        let mut bytes = encode(&ledger, 7, Some(now)).to_bytes();
+        let mut bytes = encode(&ledger, 7, Some(now), Vec::new()).to_bytes();
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x01;
         let error = decode(Path::new("checkpoint"), &bytes)
@@ -459,7 +475,7 @@ mod tests {
     #[test]
     fn a_damaged_length_under_a_good_checksum_is_refused_not_allocated() {
         let (ledger, now) = busy_ledger(&mut Workload::new(WorkloadConfig::demo(50)));
-        let mut bytes = encode(&ledger, 3, Some(now)).to_bytes();
+        let mut bytes = encode(&ledger, 3, Some(now), Vec::new()).to_bytes();
         // Lengths of 2^64-1 everywhere at the start of the state, checksum made to match:
         // what a bug writing the file could leave.
         let body_end = bytes.len() - CHECKSUM_BYTES;

@@ -84,6 +84,10 @@ pub struct CheckpointLoaded {
 }
 
 /// Checkpoints taken while ingesting: at most one being written at a time, on its own thread.
+/// What the checkpoint writer answers: the batch the log may be compacted before (or why
+/// the checkpoint failed), and the checkpoint's memory.
+type Written = (Result<u64, CheckpointError>, Vec<Vec<u8>>);
+
 struct Checkpoints {
     dir: PathBuf,
     every_commands: u64,
@@ -91,8 +95,12 @@ struct Checkpoints {
     /// Older checkpoints kept for `--as-of` (the log is kept from the oldest of them on).
     keep: usize,
     /// The writer's answer once the new checkpoint is durable: the batch the log may be
-    /// compacted before.
-    in_flight: Option<Receiver<Result<u64, CheckpointError>>>,
+    /// compacted before, and the checkpoint's memory.
+    in_flight: Option<Receiver<Written>>,
+    /// The last checkpoint's memory, written into by the next one: as large as a
+    /// checkpoint, which every checkpoint needs at its peak anyway; kept, it is memory
+    /// already touched, so the engine's pause is not spent on the kernel's first touch.
+    buffers: Vec<Vec<u8>>,
     /// Background checkpoints that failed (the log kept everything; the next one retries).
     failed: Vec<String>,
 }
@@ -326,6 +334,7 @@ impl Engine {
             commands_since: commands,
             keep: 0,
             in_flight: None,
+            buffers: Vec::new(),
             failed: Vec::new(),
         };
         let engine = Engine {
@@ -876,7 +885,8 @@ impl Engine {
             return;
         };
         let started = Instant::now();
-        let encoded = checkpoint::encode(&self.ledger, last_batch, self.now);
+        let buffers = std::mem::take(&mut self.checkpoints.buffers);
+        let encoded = checkpoint::encode(&self.ledger, last_batch, self.now, buffers);
         tracing::info!(
             batch = last_batch,
             mb = encoded.file_bytes() >> 20,
@@ -888,7 +898,7 @@ impl Engine {
         std::thread::spawn(move || {
             let written = checkpoint::write_keeping(&dir, &encoded, keep);
             // The engine may have stopped; then nobody waits for the answer.
-            let _ = answer.send(written);
+            let _ = answer.send((written, encoded.into_buffers()));
         });
         self.checkpoints.in_flight = Some(in_flight);
         self.checkpoints.commands_since = 0;
@@ -910,6 +920,10 @@ impl Engine {
             },
         };
         self.checkpoints.in_flight = None;
+        let answer = answer.map(|(written, buffers)| {
+            self.checkpoints.buffers = buffers;
+            written
+        });
         match answer {
             Some(Ok(compactable)) => Ok(self.log.compact_before(compactable)?),
             Some(Err(error)) if wait => Err(error.into()),

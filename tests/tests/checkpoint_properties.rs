@@ -40,7 +40,9 @@ proptest! {
         for command in &commands[..cut] {
             apply(&mut original, command);
         }
-        let bytes = checkpoint::encode(&original, cut as u64, Some(commands[cut - 1].at));
+        // Written into an earlier checkpoint's memory, as a running engine does.
+        let stale = vec![vec![0xA5u8; 1000]; 4];
+        let bytes = checkpoint::encode(&original, cut as u64, Some(commands[cut - 1].at), stale);
         let dir = std::env::temp_dir().join(format!(
             "tally-checkpoint-property-{}-{seed}-{cut}",
             std::process::id()

@@ -115,8 +115,9 @@ impl LedgerImageRef<'_> {
     /// members and receipts, preceded by its length) with the number of parts, then each part
     /// as `merchant: u32, kind: u8`, its length (u64) and its bytes. Integers little-endian.
     /// Parts are encoded on `threads` threads: the engine waits while its state is read, so
-    /// that wait is shared out.
-    pub fn encode_segments(&self, threads: usize) -> Vec<Vec<u8>> {
+    /// that wait is shared out. Segment `i` is written into `buffers[i]` where there is one
+    /// (the previous checkpoint's, whose memory is already touched).
+    pub fn encode_segments(&self, threads: usize, buffers: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
         let receipts: Vec<Vec<(&IdemKey, &Receipt)>> = self
             .merchants
             .iter()
@@ -132,20 +133,37 @@ impl LedgerImageRef<'_> {
                 jobs.push((index, PartJob::Receipts(chunk)));
             }
         }
-        let mut head = Vec::new();
+        let mut buffers = buffers.into_iter().map(|mut buffer| {
+            buffer.clear();
+            buffer
+        });
+        let mut head = buffers.next().unwrap_or_default();
         encode_sized(&mut head, self);
         head.extend_from_slice(&(jobs.len() as u64).to_le_bytes());
+        let buffers: Vec<_> = buffers
+            .chain(std::iter::repeat_with(Vec::new))
+            .take(jobs.len())
+            .map(std::sync::Mutex::new)
+            .collect();
         let mut segments = vec![head];
-        segments.extend(encode_parts(&jobs, threads.max(1)));
+        segments.extend(encode_parts(&jobs, &buffers, threads.max(1)));
         segments
     }
 }
 
-/// Encodes the parts on `threads` threads, in order.
-fn encode_parts(jobs: &[(u32, PartJob)], threads: usize) -> Vec<Vec<u8>> {
+/// Encodes the parts on `threads` threads, in order, part `i` into `buffers[i]`.
+fn encode_parts(
+    jobs: &[(u32, PartJob)],
+    buffers: &[std::sync::Mutex<Vec<u8>>],
+    threads: usize,
+) -> Vec<Vec<u8>> {
     on_threads(jobs.len(), threads, |mine| {
-        mine.map(|i| (i, encode_part(jobs[i].0, &jobs[i].1)))
-            .collect()
+        let encode = |i: usize| {
+            let mut out = std::mem::take(&mut *buffers[i].lock().expect("not poisoned"));
+            encode_part(&mut out, jobs[i].0, &jobs[i].1);
+            out
+        };
+        mine.map(|i| (i, encode(i))).collect()
     })
 }
 
@@ -171,20 +189,18 @@ fn on_threads<R: Send>(
     made.into_iter().map(|(_, item)| item).collect()
 }
 
-fn encode_part(merchant: u32, job: &PartJob) -> Vec<u8> {
-    let mut out = Vec::new();
+fn encode_part(out: &mut Vec<u8>, merchant: u32, job: &PartJob) {
     out.extend_from_slice(&merchant.to_le_bytes());
     match job {
         PartJob::Members(members) => {
             out.push(PART_MEMBERS);
-            encode_sized(&mut out, *members);
+            encode_sized(out, *members);
         }
         PartJob::Receipts(receipts) => {
             out.push(PART_RECEIPTS);
-            encode_sized(&mut out, *receipts);
+            encode_sized(out, *receipts);
         }
     }
-    out
 }
 
 /// Appends the value's length (u64) and the value, in the state's encoding.
