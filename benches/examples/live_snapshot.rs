@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tally_engine::ingest::{Clock, Engine, Submission};
 use tally_engine::snapshot::{write, Format};
-use tally_engine::snapshot_stream::{member_row, Offer, RowSink};
+use tally_engine::snapshot_stream::{Offer, RowSink};
 use tally_engine::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
 use tally_protocol::{Body, Command, IdemKey, Origin, SnapshotQuery, SnapshotRows};
 
@@ -211,7 +211,7 @@ fn write_chunks(chunks: &Receiver<SnapshotRows>, out: &Path) -> u64 {
         chunk
     });
     let all = std::iter::once(first).chain(later);
-    let rows = all.flat_map(|chunk| chunk.rows.into_iter().map(member_row));
+    let rows = all.flat_map(|chunk| chunk.rows);
     let written = write(rows, position, Format::Parquet, out).expect("written");
     println!(
         "the Parquet writer waited {:.2} s for rows",

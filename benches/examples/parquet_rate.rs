@@ -6,8 +6,8 @@
 
 use std::time::Instant;
 
-use tally_engine::core::{MemberSnapshot, Totals};
 use tally_engine::snapshot::{write, Format};
+use tally_protocol::SnapshotRow;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -16,7 +16,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let count: u64 = args.next().map_or(10_000_000, |a| a.parse().expect("rows"));
     let out = args.next().unwrap_or_else(|| "parquet-rate.parquet".into());
-    let rows = (1..=count).map(|member| MemberSnapshot {
+    let rows = (1..=count).map(|member| SnapshotRow {
         merchant: "demo".to_string(),
         member,
         aliases: format!("card:C{member:010}"),
@@ -28,7 +28,9 @@ fn main() {
         credit_held_minor: 0,
         minor_units: 2,
         tier: (member % 7 == 0).then(|| "silver".to_string()),
-        window: Totals::default(),
+        window_points_earned: 0,
+        window_amount_spent_minor: 0,
+        window_orders: 0,
         expiring: [0, 0, (member % 13) as i64],
     });
     let started = Instant::now();

@@ -668,7 +668,6 @@ fn write_chunks(
     format: tally_engine::snapshot::Format,
     out: &Path,
 ) -> Result<(u64, Option<u64>, u64)> {
-    use tally_engine::snapshot_stream::member_row;
     let Ok(first) = received.recv() else {
         bail!("the server sent no rows");
     };
@@ -680,7 +679,7 @@ fn write_chunks(
             last = chunk.last;
             rows_sent = chunk.rows_sent;
         });
-    let rows = chunks.flat_map(|chunk| chunk.rows.into_iter().map(member_row));
+    let rows = chunks.flat_map(|chunk| chunk.rows);
     let written = tally_engine::snapshot::write(rows, position, format, out)?;
     anyhow::ensure!(
         last && written == rows_sent,

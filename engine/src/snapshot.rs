@@ -15,8 +15,8 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 use parquet::schema::types::ColumnPath;
 
-use crate::core::MemberSnapshot;
 use crate::money::from_minor;
+use tally_protocol::SnapshotRow;
 
 /// Rows per Parquet row group: what is held in memory while writing.
 const ROWS_PER_GROUP: usize = 65_536;
@@ -51,7 +51,7 @@ pub const CSV_HEADER: &str = "log_position,merchant,member,aliases,points,availa
 
 /// Writes the rows; returns how many. `position` is the last log batch they include.
 pub fn write(
-    rows: impl Iterator<Item = MemberSnapshot>,
+    rows: impl Iterator<Item = SnapshotRow>,
     position: Option<u64>,
     format: Format,
     path: &Path,
@@ -64,7 +64,7 @@ pub fn write(
 }
 
 fn write_csv(
-    rows: impl Iterator<Item = MemberSnapshot>,
+    rows: impl Iterator<Item = SnapshotRow>,
     position: Option<u64>,
     mut out: impl Write,
 ) -> Result<u64, SnapshotError> {
@@ -86,9 +86,9 @@ fn write_csv(
             money(row.credit_minor),
             money(row.credit_held_minor),
             row.tier.as_deref().unwrap_or(""),
-            row.window.points_earned,
-            money(row.window.amount_spent_minor),
-            row.window.orders,
+            row.window_points_earned,
+            money(row.window_amount_spent_minor),
+            row.window_orders,
             row.expiring[0],
             row.expiring[1],
             row.expiring[2],
@@ -132,7 +132,7 @@ struct Columns {
 }
 
 impl Columns {
-    fn push(&mut self, row: MemberSnapshot) {
+    fn push(&mut self, row: SnapshotRow) {
         let scale = 10i64.pow(PARQUET_MONEY_SCALE - row.minor_units.min(PARQUET_MONEY_SCALE));
         let values = [
             row.member as i64,
@@ -142,9 +142,9 @@ impl Columns {
             row.held,
             row.credit_minor * scale,
             row.credit_held_minor * scale,
-            row.window.points_earned,
-            row.window.amount_spent_minor * scale,
-            row.window.orders,
+            row.window_points_earned,
+            row.window_amount_spent_minor * scale,
+            row.window_orders,
             row.expiring[0],
             row.expiring[1],
             row.expiring[2],
@@ -167,7 +167,7 @@ impl Columns {
 }
 
 fn write_parquet(
-    rows: impl Iterator<Item = MemberSnapshot>,
+    rows: impl Iterator<Item = SnapshotRow>,
     position: Option<u64>,
     file: std::fs::File,
 ) -> Result<u64, SnapshotError> {

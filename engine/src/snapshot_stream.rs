@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tally_protocol::{
-    Body, Command, CommandKind, CommandResult, Origin, Reason, SnapshotRow, SnapshotRows, Status,
+    Body, Command, CommandKind, CommandResult, Origin, Reason, SnapshotRows, Status,
 };
 
-use crate::core::{Entry, Ledger, MemberSnapshot, SnapshotCursor};
+use crate::core::{Entry, Ledger, SnapshotCursor};
 use crate::ingest::Submission;
 
 /// Rows per chunk: the engine's longest pause for a snapshot, and a `rows` frame's size
@@ -280,11 +280,7 @@ impl Stream {
     }
 
     fn next_chunk(&mut self, ledger: &Ledger, rows_per_chunk: usize) -> SnapshotRows {
-        let rows: Vec<SnapshotRow> = ledger
-            .snapshot_next(&mut self.cursor, rows_per_chunk)
-            .into_iter()
-            .map(wire_row)
-            .collect();
+        let rows = ledger.snapshot_next(&mut self.cursor, rows_per_chunk);
         self.rows_sent += rows.len() as u64;
         SnapshotRows {
             log_position: self.log_position,
@@ -312,49 +308,5 @@ impl Stream {
             status,
         };
         (self.reply)(vec![Arc::new(result)]);
-    }
-}
-
-/// A row as the wire carries it.
-pub fn wire_row(row: MemberSnapshot) -> SnapshotRow {
-    SnapshotRow {
-        merchant: row.merchant,
-        member: row.member,
-        aliases: row.aliases,
-        points: row.points,
-        available: row.available,
-        pending: row.pending,
-        held: row.held,
-        credit_minor: row.credit_minor,
-        credit_held_minor: row.credit_held_minor,
-        minor_units: row.minor_units,
-        tier: row.tier,
-        window_points_earned: row.window.points_earned,
-        window_amount_spent_minor: row.window.amount_spent_minor,
-        window_orders: row.window.orders,
-        expiring: row.expiring,
-    }
-}
-
-/// A row read from the wire, for the file writers.
-pub fn member_row(row: SnapshotRow) -> MemberSnapshot {
-    MemberSnapshot {
-        merchant: row.merchant,
-        member: row.member,
-        aliases: row.aliases,
-        points: row.points,
-        available: row.available,
-        pending: row.pending,
-        held: row.held,
-        credit_minor: row.credit_minor,
-        credit_held_minor: row.credit_held_minor,
-        minor_units: row.minor_units,
-        tier: row.tier,
-        window: crate::core::Totals {
-            points_earned: row.window_points_earned,
-            amount_spent_minor: row.window_amount_spent_minor,
-            orders: row.window_orders,
-        },
-        expiring: row.expiring,
     }
 }

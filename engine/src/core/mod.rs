@@ -35,7 +35,7 @@ pub use intern::interning;
 pub use member::{Counters, Lot, Lots, Member, Slice, Totals};
 pub use phone::normalize_phone;
 pub use promotions::scratch_codes;
-pub use snapshot::{touched, MemberSnapshot, SnapshotCursor, Touched, EXPIRING_WITHIN_DAYS};
+pub use snapshot::{touched, SnapshotCursor, Touched, EXPIRING_WITHIN_DAYS};
 
 use crate::money::from_minor;
 use crate::program::{parse_and_compile, Program};

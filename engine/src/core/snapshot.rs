@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use chrono::{Datelike, TimeDelta};
 use rustc_hash::FxHashSet;
-use tally_protocol::{Alias, Body, Command, MemberRef};
+use tally_protocol::{Alias, Body, Command, MemberRef, SnapshotRow};
 
 use super::member::{Member, Totals};
 use super::members::{alias_of, resolve, Who};
@@ -27,33 +27,13 @@ const MAX_BIRTHDAY_DAYS_NAMED: u32 = 400;
 /// Days ahead for which a snapshot sums the points about to expire.
 pub const EXPIRING_WITHIN_DAYS: [i64; 3] = [30, 60, 90];
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberSnapshot {
-    pub merchant: String,
-    pub member: u64,
-    /// Phones as E.164, cards as `card:<number>`, joined by `;`.
-    pub aliases: String,
-    pub points: i64,
-    pub available: i64,
-    pub pending: i64,
-    pub held: i64,
-    pub credit_minor: i64,
-    pub credit_held_minor: i64,
-    pub minor_units: u32,
-    pub tier: Option<String>,
-    /// Totals over the window of the member's tier (the lowest tier's when it has none).
-    pub window: Totals,
-    /// Points in lots that expire within 30, 60 and 90 days of the merchant's clock.
-    pub expiring: [i64; 3],
-}
-
 impl Ledger {
     /// Every member of every merchant (or of one), by merchant and member id, as of the
     /// last applied command.
     pub fn snapshot<'a>(
         &'a self,
         merchant: Option<&'a str>,
-    ) -> impl Iterator<Item = MemberSnapshot> + 'a {
+    ) -> impl Iterator<Item = SnapshotRow> + 'a {
         self.merchants()
             .filter(move |m| merchant.is_none_or(|name| &*m.name == name))
             .flat_map(|m| {
@@ -64,17 +44,14 @@ impl Ledger {
     }
 }
 
-fn member_snapshot(merchant: &Merchant, member: &Member) -> MemberSnapshot {
+fn member_snapshot(merchant: &Merchant, member: &Member) -> SnapshotRow {
     member_row(&merchant.name, merchant.program(), merchant.clock, member)
 }
 
-fn member_row(
-    merchant: &str,
-    program: &Program,
-    clock: Timestamp,
-    member: &Member,
-) -> MemberSnapshot {
-    MemberSnapshot {
+fn member_row(merchant: &str, program: &Program, clock: Timestamp, member: &Member) -> SnapshotRow {
+    // Totals over the window of the member's tier (the lowest tier's when it has none).
+    let window = window_totals(program, member, clock);
+    SnapshotRow {
         merchant: merchant.to_string(),
         member: member.id,
         aliases: aliases_text(&member.aliases),
@@ -86,7 +63,9 @@ fn member_row(
         credit_held_minor: member.held_credit_minor,
         minor_units: program.minor_units,
         tier: program.tier_id(member.tier).map(|id| id.to_string()),
-        window: window_totals(program, member, clock),
+        window_points_earned: window.points_earned,
+        window_amount_spent_minor: window.amount_spent_minor,
+        window_orders: window.orders,
         expiring: expiring(member, clock),
     }
 }
@@ -154,7 +133,7 @@ pub enum Touched {
 pub struct SnapshotCursor {
     merchants: Vec<CursorMerchant>,
     /// Rows taken before a change, not handed out yet.
-    captured: VecDeque<MemberSnapshot>,
+    captured: VecDeque<SnapshotRow>,
 }
 
 #[derive(Debug)]
@@ -215,13 +194,9 @@ impl Ledger {
     }
 
     /// The next rows, at most `max_rows`: captured ones first, then the walk's.
-    pub fn snapshot_next(
-        &self,
-        cursor: &mut SnapshotCursor,
-        max_rows: usize,
-    ) -> Vec<MemberSnapshot> {
+    pub fn snapshot_next(&self, cursor: &mut SnapshotCursor, max_rows: usize) -> Vec<SnapshotRow> {
         let from_captured = cursor.captured.len().min(max_rows);
-        let mut rows: Vec<MemberSnapshot> = cursor.captured.drain(..from_captured).collect();
+        let mut rows: Vec<SnapshotRow> = cursor.captured.drain(..from_captured).collect();
         for walked in &mut cursor.merchants {
             let Some(merchant) = self.merchants.get(&*walked.name) else {
                 unreachable!("merchants are never removed")
@@ -491,7 +466,7 @@ mod tests {
         for command in before {
             apply_capturing(&mut ledger, &mut unused, command);
         }
-        let expected: Vec<MemberSnapshot> = ledger.snapshot(None).collect();
+        let expected: Vec<SnapshotRow> = ledger.snapshot(None).collect();
         let mut cursor = ledger.snapshot_cursor(None);
         let mut rows = Vec::new();
         // One row every 25 commands: most members change before the walk reaches them.
@@ -511,7 +486,7 @@ mod tests {
         rows.sort_by(|a, b| (&a.merchant, a.member).cmp(&(&b.merchant, b.member)));
         assert_eq!(rows.len(), expected.len());
         assert_eq!(rows, expected);
-        let now: Vec<MemberSnapshot> = ledger.snapshot(None).collect();
+        let now: Vec<SnapshotRow> = ledger.snapshot(None).collect();
         assert_ne!(
             now[..expected.len()],
             expected[..],
