@@ -83,11 +83,11 @@ pub struct CheckpointLoaded {
     pub elapsed: Duration,
 }
 
-/// Checkpoints taken while ingesting: at most one being written at a time, on its own thread.
 /// What the checkpoint writer answers: the batch the log may be compacted before (or why
 /// the checkpoint failed), and the checkpoint's memory.
 type Written = (Result<u64, CheckpointError>, Vec<Vec<u8>>);
 
+/// Checkpoints taken while ingesting: at most one being written at a time, on its own thread.
 struct Checkpoints {
     dir: PathBuf,
     every_commands: u64,
@@ -130,6 +130,7 @@ pub struct GroupCommitted {
     /// From the group's start until the log write was durable.
     pub committed: Duration,
 }
+
 /// A group's answers once the front door's commands are applied, waiting for the commit.
 struct Served {
     replies: Vec<(Reply, Vec<Answer>)>,
@@ -636,19 +637,14 @@ impl Engine {
             let group = match next(wait) {
                 Next::Group(group) => group,
                 Next::Nothing => {
-                    match in_flight.take() {
-                        Some(answers) => {
-                            if !self.release_durable(answers, release)? {
-                                return Ok(());
-                            }
-                            self.start_snapshots();
-                        }
-                        // Idle (nothing in flight): snapshots start, and stream at their
-                        // readers' pace.
-                        None => {
-                            self.start_snapshots();
-                            streaming = self.snapshots.pump(&self.ledger, false);
-                        }
+                    let idle = in_flight.is_none();
+                    if !self.release_in_flight(&mut in_flight, release)? {
+                        return Ok(());
+                    }
+                    self.start_snapshots();
+                    // Idle (nothing was in flight): snapshots stream at their readers' pace.
+                    if idle {
+                        streaming = self.snapshots.pump(&self.ledger, false);
                     }
                     continue;
                 }
@@ -657,10 +653,8 @@ impl Engine {
             if self.checkpoint_due() || self.snapshots.has_waiting() {
                 // A checkpoint, and a snapshot's start, are of a state the log holds
                 // entirely: nothing in flight.
-                if let Some(answers) = in_flight.take() {
-                    if !self.release_durable(answers, release)? {
-                        return Ok(());
-                    }
+                if !self.release_in_flight(&mut in_flight, release)? {
+                    return Ok(());
                 }
                 if self.checkpoint_due() {
                     self.start_checkpoint();
@@ -669,19 +663,15 @@ impl Engine {
             }
             let mut logged = Vec::new();
             let answers = apply(self, group, &mut logged);
-            if let Some(previous) = in_flight.take() {
-                if !self.release_durable(previous, release)? {
-                    return Ok(());
-                }
+            if !self.release_in_flight(&mut in_flight, release)? {
+                return Ok(());
             }
             self.submit(logged);
             in_flight = Some(answers);
             // Between groups (while the committer writes): snapshots send their next rows.
             self.snapshots.pump(&self.ledger, true);
         }
-        if let Some(answers) = in_flight {
-            self.release_durable(answers, release)?;
-        }
+        self.release_in_flight(&mut in_flight, release)?;
         // The engine is stopping: unfinished snapshots are dropped (run again by their readers).
         self.snapshots.abandon();
         Ok(())
@@ -704,13 +694,17 @@ impl Engine {
         committer.submit(logged, entries);
     }
 
-    /// Waits for the group in the committer's hands, then releases `answers` (applied before
-    /// the next group was handed over, so durable now). Collects a checkpoint that is done.
-    fn release_durable<A>(
+    /// If a group is in flight: waits for the group in the committer's hands, then releases
+    /// its answers (applied before the next group was handed over, so durable now), and
+    /// collects a checkpoint that is done. False: stop (`release` says the output is gone).
+    fn release_in_flight<A>(
         &mut self,
-        answers: A,
+        in_flight: &mut Option<A>,
         release: &mut impl FnMut(&Engine, A, Option<Instant>) -> Result<bool, IngestError>,
     ) -> Result<bool, IngestError> {
+        let Some(answers) = in_flight.take() else {
+            return Ok(true);
+        };
         let committer = self.committer.as_mut().expect("the pipeline is running");
         let durable_at = committer.wait()?;
         // Nothing is being written now: compaction does not wait for the committer.
