@@ -4,10 +4,9 @@
 
 use std::path::Path;
 
-use tally_protocol::Status;
-
 use crate::checkpoint::{self, CheckpointError};
 use crate::core::Ledger;
+use crate::ingest::reapply;
 use crate::log::{CommandLog, LogError};
 use crate::replay::tick_if_due;
 use crate::Timestamp;
@@ -68,12 +67,7 @@ pub fn ledger_as_of(data: &Path, log: &CommandLog, at: Timestamp) -> Result<AsOf
         if logged.now > at {
             return;
         }
-        let result = ledger.apply_shared(&logged.command, logged.now);
-        ledger.clear_entries();
-        assert!(
-            matches!(result.status, Status::Applied(_)),
-            "a logged command must apply again on replay: {result:?}"
-        );
+        reapply(&mut ledger, &logged);
         log_position = Some(batch);
     })?;
     // The work due by then, as a running engine would have done it at that time.

@@ -199,6 +199,17 @@ fn next_group<T>(queue: &Receiver<T>, wait: Wait, commands: impl Fn(&T) -> usize
     }
 }
 
+/// Applies a logged command again (recovery, `--as-of`): it applied when it was logged, and
+/// the core is deterministic, so it must apply again. Its entries are in the log already.
+pub(crate) fn reapply(ledger: &mut Ledger, logged: &Logged) {
+    let result = ledger.apply_shared(&logged.command, logged.now);
+    ledger.clear_entries();
+    assert!(
+        matches!(result.status, Status::Applied(_)),
+        "a logged command must apply again on replay: {result:?}"
+    );
+}
+
 /// A line as the reader hands it to the engine: a command, or the rejection of a line that
 /// could not be read.
 type Parsed = Result<Command, Box<CommandResult>>;
@@ -305,12 +316,7 @@ impl Engine {
         let mut commands = 0u64;
         let last_applied = loaded.as_ref().map(|c| c.last_batch);
         let batches = log.replay_after(last_applied, |logged| {
-            let result = ledger.apply_shared(&logged.command, logged.now);
-            ledger.clear_entries();
-            assert!(
-                matches!(result.status, Status::Applied(_)),
-                "a logged command must apply again on replay: {result:?}"
-            );
+            reapply(&mut ledger, &logged);
             now = Some(now.map_or(logged.now, |t: Timestamp| t.max(logged.now)));
             commands += 1;
         })?;
