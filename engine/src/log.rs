@@ -31,6 +31,11 @@ const CHECKSUM_BYTES: usize = 8;
 /// A batch never exceeds this; larger groups are split before they reach the log.
 pub const MAX_BATCH_BYTES: usize = 64 << 20;
 
+/// A log position as people read it: `log batch 12`, or `an empty log`.
+pub fn position_text(position: Option<u64>) -> String {
+    position.map_or("an empty log".into(), |p| format!("log batch {p}"))
+}
+
 /// One logged command and the engine time it was applied at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Logged {

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tally_engine::ingest::{Clock, Engine, Recovery};
+use tally_engine::log::position_text;
 use tally_engine::program::parse_and_compile;
 use tally_engine::replay::{Replayer, Stats};
 use tally_engine::server::certs::{self as engine_certs, Authority, CertPaths, Identity};
@@ -563,9 +564,7 @@ fn snapshot(
             format,
             out,
         )?;
-        let position = past
-            .log_position
-            .map_or("an empty log".to_string(), |p| format!("log batch {p}"));
+        let position = position_text(past.log_position);
         eprintln!(
             "{rows} members as of {at} ({position}, entries up to {}) written to {}",
             past.last_entry_seq,
@@ -578,7 +577,7 @@ fn snapshot(
     eprintln!("{}", recovered(data, &recovery));
     let position = engine.last_batch();
     let rows = write(engine.ledger().snapshot(merchant), position, format, out)?;
-    let at = position.map_or("an empty log".to_string(), |p| format!("log batch {p}"));
+    let at = position_text(position);
     eprintln!("{rows} members as of {at} written to {}", out.display());
     std::mem::forget(engine);
     Ok(())
@@ -611,7 +610,8 @@ fn snapshot_from_server(
     let started = Instant::now();
     let now = chrono::Utc::now();
     let command = Command {
-        merchant: every_merchant_name(merchant.as_deref()),
+        // `*`: every merchant.
+        merchant: merchant.clone().unwrap_or_else(|| "*".into()),
         origin: Origin::Admin(String::new()),
         // A query: its key is never remembered, only echoed.
         key: IdemKey::Id(now.timestamp_nanos_opt().unwrap_or_default() as u128),
@@ -646,7 +646,7 @@ fn snapshot_from_server(
         bail!("the server refused the snapshot: {reason}: {message}");
     }
     let (rows, position, last_entry_seq) = written?;
-    let at = position.map_or("an empty log".to_string(), |p| format!("log batch {p}"));
+    let at = position_text(position);
     eprintln!(
         "{rows} members as of {at} (entries up to {last_entry_seq}) streamed from {} to {} in {:.2} s",
         client.server,
@@ -654,11 +654,6 @@ fn snapshot_from_server(
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// The command's merchant: the one asked for, or `*` for every merchant.
-fn every_merchant_name(merchant: Option<&str>) -> String {
-    merchant.unwrap_or("*").to_string()
 }
 
 /// Writes the chunks of one snapshot as they come; checks that the last one came and that

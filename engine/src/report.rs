@@ -377,9 +377,7 @@ pub fn to_html(report: &Report) -> String {
          td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}th{background:#eee}\
          td:first-child{text-align:left}</style></head><body>",
     );
-    let position = report
-        .log_position
-        .map_or("an empty log".into(), |p| format!("log batch {p}"));
+    let position = crate::log::position_text(report.log_position);
     let _ = write!(page, "<h1>tally report</h1><p>As of {position}.</p>");
     for m in &report.merchants {
         let _ = write!(
