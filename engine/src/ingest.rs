@@ -28,6 +28,7 @@ use crate::log::{CommandLog, LogError, Logged, LoggedEntry};
 use crate::money::from_minor;
 use crate::program::parse_and_compile;
 use crate::replay::{parse_rejection, tick_command, tick_if_due};
+use crate::shards::{self, Item, Shards, Step};
 use crate::snapshot_stream::{RowSink, Streams};
 use crate::Timestamp;
 
@@ -258,6 +259,15 @@ fn statement_entry(entry: LoggedEntry, minor_units: u32) -> StatementEntry {
     }
 }
 
+/// Logs what a command's step changed (the tick due before it, then the command) and gives
+/// its answer.
+fn log_step(step: Step, logged: &mut Vec<Logged>) -> Answer {
+    let now = step.now;
+    logged.extend(step.tick.map(|command| Logged { now, command }));
+    logged.extend(step.logged.map(|command| Logged { now, command }));
+    Answer::Ready(step.result)
+}
+
 /// A program given on the command line, checked and waiting to be installed.
 struct PendingProgram {
     text: String,
@@ -277,6 +287,8 @@ pub struct Engine {
     committer: Option<Committer>,
     /// Snapshots streaming to operators while commands go on.
     snapshots: Streams,
+    /// Where a group's commands are applied (`shards`).
+    shards: Shards,
 }
 
 impl Engine {
@@ -353,6 +365,7 @@ impl Engine {
             checkpoints,
             committer: None,
             snapshots: Streams::default(),
+            shards: Shards::new(shards::default_count()),
         };
         Ok((engine, recovery))
     }
@@ -372,6 +385,18 @@ impl Engine {
     /// at a past time can be rebuilt (`tally snapshot --as-of`).
     pub fn set_checkpoints_kept(&mut self, older: usize) {
         self.checkpoints.keep = older;
+    }
+
+    /// How many shards apply a group's commands (default: `shards::default_count`).
+    pub fn set_shards(&mut self, count: usize) {
+        if count != self.shards.count() {
+            self.shards = Shards::new(count);
+        }
+    }
+
+    /// Groups applied on their merchants' shards so far (the others, one after the other).
+    pub fn sharded_groups(&self) -> u64 {
+        self.shards.sharded_groups()
     }
 
     /// Rows per chunk a streamed snapshot hands to its connection between two groups.
@@ -522,16 +547,7 @@ impl Engine {
             let writer = scope.spawn(move || write_results(&durable, output));
             let applied = self.pipeline(
                 |wait| next_group(lines, wait, |_| 1),
-                |engine, group, logged| {
-                    let answers: Vec<Answer> = group
-                        .into_iter()
-                        .map(|parsed| match parsed {
-                            Ok(command) => engine.apply_command(command, logged),
-                            Err(rejection) => Answer::Ready(Arc::from(rejection)),
-                        })
-                        .collect();
-                    answers
-                },
+                |engine, group, logged| engine.apply_parsed(group, logged),
                 |engine, answered, _| {
                     let results = engine.answers(answered)?;
                     // A closed channel: the writer stopped on an output error; it reports it.
@@ -587,25 +603,78 @@ impl Engine {
         // Snapshot requests wait aside until this group is durable (`start_snapshots`).
         let group = self.snapshots.accept(group);
         let started = Instant::now();
-        let mut commands = 0;
-        let mut replies = Vec::with_capacity(group.len());
+        let mut sizes = Vec::with_capacity(group.len());
+        let mut commands = Vec::new();
         for submission in group {
-            commands += submission.commands.len();
+            sizes.push((submission.reply, submission.commands.len()));
             // The commands move into the log's batch: no copy of each.
-            let answered: Vec<Answer> = submission
-                .commands
-                .into_iter()
-                .map(|command| self.apply_command(command, logged))
-                .collect();
-            replies.push((submission.reply, answered));
+            commands.extend(submission.commands);
         }
+        let count = commands.len();
+        let mut answers = self.apply_commands(commands, logged).into_iter();
+        let replies = sizes
+            .into_iter()
+            .map(|(reply, size)| (reply, answers.by_ref().take(size).collect()))
+            .collect();
         Served {
             replies,
             started,
             applied: started.elapsed(),
-            commands,
+            commands: count,
             logged: logged.len(),
         }
+    }
+
+    /// Applies the commands of a group of lines; a line that could not be read is answered
+    /// with its rejection, in its place.
+    fn apply_parsed(&mut self, group: Vec<Parsed>, logged: &mut Vec<Logged>) -> Vec<Answer> {
+        let mut answers = Vec::with_capacity(group.len());
+        let mut commands = Vec::with_capacity(group.len());
+        for parsed in group {
+            match parsed {
+                Ok(command) => {
+                    commands.push(command);
+                    answers.push(None);
+                }
+                Err(rejection) => answers.push(Some(Answer::Ready(Arc::from(rejection)))),
+            }
+        }
+        let mut applied = self.apply_commands(commands, logged).into_iter();
+        answers
+            .into_iter()
+            .map(|answer| answer.unwrap_or_else(|| applied.next().expect("an answer each")))
+            .collect()
+    }
+
+    /// Applies commands in order: on their merchants' shards when that can pay, else here,
+    /// one after the other. Either way the state, the answers and the log are the same.
+    fn apply_commands(&mut self, commands: Vec<Command>, logged: &mut Vec<Logged>) -> Vec<Answer> {
+        // Statements, snapshots' copy-on-touch and programs waiting for a first time all
+        // need the whole ledger at each command: one after the other.
+        let sharded = self.shards.worth_it(&commands)
+            && self.snapshots.is_idle()
+            && self.pending_programs.is_empty()
+            && !commands
+                .iter()
+                .any(|command| matches!(command.body, Body::Statement(_)));
+        if !sharded {
+            return commands
+                .into_iter()
+                .map(|command| self.apply_command(command, logged))
+                .collect();
+        }
+        let items = commands
+            .into_iter()
+            .map(|command| {
+                let now = self.time_for(command.at);
+                Item { command, now }
+            })
+            .collect();
+        let steps = self.shards.apply(&mut self.ledger, items);
+        steps
+            .into_iter()
+            .map(|step| log_step(step, logged))
+            .collect()
     }
 
     /// Applies groups while the committer makes the previous one durable: a group's answers
@@ -764,29 +833,16 @@ impl Engine {
             self.install_pending(now, logged)
                 .expect("programs were checked when given");
         }
-        let entries_before_tick = self.ledger.entries().len();
+        let entries_before = self.ledger.entries().len();
         if !self.snapshots.is_idle() {
             self.capture_for_snapshots(&command, now);
         }
-        self.tick_if_due(&command.merchant, now, logged);
-        let entries_before = self.ledger.entries().len();
-        let result = self.ledger.apply_shared(&command, now);
+        let step = shards::step(&mut self.ledger, Item { command, now });
         if !self.snapshots.is_idle() {
-            let written = &self.ledger.entries()[entries_before_tick..];
+            let written = &self.ledger.entries()[entries_before..];
             self.snapshots.after(&self.ledger, written);
         }
-        // Only what changed the state is logged: rejections, duplicates and quotes are not.
-        let query = matches!(command.kind(), CommandKind::Quote | CommandKind::Balance);
-        if matches!(result.status, Status::Applied(_)) && !query {
-            logged.push(Logged { now, command });
-        } else {
-            assert_eq!(
-                self.ledger.entries().len(),
-                entries_before,
-                "a command that is not logged wrote entries"
-            );
-        }
-        Answer::Ready(result)
+        log_step(step, logged)
     }
 
     /// Captures the snapshot rows the command, and the tick due before it, may change.

@@ -14,6 +14,7 @@ pub mod log;
 pub mod replay;
 pub mod report;
 pub mod server;
+pub mod shards;
 pub mod snapshot;
 pub mod snapshot_stream;
 pub mod workload;

@@ -75,6 +75,10 @@ enum Tool {
         /// `tally snapshot --as-of` can go back that far.
         #[arg(long, default_value_t = 0)]
         keep_checkpoints: usize,
+        /// Threads a group's commands are applied on, merchants split between them
+        /// (default: the cores available but one).
+        #[arg(long, default_value_t = tally_engine::shards::default_count())]
+        shards: usize,
     },
     /// Serves terminals and operators over QUIC (TLS with client certificates). With no flags:
     /// data in ./tally-data, a development CA and server certificate made on first start, the
@@ -100,6 +104,9 @@ enum Tool {
         clock: Option<String>,
         #[arg(long)]
         checkpoint_every: Option<u64>,
+        /// Threads a group's commands are applied on (default: the cores available but one).
+        #[arg(long)]
+        shards: Option<usize>,
     },
     /// Issues and revokes certificates of the engine's CA (made by the first `tally serve`).
     Certs {
@@ -240,6 +247,7 @@ fn main() -> Result<()> {
             no_demo_program,
             clock,
             checkpoint_every,
+            shards,
         } => {
             let mut config = serve_config(config.as_deref())?;
             config.data = data.unwrap_or(config.data);
@@ -253,6 +261,7 @@ fn main() -> Result<()> {
                 None => config.clock,
             };
             config.checkpoint_every = checkpoint_every.unwrap_or(config.checkpoint_every);
+            config.shards = shards.unwrap_or(config.shards);
             serve(config)
         }
         Tool::Certs { action } => certs(action),
@@ -271,6 +280,7 @@ fn main() -> Result<()> {
             balances_out,
             checkpoint_every,
             keep_checkpoints,
+            shards,
         } => {
             let clock = if clock == "event" {
                 Clock::Event
@@ -282,6 +292,7 @@ fn main() -> Result<()> {
                 balances_out,
                 checkpoint_every,
                 keep_checkpoints,
+                shards,
             };
             ingest(&data, &programs, &input, options)
         }
@@ -411,11 +422,21 @@ fn replay(
     Ok(())
 }
 
+fn shard_count(shards: usize) -> Result<usize> {
+    let limit = tally_engine::shards::MAX_SHARDS;
+    anyhow::ensure!(
+        (1..=limit).contains(&shards),
+        "--shards must be 1..={limit}"
+    );
+    Ok(shards)
+}
+
 struct IngestOptions {
     clock: Clock,
     balances_out: Option<PathBuf>,
     checkpoint_every: u64,
     keep_checkpoints: usize,
+    shards: usize,
 }
 
 fn ingest(data: &Path, programs: &[PathBuf], input: &Path, options: IngestOptions) -> Result<()> {
@@ -424,6 +445,7 @@ fn ingest(data: &Path, programs: &[PathBuf], input: &Path, options: IngestOption
     eprintln!("{}", recovered(data, &recovery));
     engine.set_checkpoint_every(options.checkpoint_every);
     engine.set_checkpoints_kept(options.keep_checkpoints);
+    engine.set_shards(shard_count(options.shards)?);
     engine.install_programs(&texts)?;
     // Results are written on a thread of their own: `Stdout`, not its (thread-bound) lock.
     let mut output = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
@@ -864,6 +886,7 @@ fn serve(config: ServeConfig) -> Result<()> {
     eprintln!("{}", recovered(&config.data, &recovery));
     engine.set_checkpoint_every(config.checkpoint_every);
     engine.set_checkpoints_kept(config.keep_checkpoints);
+    engine.set_shards(shard_count(config.shards)?);
     let mut texts = read_programs(&config.programs)?;
     if config.demo_program {
         texts.insert(0, DEMO_PROGRAM.to_string());

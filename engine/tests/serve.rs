@@ -124,16 +124,47 @@ fn concurrent_submitters_are_answered_once_durable_and_exactly_once_after_a_rest
 /// answer ran ahead of, or apart from, the order the log holds.
 #[test]
 fn answers_under_many_submitters_equal_a_sequential_replay_of_the_log() {
+    let sharded = answers_equal_a_sequential_replay("stress", &["demo"], 1);
+    assert_eq!(sharded, 0, "one shard: every group on the engine's thread");
+}
+
+/// The same with three merchants on three shards: groups applied on their merchants' shards
+/// answer as the log replayed on one thread does.
+#[test]
+fn sharded_answers_under_many_submitters_equal_a_sequential_replay_of_the_log() {
+    let sharded = answers_equal_a_sequential_replay("shards", &["demo", "north", "south"], 3);
+    assert!(sharded > 0, "some groups were applied on their shards");
+}
+
+/// Serves the merchants' demo traffic from many submitters with `shards` shards, checks every
+/// answer against a sequential replay of the log, and says how many groups were sharded.
+fn answers_equal_a_sequential_replay(name: &str, merchants: &[&str], shards: usize) -> u64 {
     const STRESS_SUBMITTERS: usize = 16;
-    let dir = std::env::temp_dir().join(format!("tally-serve-stress-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("tally-serve-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let _scratch = Scratch(dir.clone());
     // Few members, so most groups hold several commands of the same member.
-    let commands: Vec<Command> = Workload::new(WorkloadConfig::demo(40))
-        .take(3_000)
+    let mut workloads: Vec<Workload> = merchants
+        .iter()
+        .map(|merchant| {
+            Workload::new(WorkloadConfig {
+                merchant: merchant.to_string(),
+                ..WorkloadConfig::demo(40)
+            })
+        })
+        .collect();
+    let commands: Vec<Command> = (0..3_000)
+        .map(|i| workloads[i % merchants.len()].next().expect("endless"))
         .collect();
 
-    let mut engine = engine_keeping_the_whole_log(&dir);
+    let (mut engine, _) = Engine::open(&dir, Clock::Event).expect("opens");
+    engine.set_checkpoint_every(0);
+    engine.set_shards(shards);
+    let programs: Vec<String> = merchants
+        .iter()
+        .map(|m| DEMO_PROGRAM.replacen("merchant = \"demo\"", &format!("merchant = \"{m}\""), 1))
+        .collect();
+    engine.install_programs(&programs).expect("programs");
     let (submit, submissions) = sync_channel::<Submission>(4);
     let (results_out, results_in) = channel();
     std::thread::scope(|scope| {
@@ -173,12 +204,13 @@ fn answers_under_many_submitters_equal_a_sequential_replay_of_the_log() {
     drop(results_out);
     let received: Vec<Arc<CommandResult>> = results_in.iter().collect();
     assert_eq!(received.len(), commands.len(), "one answer per command");
+    let sharded = engine.sharded_groups();
     drop(engine.close().expect("closes"));
 
-    let applied: std::collections::HashMap<String, String> = received
+    let applied: std::collections::HashMap<(String, String), String> = received
         .iter()
         .filter(|r| status(r) == "applied" && !matches!(r.command.name(), "quote" | "balance"))
-        .map(|r| (r.key.clone(), r.to_json_line()))
+        .map(|r| ((r.merchant.clone(), r.key.clone()), r.to_json_line()))
         .collect();
     let log = tally_engine::log::CommandLog::open(&dir.join("log.redb")).expect("log");
     let mut ledger = tally_engine::core::Ledger::new();
@@ -186,7 +218,7 @@ fn answers_under_many_submitters_equal_a_sequential_replay_of_the_log() {
     log.replay(|logged| {
         let result = ledger.apply_shared(&logged.command, logged.now);
         ledger.clear_entries();
-        if let Some(answered) = applied.get(&result.key) {
+        if let Some(answered) = applied.get(&(result.merchant.clone(), result.key.clone())) {
             assert_eq!(&result.to_json_line(), answered, "{}", result.key);
             compared += 1;
         }
@@ -198,6 +230,7 @@ fn answers_under_many_submitters_equal_a_sequential_replay_of_the_log() {
         "every applied answer is in the log, once"
     );
     assert!(compared > 2_000, "most commands applied: {compared}");
+    sharded
 }
 
 /// Sixteen terminals enrol the same new phones at the same instant, each by its first

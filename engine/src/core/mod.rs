@@ -8,6 +8,7 @@
 mod holds;
 mod image;
 mod intern;
+mod lend;
 mod members;
 mod micros;
 mod packed;

@@ -36,6 +36,8 @@ pub struct ServeConfig {
     pub checkpoint_every: u64,
     /// Older checkpoints kept, with the log since the oldest, for `tally snapshot --as-of`.
     pub keep_checkpoints: usize,
+    /// Threads a group's commands are applied on, merchants split between them.
+    pub shards: usize,
     /// Names the development server certificate is valid for (made on first start).
     pub server_names: Vec<String>,
     pub limits: Limits,
@@ -52,6 +54,7 @@ impl Default for ServeConfig {
             clock: ClockSetting::Wall,
             checkpoint_every: crate::ingest::CHECKPOINT_EVERY_COMMANDS,
             keep_checkpoints: 0,
+            shards: crate::shards::default_count(),
             server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             limits: Limits::default(),
         }
@@ -64,6 +67,12 @@ impl ServeConfig {
             toml::from_str(text).map_err(|e| ServerError::Config(e.to_string()))?;
         config.limits.check()?;
         config.metrics_address()?;
+        if !(1..=crate::shards::MAX_SHARDS).contains(&config.shards) {
+            return Err(ServerError::Config(format!(
+                "shards: must be 1..={}",
+                crate::shards::MAX_SHARDS
+            )));
+        }
         Ok(config)
     }
 
@@ -112,5 +121,7 @@ mod tests {
         assert!(ServeConfig::from_toml("listen = 3").is_err());
         assert!(ServeConfig::from_toml("unknown = 1").is_err());
         assert!(ServeConfig::from_toml("[limits]\nmax_frame_bytes = 0").is_err());
+        assert!(ServeConfig::from_toml("shards = 0").is_err());
+        assert_eq!(ServeConfig::from_toml("shards = 3").unwrap().shards, 3);
     }
 }

@@ -1,0 +1,254 @@
+//! Shards: a group's commands applied on several threads at once.
+//!
+//! Every merchant belongs to one shard (by a hash of its name). For a group whose commands
+//! name merchants of two or more shards, the engine lends each busy shard its merchants'
+//! state (moved to the shard's thread through a bounded queue, not shared), each shard
+//! applies its commands in the group's order, and the engine puts the state back and numbers
+//! the entries in the group's order. Commands of different merchants touch disjoint state,
+//! so the outcome — state, results, log, entry numbers — is the outcome of applying the
+//! group on one thread, whatever the number of shards (`engine/tests/shards.rs`).
+//!
+//! Shard 0 is the engine's own thread; shards 1.. have a worker thread each.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use tally_protocol::{Command, CommandKind, CommandResult, Status};
+
+use crate::core::{Entry, Ledger};
+use crate::replay::tick_if_due;
+use crate::Timestamp;
+
+/// The most shards: more threads than this only wait on each other.
+pub const MAX_SHARDS: usize = 64;
+/// Groups smaller than this are applied on the engine's thread: handing them out would cost
+/// more than it saves.
+pub const MIN_SHARDED_GROUP: usize = 16;
+
+/// The default number of shards: the cores available but one, which the pipeline's other
+/// threads (reader, committer, result writer) keep busy between them. On two cores a second
+/// shard only competes with them (`docs/performance.md`).
+pub fn default_count() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    (cores - 1).clamp(1, MAX_SHARDS)
+}
+
+/// A command and the engine time it is applied at.
+pub struct Item {
+    pub command: Command,
+    pub now: Timestamp,
+}
+
+/// What applying one command did.
+pub struct Step {
+    /// The engine's tick for the command's merchant that was due first, if any (logged).
+    pub tick: Option<Command>,
+    pub result: Arc<CommandResult>,
+    /// The command, when it changed the state and so goes to the log.
+    pub logged: Option<Command>,
+    pub now: Timestamp,
+    /// Entries the tick and the command wrote, in the order written.
+    pub entries: usize,
+}
+
+/// Applies one command: the tick due for its merchant first, then the command.
+pub fn step(ledger: &mut Ledger, item: Item) -> Step {
+    let Item { command, now } = item;
+    let entries_before = ledger.entries().len();
+    let tick = tick_if_due(ledger, &command.merchant, now).map(|(tick, _)| tick);
+    let entries_before_command = ledger.entries().len();
+    let result = ledger.apply_shared(&command, now);
+    // Only what changed the state is logged: rejections, duplicates and queries are not.
+    let query = matches!(command.kind(), CommandKind::Quote | CommandKind::Balance);
+    let logged = if matches!(result.status, Status::Applied(_)) && !query {
+        Some(command)
+    } else {
+        assert_eq!(
+            ledger.entries().len(),
+            entries_before_command,
+            "a command that is not logged wrote entries"
+        );
+        None
+    };
+    Step {
+        tick,
+        result,
+        logged,
+        now,
+        entries: ledger.entries().len() - entries_before,
+    }
+}
+
+/// A shard's part of a group: its merchants' state and its commands, in the group's order.
+struct Job {
+    part: Ledger,
+    items: Vec<Item>,
+}
+
+struct Done {
+    part: Ledger,
+    steps: Vec<Step>,
+}
+
+fn apply_part(mut job: Job) -> Done {
+    let steps = job.items.into_iter().map(|item| step(&mut job.part, item));
+    let steps = steps.collect();
+    Done {
+        part: job.part,
+        steps,
+    }
+}
+
+struct Worker {
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Done>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    fn start(shard: usize) -> Worker {
+        // One part at a time: the engine waits for every part of a group before the next.
+        let (jobs, receive) = bounded::<Job>(1);
+        let (report, done) = bounded(1);
+        let thread = std::thread::Builder::new()
+            .name(format!("tally-shard-{shard}"))
+            .spawn(move || {
+                for job in receive {
+                    if report.send(apply_part(job)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("a shard thread starts");
+        Worker {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            // A shard that panicked has already stopped the engine's group with its panic.
+            let _ = thread.join();
+        }
+    }
+}
+
+pub struct Shards {
+    count: usize,
+    workers: Vec<Worker>,
+    /// Groups applied on their shards so far.
+    sharded_groups: u64,
+}
+
+impl Shards {
+    /// `count` shards (at least 1, at most `MAX_SHARDS`): `count - 1` worker threads.
+    pub fn new(count: usize) -> Shards {
+        let count = count.clamp(1, MAX_SHARDS);
+        Shards {
+            count,
+            workers: (1..count).map(Worker::start).collect(),
+            sharded_groups: 0,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// How many groups were applied on their shards (the others on the engine's thread).
+    pub fn sharded_groups(&self) -> u64 {
+        self.sharded_groups
+    }
+
+    /// The shard that owns a merchant: fixed for a shard count, and the same on every run.
+    pub fn shard_of(&self, merchant: &str) -> usize {
+        (xxhash_rust::xxh3::xxh3_64(merchant.as_bytes()) % self.count as u64) as usize
+    }
+
+    /// Whether applying these commands on their shards can pay: a group large enough, with
+    /// commands for more than one shard.
+    pub fn worth_it(&self, commands: &[Command]) -> bool {
+        let Some(first) = commands.first() else {
+            return false;
+        };
+        let first = self.shard_of(&first.merchant);
+        self.count > 1
+            && commands.len() >= MIN_SHARDED_GROUP
+            && commands.iter().any(|c| self.shard_of(&c.merchant) != first)
+    }
+
+    /// Applies a group's commands, each on its merchant's shard, and returns their steps in
+    /// the group's order; the ledger ends as if they had been applied one after the other
+    /// (its journal holds their entries, numbered in that order).
+    pub fn apply(&mut self, ledger: &mut Ledger, items: Vec<Item>) -> Vec<Step> {
+        self.sharded_groups += 1;
+        let order: Vec<usize> = items
+            .iter()
+            .map(|item| self.shard_of(&item.command.merchant))
+            .collect();
+        let mut parts: Vec<Vec<Item>> = (0..self.count).map(|_| Vec::new()).collect();
+        for (item, &shard) in items.into_iter().zip(&order) {
+            parts[shard].push(item);
+        }
+        let mut jobs: Vec<Option<Job>> = parts
+            .into_iter()
+            .map(|items| lend_part(ledger, items))
+            .collect();
+        let busy: Vec<bool> = jobs.iter().map(Option::is_some).collect();
+        for (worker, job) in self.workers.iter().zip(&mut jobs[1..]) {
+            if let Some(job) = job.take() {
+                let queue = worker.jobs.as_ref().expect("the shard is running");
+                queue.send(job).expect("a shard thread is running");
+            }
+        }
+        let mut done = vec![jobs[0].take().map(apply_part)];
+        for (worker, &busy) in self.workers.iter().zip(&busy[1..]) {
+            done.push(busy.then(|| {
+                worker
+                    .done
+                    .recv()
+                    .expect("a shard thread stopped: an invariant broke there")
+            }));
+        }
+        merge(ledger, &order, done)
+    }
+}
+
+/// A shard's job: its commands and the state of the merchants they name (none: no job).
+fn lend_part(ledger: &mut Ledger, items: Vec<Item>) -> Option<Job> {
+    if items.is_empty() {
+        return None;
+    }
+    let names: BTreeSet<&str> = items.iter().map(|i| i.command.merchant.as_str()).collect();
+    let part = ledger.lend(&names);
+    Some(Job { part, items })
+}
+
+/// Puts every part back and takes the steps and entries in the group's order.
+fn merge(ledger: &mut Ledger, order: &[usize], done: Vec<Option<Done>>) -> Vec<Step> {
+    let mut steps = Vec::with_capacity(order.len());
+    let mut parts: Vec<(std::vec::IntoIter<Step>, std::vec::IntoIter<Entry>)> = done
+        .into_iter()
+        .map(|done| match done {
+            Some(done) => (
+                done.steps.into_iter(),
+                ledger.restore(done.part).into_iter(),
+            ),
+            None => (Vec::new().into_iter(), Vec::new().into_iter()),
+        })
+        .collect();
+    for &shard in order {
+        let (shard_steps, entries) = &mut parts[shard];
+        let step = shard_steps.next().expect("a step for every command");
+        ledger.adopt_entries(entries.by_ref().take(step.entries));
+        steps.push(step);
+    }
+    steps
+}
