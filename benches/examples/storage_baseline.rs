@@ -1,6 +1,7 @@
 //! The limits under durable ingest, measured in one run on one disk, and ingest itself:
 //! fsync rate, redb single-key durable commits, redb 1,000-key batches, large sequential
-//! values, and `tally ingest`'s durable commands/s, so each figure is also a ratio.
+//! values, and `tally ingest`'s durable commands/s (one merchant and four, one shard and two),
+//! so each figure is also a ratio.
 //! `cargo run --release -p tally-benches --example storage_baseline -- [dir] [commands]`
 // Floats here are rates for display, never money.
 #![allow(clippy::float_arithmetic)]
@@ -46,11 +47,13 @@ fn main() {
         redb_commits(&dir, 1, 1000 * COMMAND_BYTES) * 1000.0,
         "commands",
     );
-    report(
-        "tally ingest (demo commands, event clock)",
-        ingest(&dir, commands),
-        "commands",
-    );
+    for (merchants, shards) in [(1, 1), (1, 2), (4, 1), (4, 2)] {
+        report(
+            &format!("tally ingest: {merchants} merchant(s), {shards} shard(s)"),
+            ingest(&dir, commands, merchants, shards),
+            "commands",
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -101,21 +104,39 @@ fn redb_commits(dir: &Path, keys: usize, bytes: usize) -> f64 {
     commits * keys as f64
 }
 
-fn ingest(dir: &Path, count: usize) -> f64 {
+/// `tally ingest` of the demo traffic of `merchants` merchants (100,000 members in all),
+/// interleaved, with `shards` shards; returns commands per second.
+fn ingest(dir: &Path, count: usize, merchants: usize, shards: usize) -> f64 {
     let data = dir.join("ingest");
     let _ = std::fs::remove_dir_all(&data);
+    let names: Vec<String> = (1..=merchants).map(|m| format!("shop-{m}")).collect();
+    let mut workloads: Vec<Workload> = names
+        .iter()
+        .map(|name| {
+            Workload::new(WorkloadConfig {
+                merchant: name.clone(),
+                ..WorkloadConfig::demo(100_000 / merchants as u64)
+            })
+        })
+        .collect();
     let mut input = Vec::with_capacity(count * COMMAND_BYTES);
-    for command in Workload::new(WorkloadConfig::demo(100_000)).take(count) {
+    for index in 0..count {
+        let command = workloads[index % merchants].next().expect("endless");
         input.extend_from_slice(command.to_json_line().as_bytes());
         input.push(b'\n');
     }
+    let programs: Vec<String> = names
+        .iter()
+        .map(|name| {
+            DEMO_PROGRAM.replacen("merchant = \"demo\"", &format!("merchant = \"{name}\""), 1)
+        })
+        .collect();
     let (mut engine, _) = Engine::open(&data, Clock::Event).expect("engine");
     // The steady state: the checkpoint taken when an input ends is measured by the
     // `recovery` example.
     engine.set_checkpoint_every(0);
-    engine
-        .install_programs(&[DEMO_PROGRAM.to_string()])
-        .expect("program");
+    engine.set_shards(shards);
+    engine.install_programs(&programs).expect("program");
     let mut results = std::io::sink();
     let started = Instant::now();
     engine
