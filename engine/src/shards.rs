@@ -145,6 +145,8 @@ pub struct Shards {
     workers: Vec<Worker>,
     /// Groups applied on their shards so far.
     sharded_groups: u64,
+    /// Each shard's journal, lent with its part and kept between groups.
+    journals: Vec<Vec<Entry>>,
 }
 
 impl Shards {
@@ -155,6 +157,7 @@ impl Shards {
             count,
             workers: (1..count).map(Worker::start).collect(),
             sharded_groups: 0,
+            journals: (0..count).map(|_| Vec::new()).collect(),
         }
     }
 
@@ -193,15 +196,19 @@ impl Shards {
             .iter()
             .map(|item| self.shard_of(&item.command.merchant))
             .collect();
-        let mut parts: Vec<Vec<Item>> = (0..self.count).map(|_| Vec::new()).collect();
+        let mut sizes = vec![0; self.count];
+        for &shard in &order {
+            sizes[shard] += 1;
+        }
+        let mut parts: Vec<Vec<Item>> = sizes.iter().map(|&n| Vec::with_capacity(n)).collect();
         for (item, &shard) in items.into_iter().zip(&order) {
             parts[shard].push(item);
         }
         let mut jobs: Vec<Option<Job>> = parts
             .into_iter()
-            .map(|items| lend_part(ledger, items))
+            .zip(&mut self.journals)
+            .map(|(items, journal)| lend_part(ledger, items, std::mem::take(journal)))
             .collect();
-        let busy: Vec<bool> = jobs.iter().map(Option::is_some).collect();
         for (worker, job) in self.workers.iter().zip(&mut jobs[1..]) {
             if let Some(job) = job.take() {
                 let queue = worker.jobs.as_ref().expect("the shard is running");
@@ -209,46 +216,53 @@ impl Shards {
             }
         }
         let mut done = vec![jobs[0].take().map(apply_part)];
-        for (worker, &busy) in self.workers.iter().zip(&busy[1..]) {
-            done.push(busy.then(|| {
+        for (worker, &size) in self.workers.iter().zip(&sizes[1..]) {
+            done.push((size > 0).then(|| {
                 worker
                     .done
                     .recv()
                     .expect("a shard thread stopped: an invariant broke there")
             }));
         }
-        merge(ledger, &order, done)
+        self.merge(ledger, &order, done)
+    }
+
+    /// Puts every part back and takes the steps and entries in the group's order. The
+    /// parts' journals are kept, empty, for the next group: no regrowing them each time.
+    fn merge(
+        &mut self,
+        ledger: &mut Ledger,
+        order: &[usize],
+        done: Vec<Option<Done>>,
+    ) -> Vec<Step> {
+        let mut parts_steps = Vec::with_capacity(self.count);
+        for (done, journal) in done.into_iter().zip(&mut self.journals) {
+            parts_steps.push(done.map_or_else(Vec::new, |done| {
+                *journal = ledger.restore(done.part);
+                done.steps
+            }));
+        }
+        let total: usize = self.journals.iter().map(Vec::len).sum();
+        ledger.reserve_entries(total);
+        let mut steps = Vec::with_capacity(order.len());
+        let mut parts_steps: Vec<_> = parts_steps.into_iter().map(Vec::into_iter).collect();
+        let mut entries: Vec<_> = self.journals.iter_mut().map(|j| j.drain(..)).collect();
+        for &shard in order {
+            let step = parts_steps[shard].next().expect("a step for every command");
+            ledger.adopt_entries(entries[shard].by_ref().take(step.entries));
+            steps.push(step);
+        }
+        steps
     }
 }
 
-/// A shard's job: its commands and the state of the merchants they name (none: no job).
-fn lend_part(ledger: &mut Ledger, items: Vec<Item>) -> Option<Job> {
+/// A shard's job: its commands and the state of the merchants they name (none: no job), its
+/// entries written into `journal`.
+fn lend_part(ledger: &mut Ledger, items: Vec<Item>, journal: Vec<Entry>) -> Option<Job> {
     if items.is_empty() {
         return None;
     }
     let names: BTreeSet<&str> = items.iter().map(|i| i.command.merchant.as_str()).collect();
-    let part = ledger.lend(&names);
+    let part = ledger.lend(&names, journal);
     Some(Job { part, items })
-}
-
-/// Puts every part back and takes the steps and entries in the group's order.
-fn merge(ledger: &mut Ledger, order: &[usize], done: Vec<Option<Done>>) -> Vec<Step> {
-    let mut steps = Vec::with_capacity(order.len());
-    let mut parts: Vec<(std::vec::IntoIter<Step>, std::vec::IntoIter<Entry>)> = done
-        .into_iter()
-        .map(|done| match done {
-            Some(done) => (
-                done.steps.into_iter(),
-                ledger.restore(done.part).into_iter(),
-            ),
-            None => (Vec::new().into_iter(), Vec::new().into_iter()),
-        })
-        .collect();
-    for &shard in order {
-        let (shard_steps, entries) = &mut parts[shard];
-        let step = shard_steps.next().expect("a step for every command");
-        ledger.adopt_entries(entries.by_ref().take(step.entries));
-        steps.push(step);
-    }
-    steps
 }

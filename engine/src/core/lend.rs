@@ -14,16 +14,18 @@ use super::{Entry, Ledger};
 const PROVISIONAL_SEQ: u64 = 1 << 62;
 
 impl Ledger {
-    /// Takes the named merchants out into a ledger of their own. A merchant a command of the
-    /// part creates stays in the part until `restore`.
-    pub fn lend(&mut self, names: &BTreeSet<&str>) -> Ledger {
+    /// Takes the named merchants out into a ledger of their own, which writes its entries
+    /// into `journal` (an empty buffer, reused). A merchant a command of the part creates
+    /// stays in the part until `restore`.
+    pub fn lend(&mut self, names: &BTreeSet<&str>, journal: Vec<Entry>) -> Ledger {
+        assert!(journal.is_empty(), "a part starts with no entries");
         let merchants = names
             .iter()
             .filter_map(|name| self.merchants.remove_entry(*name))
             .collect();
         Ledger {
             merchants,
-            journal: Vec::new(),
+            journal,
             next_entry_seq: PROVISIONAL_SEQ,
             results_kept_whole: self.results_kept_whole,
         }
@@ -37,6 +39,11 @@ impl Ledger {
             assert!(previous.is_none(), "a merchant was lent to two parts");
         }
         part.journal
+    }
+
+    /// Room for this many more entries in the journal.
+    pub fn reserve_entries(&mut self, more: usize) {
+        self.journal.reserve(more);
     }
 
     /// Numbers entries written by a lent part as the next entries of this ledger, in the
@@ -54,14 +61,12 @@ impl Ledger {
                 .get_mut(&*entry.merchant)
                 .expect("an adopted entry's merchant is back");
             let history = &mut merchant.members[entry.member as usize - 1].history;
-            // The member's provisional numbers are the newest in its history.
+            // A history is ascending: numbers given so far, then the part's provisional ones
+            // (above every real number), which are adopted in order, so it stays ascending.
             let slot = history
-                .iter_mut()
-                .rev()
-                .take_while(|s| **s >= PROVISIONAL_SEQ)
-                .find(|s| **s == entry.seq)
+                .binary_search(&entry.seq)
                 .expect("an adopted entry is in its member's history");
-            *slot = seq;
+            history[slot] = seq;
             entry.seq = seq;
             self.journal.push(entry);
         }
