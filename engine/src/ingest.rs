@@ -130,6 +130,8 @@ pub struct GroupCommitted {
     pub applied: Duration,
     /// From the group's start until the log write was durable.
     pub committed: Duration,
+    /// Whether the group's commands were applied on their merchants' shards.
+    pub sharded: bool,
 }
 
 /// A group's answers once the front door's commands are applied, waiting for the commit.
@@ -139,6 +141,7 @@ struct Served {
     applied: Duration,
     commands: usize,
     logged: usize,
+    sharded: bool,
 }
 
 /// How long `next_group` may wait for a first item.
@@ -589,6 +592,7 @@ impl Engine {
                     logged: served.logged,
                     applied: served.applied,
                     committed,
+                    sharded: served.sharded,
                 });
                 for (reply, answered) in served.replies {
                     reply(engine.answers(answered)?);
@@ -611,6 +615,7 @@ impl Engine {
             commands.extend(submission.commands);
         }
         let count = commands.len();
+        let sharded_before = self.shards.sharded_groups();
         let mut answers = self.apply_commands(commands, logged).into_iter();
         let replies = sizes
             .into_iter()
@@ -622,6 +627,7 @@ impl Engine {
             applied: started.elapsed(),
             commands: count,
             logged: logged.len(),
+            sharded: self.shards.sharded_groups() > sharded_before,
         }
     }
 

@@ -104,6 +104,8 @@ pub struct Metrics {
     /// Bytes of request frames being read or processed.
     pub in_flight_frame_bytes: Gauge,
     pub groups: Counter,
+    /// Groups applied on their merchants' shards (the others on the engine thread).
+    pub groups_sharded: Counter,
     group_commands: Distribution,
     commit_latency_us: Distribution,
     request_latency_us: Distribution,
@@ -127,6 +129,7 @@ impl Default for Metrics {
             in_flight_commands: Gauge::default(),
             in_flight_frame_bytes: Gauge::default(),
             groups: Counter::default(),
+            groups_sharded: Counter::default(),
             group_commands: Distribution::new(1 << 20),
             commit_latency_us: Distribution::new(LATENCY_HIGHEST_US),
             request_latency_us: Distribution::new(LATENCY_HIGHEST_US),
@@ -145,6 +148,7 @@ impl Metrics {
     /// Called on the engine thread for every durable group: must be quick.
     pub fn group_committed(&self, group: &GroupCommitted) {
         self.groups.add(1);
+        self.groups_sharded.add(u64::from(group.sharded));
         let commit_us = micros(group.committed);
         self.last_commit_us.store(commit_us, Ordering::Relaxed);
         self.group_commands.record(group.commands as u64);
@@ -181,7 +185,7 @@ impl Metrics {
     /// Everything in Prometheus' text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8192);
-        let counters: [(&str, &str, u64); 10] = [
+        let counters: [(&str, &str, u64); 11] = [
             (
                 "tally_connections_accepted_total",
                 "QUIC connections accepted",
@@ -226,6 +230,11 @@ impl Metrics {
                 "tally_groups_committed_total",
                 "group commits",
                 self.groups.get(),
+            ),
+            (
+                "tally_groups_sharded_total",
+                "group commits whose commands were applied on their merchants' shards",
+                self.groups_sharded.get(),
             ),
             (
                 "tally_uptime_seconds_total",
