@@ -467,6 +467,13 @@ fn ingest(data: &Path, programs: &[PathBuf], input: &Path, options: IngestOption
             BufWriter::new(File::create(&path)?),
         )?;
     }
+    if options.shards > 1 {
+        eprintln!(
+            "{} groups applied on {} shards (the others named one shard's merchants only)",
+            engine.sharded_groups(),
+            options.shards
+        );
+    }
     eprintln!("state digest {:032x}", engine.ledger().digest());
     std::mem::forget(engine);
     Ok(())

@@ -13,6 +13,9 @@
 //!   and every answer (quotes aside) is the result `tally replay` gives the command in the
 //!   stream, or a duplicate carrying that result.
 //!
+//! The stream interleaves two merchants that live on different shards, and runs alternate
+//! between one shard and two: a log written by either recovers on the other.
+//!
 //! The kill times are random but seeded: the seed is printed and `TALLY_CRASH_SEED=N` runs the
 //! same choices again (the interleaving with the engine still depends on timing).
 
@@ -34,7 +37,8 @@ use tally_protocol::CommandKind;
 /// the cost grows with the square of the busiest members' lot counts: a few thousand commands
 /// keep the whole test (every restart replays the log) to seconds.
 const COMMANDS: usize = 4_000;
-const MEMBERS: u64 = 2_000;
+/// Members of each of the two merchants.
+const MEMBERS: u64 = 1_000;
 /// Ten minutes of event time between commands: the stream spans four weeks, so pending points
 /// mature, days and a month start pass, and engine ticks are logged and recovered.
 const INTERVAL_MS: i64 = 10 * 60 * 1000;
@@ -187,6 +191,21 @@ fn final_pass(setup: &Setup, history: &mut History, run: usize, whole_stream: &[
     history.expect_clean_exit(setup, run, &finished);
     history.expect_all_answered(run, whole_stream, &finished);
     history.record_run(run, whole_stream, &finished, Phase::FinalPass);
+    // An even run has two shards, and the whole stream names both merchants.
+    assert_eq!(run % 2, 0, "the final pass runs on two shards");
+    let stderr = setup.stderr_of(run);
+    let sharded = stderr
+        .lines()
+        .find_map(|line| {
+            line.strip_suffix(
+                " groups applied on 2 shards (the others named one shard's merchants only)",
+            )
+        })
+        .and_then(|count| count.parse::<u64>().ok());
+    assert!(
+        sharded.is_some_and(|count| count > 0),
+        "the final pass applied groups on both shards: {stderr}"
+    );
 }
 
 fn between(rng: &mut Rng, (low, high): (u64, u64)) -> u64 {
@@ -205,10 +224,10 @@ fn seed() -> u64 {
 
 // ---- the files and the command stream ----
 
-/// The temporary directory, the program file and the command stream.
+/// The temporary directory, the program files and the command stream.
 struct Setup {
     dir: PathBuf,
-    program: PathBuf,
+    programs: Vec<PathBuf>,
     data: PathBuf,
     stream: Arc<Stream>,
 }
@@ -234,11 +253,17 @@ impl Setup {
             .as_nanos();
         let dir = std::env::temp_dir().join(format!("tally-crash-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the test directory");
-        let program = dir.join("demo.toml");
-        std::fs::write(&program, DEMO_PROGRAM).expect("write the program");
+        let programs = MERCHANTS
+            .iter()
+            .map(|&merchant| {
+                let program = dir.join(format!("{merchant}.toml"));
+                std::fs::write(&program, program_of(merchant)).expect("write the program");
+                program
+            })
+            .collect();
         Setup {
             data: dir.join("data"),
-            program,
+            programs,
             stream: Arc::new(generate_stream()),
             dir,
         }
@@ -258,17 +283,43 @@ impl Setup {
     }
 }
 
-/// The demo workload, ending with a quote: a quote is always applied and changes nothing, so
-/// it moves the engine clock to the end of the stream in every run that reaches it and in
-/// every replay (the final engine tick then does the same work in all of them).
+/// Two merchants that `Shards` puts on different shards of two.
+const MERCHANTS: [&str; 2] = ["demo", "south"];
+
+fn program_of(merchant: &str) -> String {
+    DEMO_PROGRAM.replacen(
+        "merchant = \"demo\"",
+        &format!("merchant = \"{merchant}\""),
+        1,
+    )
+}
+
+/// The demo workloads of both merchants, interleaved, ending with a quote: a quote is always
+/// applied and changes nothing, so it moves the engine clock to the end of the stream in every
+/// run that reaches it and in every replay (the final engine tick then does the same work in
+/// all of them).
 fn generate_stream() -> Stream {
-    let config = WorkloadConfig {
-        interval_ms: INTERVAL_MS,
-        ..WorkloadConfig::demo(MEMBERS)
-    };
-    let mut workload = Workload::new(config);
-    let mut commands: Vec<_> = workload.by_ref().take(COMMANDS).collect();
-    let closing_quote = workload
+    let shards = tally_engine::shards::Shards::new(2);
+    assert_ne!(
+        shards.shard_of(MERCHANTS[0]),
+        shards.shard_of(MERCHANTS[1]),
+        "the two merchants are on different shards"
+    );
+    let mut workloads: Vec<Workload> = MERCHANTS
+        .iter()
+        .map(|merchant| {
+            Workload::new(WorkloadConfig {
+                merchant: merchant.to_string(),
+                interval_ms: INTERVAL_MS,
+                ..WorkloadConfig::demo(MEMBERS)
+            })
+        })
+        .collect();
+    let mut commands: Vec<_> = (0..COMMANDS)
+        .map(|i| workloads[i % 2].next().expect("endless"))
+        .collect();
+    let closing_quote = workloads[0]
+        .by_ref()
         .take(10_000)
         .find(|command| command.kind() == CommandKind::Quote)
         .expect("the demo workload yields quotes");
@@ -338,9 +389,14 @@ impl Ingest {
             .arg("ingest")
             .arg("--data")
             .arg(&setup.data)
-            .arg("--program")
-            .arg(&setup.program)
+            .args(
+                setup
+                    .programs
+                    .iter()
+                    .flat_map(|p| [Path::new("--program"), p]),
+            )
             .args(["--clock", "event"])
+            .args(["--shards", if run % 2 == 0 { "2" } else { "1" }])
             // Checkpoints and compaction happen while the process is being killed too.
             .args(["--checkpoint-every", "700"])
             .stdin(if input == Input::Empty {
@@ -786,8 +842,12 @@ fn replay(setup: &Setup, name: &str, order: &[usize]) -> Replayed {
     let results_path = setup.dir.join(format!("{name}-results.jsonl"));
     let mut child = Process::new(env!("CARGO_BIN_EXE_tally"))
         .arg("replay")
-        .arg("--program")
-        .arg(&setup.program)
+        .args(
+            setup
+                .programs
+                .iter()
+                .flat_map(|p| [Path::new("--program"), p]),
+        )
         .arg("--input")
         .arg(&input)
         .arg("--balances-out")
