@@ -396,7 +396,7 @@ impl Ingest {
                     .flat_map(|p| [Path::new("--program"), p]),
             )
             .args(["--clock", "event"])
-            .args(["--shards", if run % 2 == 0 { "2" } else { "1" }])
+            .args(["--shards", ["2", "1"][run % 2]])
             // Checkpoints and compaction happen while the process is being killed too.
             .args(["--checkpoint-every", "700"])
             .stdin(if input == Input::Empty {
