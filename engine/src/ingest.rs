@@ -266,7 +266,7 @@ fn statement_entry(entry: LoggedEntry, minor_units: u32) -> StatementEntry {
 /// its answer.
 fn log_step(step: Step, logged: &mut Vec<Logged>) -> Answer {
     let now = step.now;
-    logged.extend(step.tick.map(|command| Logged { now, command }));
+    logged.extend(step.tick.map(|(command, _)| Logged { now, command }));
     logged.extend(step.logged.map(|command| Logged { now, command }));
     Answer::Ready(step.result)
 }

@@ -48,6 +48,10 @@ enum Tool {
         /// Write every command's result (and the engine's ticks) as JSON lines.
         #[arg(long)]
         results_out: Option<PathBuf>,
+        /// Threads a batch's commands are applied on, merchants split between them
+        /// (default: the cores available but one).
+        #[arg(long, default_value_t = tally_engine::shards::default_count())]
+        shards: usize,
     },
     /// Applies commands (JSON lines) durably: each result is written only after the command
     /// is in the write-ahead log on disk. On start, recovers the state from the log.
@@ -271,7 +275,8 @@ fn main() -> Result<()> {
             input,
             balances_out,
             results_out,
-        } => replay(&programs, &input, balances_out, results_out),
+            shards,
+        } => replay(&programs, &input, (balances_out, results_out), shards),
         Tool::Ingest {
             data,
             programs,
@@ -372,14 +377,15 @@ fn read_programs(paths: &[PathBuf]) -> Result<Vec<String>> {
 fn replay(
     programs: &[PathBuf],
     input: &PathBuf,
-    balances_out: Option<PathBuf>,
-    results_out: Option<PathBuf>,
+    (balances_out, results_out): (Option<PathBuf>, Option<PathBuf>),
+    shards: usize,
 ) -> Result<()> {
     let texts = read_programs(programs)?;
     let mut replayer = match Replayer::new(texts) {
         Ok(replayer) => replayer,
         Err(errors) => bail!("the program is not valid:\n{errors}"),
     };
+    replayer.set_shards(shard_count(shards)?);
     let mut results: Option<BufWriter<File>> = match &results_out {
         Some(path) => Some(BufWriter::new(
             File::create(path).with_context(|| format!("creating {}", path.display()))?,

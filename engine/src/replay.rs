@@ -16,6 +16,7 @@ use tally_protocol::{
 use crate::core::Ledger;
 use crate::money::from_minor;
 use crate::program::ProgramErrors;
+use crate::shards::{Item, Shards};
 use crate::Timestamp;
 
 /// Lines parsed per batch handed from the parser thread to the applier.
@@ -27,6 +28,8 @@ pub struct Replayer {
     ledger: Ledger,
     now: Option<Timestamp>,
     programs: Vec<String>,
+    /// Where a batch of commands of several merchants is applied (`shards`).
+    shards: Shards,
     pub stats: Stats,
 }
 
@@ -68,8 +71,16 @@ impl Replayer {
             ledger: Ledger::new(),
             now: None,
             programs,
+            shards: Shards::new(crate::shards::default_count()),
             stats: Stats::default(),
         })
+    }
+
+    /// How many shards apply a batch's commands (default: `shards::default_count`).
+    pub fn set_shards(&mut self, count: usize) {
+        if count != self.shards.count() {
+            self.shards = Shards::new(count);
+        }
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -108,11 +119,7 @@ impl Replayer {
     ) {
         match parse_command_line(line) {
             Ok(command) => self.apply(&command, out),
-            Err(error) => {
-                let result = parse_rejection(line_number, &error);
-                self.stats.count(&result);
-                out(&result);
-            }
+            Err(error) => self.reject(&parse_rejection(line_number, &error), out),
         }
     }
 
@@ -153,21 +160,63 @@ impl Replayer {
             let (sender, receiver) = std::sync::mpsc::sync_channel(PARSE_BATCHES_IN_FLIGHT);
             let parser = scope.spawn(move || parse_lines(input, sender));
             for batch in receiver {
-                for (line_number, parsed) in batch {
-                    match parsed {
-                        Ok(command) => self.apply(&command, out),
-                        Err(error) => {
-                            let result = parse_rejection(line_number, &error);
-                            self.stats.count(&result);
-                            out(&result);
-                        }
-                    }
-                }
+                self.apply_batch(batch, out);
             }
             parser.join().expect("the parser thread does not panic")
         })?;
         self.finish(out);
         Ok(())
+    }
+
+    /// Applies a batch of parsed lines in order: on their merchants' shards when that can
+    /// pay, else one after the other; the results are the same either way.
+    fn apply_batch(&mut self, batch: Vec<ParsedLine>, out: &mut impl FnMut(&CommandResult)) {
+        let mut commands = Vec::with_capacity(batch.len());
+        let mut unreadable = Vec::with_capacity(batch.len());
+        for (line_number, parsed) in batch {
+            match parsed {
+                Ok(command) => {
+                    commands.push(command);
+                    unreadable.push(None);
+                }
+                Err(error) => unreadable.push(Some(parse_rejection(line_number, &error))),
+            }
+        }
+        if !self.shards.worth_it(&commands) {
+            let mut commands = commands.iter();
+            for line in unreadable {
+                match line {
+                    Some(rejection) => self.reject(&rejection, out),
+                    None => self.apply(commands.next().expect("a command per line read"), out),
+                }
+            }
+            return;
+        }
+        let items = commands
+            .into_iter()
+            .map(|command| {
+                let now = self.advance_clock(command.at);
+                Item { command, now }
+            })
+            .collect();
+        let mut steps = self.shards.apply(&mut self.ledger, items).into_iter();
+        self.ledger.clear_entries();
+        for line in unreadable {
+            if let Some(rejection) = line {
+                self.reject(&rejection, out);
+                continue;
+            }
+            let step = steps.next().expect("a step per command");
+            for result in step.tick.iter().map(|(_, tick)| tick).chain([&step.result]) {
+                self.stats.count(result);
+                out(result);
+            }
+        }
+    }
+
+    fn reject(&mut self, rejection: &CommandResult, out: &mut impl FnMut(&CommandResult)) {
+        self.stats.count(rejection);
+        out(rejection);
     }
 
     /// Final balances as CSV, sorted by merchant and member.

@@ -43,8 +43,9 @@ pub struct Item {
 
 /// What applying one command did.
 pub struct Step {
-    /// The engine's tick for the command's merchant that was due first, if any (logged).
-    pub tick: Option<Command>,
+    /// The engine's tick for the command's merchant that was due first, if any (logged),
+    /// and its result.
+    pub tick: Option<(Command, Arc<CommandResult>)>,
     pub result: Arc<CommandResult>,
     /// The command, when it changed the state and so goes to the log.
     pub logged: Option<Command>,
@@ -57,7 +58,7 @@ pub struct Step {
 pub fn step(ledger: &mut Ledger, item: Item) -> Step {
     let Item { command, now } = item;
     let entries_before = ledger.entries().len();
-    let tick = tick_if_due(ledger, &command.merchant, now).map(|(tick, _)| tick);
+    let tick = tick_if_due(ledger, &command.merchant, now);
     let entries_before_command = ledger.entries().len();
     let result = ledger.apply_shared(&command, now);
     // Only what changed the state is logged: rejections, duplicates and queries are not.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use tally_engine::ingest::{Clock, Engine};
 use tally_engine::log::LoggedEntry;
+use tally_engine::replay::Replayer;
 use tally_engine::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
 
 const MERCHANTS: [&str; 5] = ["alpha", "bravo", "charlie", "delta", "echo"];
@@ -45,9 +46,12 @@ fn input() -> String {
         .iter()
         .enumerate()
         .map(|(i, merchant)| {
+            // Ten minutes between a merchant's commands: ten days in all, so pending points
+            // mature and days start, and the engine ticks.
             let config = WorkloadConfig {
                 merchant: merchant.to_string(),
                 seed: 7 + i as u64,
+                interval_ms: 10 * 60 * 1000,
                 ..WorkloadConfig::demo(200)
             };
             Workload::new(config)
@@ -188,5 +192,40 @@ fn any_number_of_shards_gives_the_answers_state_and_log_of_one() {
             many.recovered_digest, many.digest,
             "{shards} shards: recovery"
         );
+    }
+}
+
+/// `tally replay`'s core: every result (ticks included), the balances and the digest are
+/// those of one shard.
+#[test]
+fn a_replay_on_shards_answers_and_ends_as_one_on_one_thread() {
+    let input = input();
+    let replay = |shards: usize| {
+        let programs: Vec<String> = MERCHANTS[..MERCHANTS.len() - 1]
+            .iter()
+            .map(|m| program_of(m))
+            .collect();
+        let mut replayer = Replayer::new(programs).expect("programs");
+        replayer.set_shards(shards);
+        let mut results = Vec::new();
+        replayer
+            .run(Cursor::new(input.as_bytes()), &mut |result| {
+                results.push(result.to_json_line())
+            })
+            .expect("replayed");
+        let mut balances = Vec::new();
+        replayer.write_balances(&mut balances).expect("balances");
+        (results, balances, replayer.ledger().digest())
+    };
+    let one = replay(1);
+    assert!(
+        one.0.iter().any(|r| r.contains("\"tick\"")),
+        "ticks are exercised"
+    );
+    for shards in [2, 3] {
+        let many = replay(shards);
+        assert!(many.0 == one.0, "{shards} shards: the results differ");
+        assert!(many.1 == one.1, "{shards} shards: the balances differ");
+        assert_eq!(many.2, one.2, "{shards} shards: the state differs");
     }
 }
