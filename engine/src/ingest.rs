@@ -1,7 +1,8 @@
 //! The durable engine: the same core, with every change logged before it is acknowledged.
 //!
-//! Commands are read and parsed on one thread, applied in groups on another, written to the
-//! log by a third (the committer) and their results encoded and written on a fourth. A group
+//! Commands are read and parsed on one thread, applied in groups on another (a group naming
+//! several shards' merchants on those shards: `shards`), written to the log by a third (the
+//! committer) and their results encoded and written on a fourth. A group
 //! is whatever arrived while the previous one was being applied (at most
 //! `MAX_GROUP_COMMANDS`), so it grows under load and a lone command is committed at once.
 //! While the committer makes group `n` durable in one transaction, group `n + 1` is applied;
