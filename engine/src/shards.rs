@@ -256,6 +256,11 @@ impl Shards {
             ledger.adopt_entries(entries[shard].by_ref().take(step.entries));
             steps.push(step);
         }
+        assert!(
+            entries.iter_mut().all(|left| left.next().is_none())
+                && parts_steps.iter_mut().all(|left| left.next().is_none()),
+            "every step and entry of every part is taken, in the group's order"
+        );
         steps
     }
 }
