@@ -923,10 +923,11 @@ fn serve(config: ServeConfig) -> Result<()> {
         None => "metrics off".to_string(),
     };
     tracing::info!(
-        "tally serve ready: QUIC on {}, {metrics_text}, data {}, merchants [{}]",
+        "tally serve ready: QUIC on {}, {metrics_text}, data {}, merchants [{}], {} shard(s)",
         running.address,
         config.data.display(),
-        merchants.join(", ")
+        merchants.join(", "),
+        config.shards
     );
     let summary = running.wait()?;
     tracing::info!(
