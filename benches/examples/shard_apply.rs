@@ -13,7 +13,7 @@ use std::time::Instant;
 use tally_engine::core::Ledger;
 use tally_engine::ingest::MAX_GROUP_COMMANDS;
 use tally_engine::shards::{step, Item, Shards};
-use tally_engine::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
+use tally_engine::workload::{demo_program_of, interleaved, WorkloadConfig};
 use tally_protocol::Command;
 
 #[global_allocator]
@@ -27,18 +27,8 @@ fn main() {
     let count = args.next().unwrap_or(400_000);
     let shards = args.next().unwrap_or(2);
     let names = balanced_names(merchants);
-    let mut workloads: Vec<Workload> = names
-        .iter()
-        .map(|name| {
-            Workload::new(WorkloadConfig {
-                merchant: name.clone(),
-                ..WorkloadConfig::demo(100_000 / merchants as u64)
-            })
-        })
-        .collect();
-    let commands: Vec<Command> = (0..count)
-        .map(|i| workloads[i % merchants].next().expect("endless"))
-        .collect();
+    let config = WorkloadConfig::demo(100_000 / merchants as u64);
+    let commands: Vec<Command> = interleaved(&names, &config).take(count).collect();
     let two = Shards::new(2);
     let on_shard_0 = names.iter().filter(|n| two.shard_of(n) == 0).count();
     println!(
@@ -70,9 +60,9 @@ fn apply_rate(names: &[String], commands: &[Command], shards: usize) -> f64 {
     let start = commands[0].at;
     let mut ledger = Ledger::new();
     for name in names {
-        let program =
-            DEMO_PROGRAM.replacen("merchant = \"demo\"", &format!("merchant = \"{name}\""), 1);
-        ledger.install_program(&program, start).expect("program");
+        ledger
+            .install_program(&demo_program_of(name), start)
+            .expect("program");
     }
     let mut pool = Shards::new(shards);
     let started = Instant::now();

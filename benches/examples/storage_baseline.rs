@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, TableDefinition};
 use tally_engine::ingest::{Clock, Engine};
-use tally_engine::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
+use tally_engine::workload::{demo_program_of, interleaved, WorkloadConfig};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -110,27 +110,13 @@ fn ingest(dir: &Path, count: usize, merchants: usize, shards: usize) -> f64 {
     let data = dir.join("ingest");
     let _ = std::fs::remove_dir_all(&data);
     let names: Vec<String> = (1..=merchants).map(|m| format!("shop-{m}")).collect();
-    let mut workloads: Vec<Workload> = names
-        .iter()
-        .map(|name| {
-            Workload::new(WorkloadConfig {
-                merchant: name.clone(),
-                ..WorkloadConfig::demo(100_000 / merchants as u64)
-            })
-        })
-        .collect();
+    let config = WorkloadConfig::demo(100_000 / merchants as u64);
     let mut input = Vec::with_capacity(count * COMMAND_BYTES);
-    for index in 0..count {
-        let command = workloads[index % merchants].next().expect("endless");
+    for command in interleaved(&names, &config).take(count) {
         input.extend_from_slice(command.to_json_line().as_bytes());
         input.push(b'\n');
     }
-    let programs: Vec<String> = names
-        .iter()
-        .map(|name| {
-            DEMO_PROGRAM.replacen("merchant = \"demo\"", &format!("merchant = \"{name}\""), 1)
-        })
-        .collect();
+    let programs: Vec<String> = names.iter().map(|name| demo_program_of(name)).collect();
     let (mut engine, _) = Engine::open(&data, Clock::Event).expect("engine");
     // The steady state: the checkpoint taken when an input ends is measured by the
     // `recovery` example.

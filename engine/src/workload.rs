@@ -16,6 +16,40 @@ use crate::Timestamp;
 /// The demo program's text, built in.
 pub const DEMO_PROGRAM: &str = include_str!("../../docs/demo-program.toml");
 
+/// The demo program for another merchant.
+pub fn demo_program_of(merchant: &str) -> String {
+    let text = DEMO_PROGRAM.replacen(
+        "merchant = \"demo\"",
+        &format!("merchant = \"{merchant}\""),
+        1,
+    );
+    assert!(
+        merchant == "demo" || text != DEMO_PROGRAM,
+        "the demo program names its merchant"
+    );
+    text
+}
+
+/// The demo traffic of several merchants, interleaved one command each in turn; `config` is
+/// each merchant's, but for its name.
+pub fn interleaved(
+    merchants: &[impl AsRef<str>],
+    config: &WorkloadConfig,
+) -> impl Iterator<Item = Command> {
+    let mut workloads: Vec<Workload> = merchants
+        .iter()
+        .map(|merchant| {
+            Workload::new(WorkloadConfig {
+                merchant: merchant.as_ref().to_string(),
+                ..config.clone()
+            })
+        })
+        .collect();
+    (0..workloads.len())
+        .cycle()
+        .map(move |turn| workloads[turn].next().expect("a workload never ends"))
+}
+
 /// (sku, category, unit price in cents): the articles the load generator's fleet sells too.
 const CATALOG: &[(&str, &str, i64)] = tally_loadgen::fleet::DEMO_ARTICLES;
 

@@ -30,7 +30,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tally_engine::workload::{Rng, Workload, WorkloadConfig, DEMO_PROGRAM};
+use tally_engine::workload::{demo_program_of, interleaved, Rng, WorkloadConfig};
 use tally_protocol::CommandKind;
 
 /// Commands in the stream. The debug build recounts a member's lots after each command, so
@@ -257,7 +257,7 @@ impl Setup {
             .iter()
             .map(|&merchant| {
                 let program = dir.join(format!("{merchant}.toml"));
-                std::fs::write(&program, program_of(merchant)).expect("write the program");
+                std::fs::write(&program, demo_program_of(merchant)).expect("write the program");
                 program
             })
             .collect();
@@ -286,14 +286,6 @@ impl Setup {
 /// Two merchants that `Shards` puts on different shards of two.
 const MERCHANTS: [&str; 2] = ["demo", "south"];
 
-fn program_of(merchant: &str) -> String {
-    DEMO_PROGRAM.replacen(
-        "merchant = \"demo\"",
-        &format!("merchant = \"{merchant}\""),
-        1,
-    )
-}
-
 /// The demo workloads of both merchants, interleaved, ending with a quote: a quote is always
 /// applied and changes nothing, so it moves the engine clock to the end of the stream in every
 /// run that reaches it and in every replay (the final engine tick then does the same work in
@@ -305,21 +297,13 @@ fn generate_stream() -> Stream {
         shards.shard_of(MERCHANTS[1]),
         "the two merchants are on different shards"
     );
-    let mut workloads: Vec<Workload> = MERCHANTS
-        .iter()
-        .map(|merchant| {
-            Workload::new(WorkloadConfig {
-                merchant: merchant.to_string(),
-                interval_ms: INTERVAL_MS,
-                ..WorkloadConfig::demo(MEMBERS)
-            })
-        })
-        .collect();
-    let mut commands: Vec<_> = (0..COMMANDS)
-        .map(|i| workloads[i % 2].next().expect("endless"))
-        .collect();
-    let closing_quote = workloads[0]
-        .by_ref()
+    let config = WorkloadConfig {
+        interval_ms: INTERVAL_MS,
+        ..WorkloadConfig::demo(MEMBERS)
+    };
+    let mut traffic = interleaved(&MERCHANTS, &config);
+    let mut commands: Vec<_> = traffic.by_ref().take(COMMANDS).collect();
+    let closing_quote = traffic
         .take(10_000)
         .find(|command| command.kind() == CommandKind::Quote)
         .expect("the demo workload yields quotes");

@@ -6,7 +6,9 @@ use std::sync::mpsc::{channel, sync_channel};
 use std::sync::Arc;
 
 use tally_engine::ingest::{Clock, Engine, Submission};
-use tally_engine::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
+use tally_engine::workload::{
+    demo_program_of, interleaved, Workload, WorkloadConfig, DEMO_PROGRAM,
+};
 use tally_protocol::{Command, CommandResult};
 
 struct Scratch(PathBuf);
@@ -144,26 +146,14 @@ fn answers_equal_a_sequential_replay(name: &str, merchants: &[&str], shards: usi
     let _ = std::fs::remove_dir_all(&dir);
     let _scratch = Scratch(dir.clone());
     // Few members, so most groups hold several commands of the same member.
-    let mut workloads: Vec<Workload> = merchants
-        .iter()
-        .map(|merchant| {
-            Workload::new(WorkloadConfig {
-                merchant: merchant.to_string(),
-                ..WorkloadConfig::demo(40)
-            })
-        })
-        .collect();
-    let commands: Vec<Command> = (0..3_000)
-        .map(|i| workloads[i % merchants.len()].next().expect("endless"))
+    let commands: Vec<Command> = interleaved(merchants, &WorkloadConfig::demo(40))
+        .take(3_000)
         .collect();
 
     let (mut engine, _) = Engine::open(&dir, Clock::Event).expect("opens");
     engine.set_checkpoint_every(0);
     engine.set_shards(shards);
-    let programs: Vec<String> = merchants
-        .iter()
-        .map(|m| DEMO_PROGRAM.replacen("merchant = \"demo\"", &format!("merchant = \"{m}\""), 1))
-        .collect();
+    let programs: Vec<String> = merchants.iter().map(|m| demo_program_of(m)).collect();
     engine.install_programs(&programs).expect("programs");
     let (submit, submissions) = sync_channel::<Submission>(4);
     let (results_out, results_in) = channel();

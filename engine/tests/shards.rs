@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use tally_engine::ingest::{Clock, Engine};
 use tally_engine::log::LoggedEntry;
 use tally_engine::replay::Replayer;
-use tally_engine::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
+use tally_engine::workload::{demo_program_of, Workload, WorkloadConfig};
 
 const MERCHANTS: [&str; 5] = ["alpha", "bravo", "charlie", "delta", "echo"];
 const PER_MERCHANT: usize = 1_500;
@@ -26,16 +26,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn program_of(merchant: &str) -> String {
-    let text = DEMO_PROGRAM.replacen(
-        "merchant = \"demo\"",
-        &format!("merchant = \"{merchant}\""),
-        1,
-    );
-    assert_ne!(text, DEMO_PROGRAM, "the demo program names its merchant");
-    text
 }
 
 /// Every merchant's demo traffic, interleaved; then some of it again (duplicates), a line
@@ -92,7 +82,7 @@ fn load_program_line(merchant: &str) -> String {
         "admin": "ops",
         "txn": format!("program-{merchant}"),
         "at": start(),
-        "load_program": {"program": program_of(merchant)},
+        "load_program": {"program": demo_program_of(merchant)},
     })
     .to_string()
 }
@@ -127,7 +117,7 @@ fn ingest(shards: usize, input: &str) -> Outcome {
     engine.set_shards(shards);
     let programs: Vec<String> = MERCHANTS[..MERCHANTS.len() - 1]
         .iter()
-        .map(|m| program_of(m))
+        .map(|m| demo_program_of(m))
         .collect();
     engine.install_programs(&programs).expect("installed");
     let mut results = Vec::new();
@@ -203,7 +193,7 @@ fn a_replay_on_shards_answers_and_ends_as_one_on_one_thread() {
     let replay = |shards: usize| {
         let programs: Vec<String> = MERCHANTS[..MERCHANTS.len() - 1]
             .iter()
-            .map(|m| program_of(m))
+            .map(|m| demo_program_of(m))
             .collect();
         let mut replayer = Replayer::new(programs).expect("programs");
         replayer.set_shards(shards);
