@@ -211,7 +211,7 @@ impl Shards {
         let mut jobs: Vec<Option<Job>> = parts
             .into_iter()
             .zip(&mut self.journals)
-            .map(|(items, journal)| lend_part(ledger, items, std::mem::take(journal)))
+            .map(|(items, journal)| lend_part(ledger, items, journal))
             .collect();
         for (worker, job) in self.workers.iter().zip(&mut jobs[1..]) {
             if let Some(job) = job.take() {
@@ -266,12 +266,12 @@ impl Shards {
 }
 
 /// A shard's job: its commands and the state of the merchants they name (none: no job), its
-/// entries written into `journal`.
-fn lend_part(ledger: &mut Ledger, items: Vec<Item>, journal: Vec<Entry>) -> Option<Job> {
+/// entries written into the shard's `journal`, taken until the merge gives it back.
+fn lend_part(ledger: &mut Ledger, items: Vec<Item>, journal: &mut Vec<Entry>) -> Option<Job> {
     if items.is_empty() {
         return None;
     }
     let names: BTreeSet<&str> = items.iter().map(|i| i.command.merchant.as_str()).collect();
-    let part = ledger.lend(&names, journal);
+    let part = ledger.lend(&names, std::mem::take(journal));
     Some(Job { part, items })
 }
