@@ -10,6 +10,7 @@
 
 use std::time::Instant;
 
+use tally_benches::balanced_names;
 use tally_engine::core::Ledger;
 use tally_engine::ingest::MAX_GROUP_COMMANDS;
 use tally_engine::shards::{step, Item, Shards};
@@ -36,24 +37,6 @@ fn main() {
     );
     let rate = apply_rate(&names, &commands, shards);
     println!("{shards} shard(s): {rate:>9.0} commands/s");
-}
-
-/// `merchants` names, half of them on each of two shards: the benchmark measures the shards,
-/// not how evenly a hash happens to split a handful of names.
-fn balanced_names(merchants: usize) -> Vec<String> {
-    let two = Shards::new(2);
-    let mut on = [Vec::new(), Vec::new()];
-    for name in (1..).map(|m| format!("shop-{m}")) {
-        let shard = two.shard_of(&name);
-        if on[shard].len() < merchants.div_ceil(2) {
-            on[shard].push(name);
-        }
-        if on[0].len() + on[1].len() >= merchants {
-            break;
-        }
-    }
-    let [first, second] = on;
-    first.into_iter().chain(second).collect()
 }
 
 fn apply_rate(names: &[String], commands: &[Command], shards: usize) -> f64 {

@@ -2,7 +2,7 @@
 //! fsync rate, redb single-key durable commits, redb 1,000-key batches, large sequential
 //! values, and `tally ingest`'s durable commands/s (one merchant and four, one shard and two),
 //! so each figure is also a ratio.
-//! `cargo run --release -p tally-benches --example storage_baseline -- [dir] [commands]`
+//! `cargo run --release -p tally-benches --example storage_baseline -- [dir] [commands] [merchants shards]`
 // Floats here are rates for display, never money.
 #![allow(clippy::float_arithmetic)]
 
@@ -26,10 +26,22 @@ const COMMAND_BYTES: usize = 380;
 fn main() {
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(args.next().unwrap_or_else(|| "storage-baseline".into()));
-    let commands: usize = args
-        .next()
-        .map_or(200_000, |n| n.parse().expect("a number"));
+    let mut numbers = args.map(|n| n.parse::<usize>().expect("a number"));
+    let commands = numbers.next().unwrap_or(200_000);
     std::fs::create_dir_all(&dir).expect("folder");
+    // `MERCHANTS SHARDS` after the count: that ingest alone, in a process of its own. In one
+    // process, each later ingest grows into fresh memory the earlier ones did not give back,
+    // which on this machine makes it slower; alternate single runs to compare.
+    if let (Some(merchants), Some(shards)) = (numbers.next(), numbers.next()) {
+        let rate = ingest(&dir, commands, merchants, shards);
+        report(
+            &format!("tally ingest: {merchants} merchant(s), {shards} shard(s)"),
+            rate,
+            "commands",
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     println!("{:<52} {:>14}", "measurement (one thread)", "per second");
     report("fsync of a 4 KiB write", fsyncs(&dir), "fsyncs");
     report(
@@ -104,12 +116,13 @@ fn redb_commits(dir: &Path, keys: usize, bytes: usize) -> f64 {
     commits * keys as f64
 }
 
-/// `tally ingest` of the demo traffic of `merchants` merchants (100,000 members in all),
-/// interleaved, with `shards` shards; returns commands per second.
+/// `tally ingest` of the demo traffic of `merchants` merchants (100,000 members in all, half
+/// of the merchants on each of two shards), interleaved, with `shards` shards; returns
+/// commands per second.
 fn ingest(dir: &Path, count: usize, merchants: usize, shards: usize) -> f64 {
     let data = dir.join("ingest");
     let _ = std::fs::remove_dir_all(&data);
-    let names: Vec<String> = (1..=merchants).map(|m| format!("shop-{m}")).collect();
+    let names = tally_benches::balanced_names(merchants);
     let config = WorkloadConfig::demo(100_000 / merchants as u64);
     let mut input = Vec::with_capacity(count * COMMAND_BYTES);
     for command in interleaved(&names, &config).take(count) {

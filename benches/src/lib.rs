@@ -115,6 +115,24 @@ fn catalog_punch_card(category: &str) -> String {
     )
 }
 
+/// `merchants` names (`shop-N`), half of them on each of two shards: a benchmark of shards
+/// measures them, not how evenly a hash happens to split a handful of names.
+pub fn balanced_names(merchants: usize) -> Vec<String> {
+    let two = tally_engine::shards::Shards::new(2);
+    let mut on = [Vec::new(), Vec::new()];
+    for name in (1..).map(|m| format!("shop-{m}")) {
+        let shard = two.shard_of(&name);
+        if on[shard].len() < merchants.div_ceil(2) {
+            on[shard].push(name);
+        }
+        if on[0].len() + on[1].len() >= merchants {
+            break;
+        }
+    }
+    let [first, second] = on;
+    first.into_iter().chain(second).collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
