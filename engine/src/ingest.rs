@@ -393,9 +393,7 @@ impl Engine {
 
     /// How many shards apply a group's commands (default: `shards::default_count`).
     pub fn set_shards(&mut self, count: usize) {
-        if count != self.shards.count() {
-            self.shards = Shards::new(count);
-        }
+        self.shards.set_count(count);
     }
 
     /// Groups applied on their merchants' shards so far (the others, one after the other).

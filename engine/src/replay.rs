@@ -78,9 +78,7 @@ impl Replayer {
 
     /// How many shards apply a batch's commands (default: `shards::default_count`).
     pub fn set_shards(&mut self, count: usize) {
-        if count != self.shards.count() {
-            self.shards = Shards::new(count);
-        }
+        self.shards.set_count(count);
     }
 
     pub fn ledger(&self) -> &Ledger {

@@ -166,6 +166,14 @@ impl Shards {
         self.count
     }
 
+    /// Changes the number of shards: the workers are started afresh (nothing is lent
+    /// between groups, so none holds state) and `sharded_groups` counts from 0 again.
+    pub fn set_count(&mut self, count: usize) {
+        if count != self.count {
+            *self = Shards::new(count);
+        }
+    }
+
     /// How many groups were applied on their shards (the others on the engine's thread).
     pub fn sharded_groups(&self) -> u64 {
         self.sharded_groups
