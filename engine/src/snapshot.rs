@@ -8,9 +8,9 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use parquet::basic::Compression;
+use parquet::basic::{Compression, Encoding};
 use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 use parquet::schema::types::ColumnPath;
@@ -121,17 +121,33 @@ message snapshot {
 }";
 
 /// Column-wise buffers of one row group.
-#[derive(Default)]
 struct Columns {
     integers: [Vec<i64>; 13],
-    merchant: Vec<ByteArray>,
-    aliases: Vec<ByteArray>,
-    tier: Vec<ByteArray>,
+    merchant: Repeated,
+    aliases: Unique,
+    tier: Repeated,
     tier_defined: Vec<i16>,
     rows: usize,
 }
 
 impl Columns {
+    /// Buffers with room for a whole group: growing them row by row copied each one over
+    /// and over.
+    fn new() -> Columns {
+        let integers = || Vec::with_capacity(ROWS_PER_GROUP);
+        Columns {
+            integers: std::array::from_fn(|_| integers()),
+            merchant: Repeated::with_capacity(ROWS_PER_GROUP),
+            aliases: Unique {
+                bytes: Vec::with_capacity(ROWS_PER_GROUP * 24),
+                ends: Vec::with_capacity(ROWS_PER_GROUP),
+            },
+            tier: Repeated::with_capacity(ROWS_PER_GROUP),
+            tier_defined: Vec::with_capacity(ROWS_PER_GROUP),
+            rows: 0,
+        }
+    }
+
     fn push(&mut self, row: SnapshotRow) {
         let scale = 10i64.pow(PARQUET_MONEY_SCALE - row.minor_units.min(PARQUET_MONEY_SCALE));
         let values = [
@@ -152,17 +168,77 @@ impl Columns {
         for (column, value) in self.integers.iter_mut().zip(values) {
             column.push(value);
         }
-        self.merchant
-            .push(ByteArray::from(row.merchant.into_bytes()));
-        self.aliases.push(ByteArray::from(row.aliases.into_bytes()));
-        match row.tier {
+        self.merchant.push(&row.merchant);
+        self.aliases.push(&row.aliases);
+        match &row.tier {
             Some(tier) => {
-                self.tier.push(ByteArray::from(tier.into_bytes()));
+                self.tier.push(tier);
                 self.tier_defined.push(1);
             }
             None => self.tier_defined.push(0),
         }
         self.rows += 1;
+    }
+}
+
+/// A string column of few distinct values (merchants, tiers): each value shares the bytes of
+/// the last equal one, so a row costs no allocation.
+struct Repeated {
+    values: Vec<ByteArray>,
+    recent: Vec<ByteArray>,
+}
+
+impl Repeated {
+    /// Distinct values remembered: more than a program's tiers.
+    const RECENT_MAX: usize = 16;
+
+    fn with_capacity(rows: usize) -> Repeated {
+        Repeated {
+            values: Vec::with_capacity(rows),
+            recent: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, text: &str) {
+        let known = self.recent.iter().find(|v| v.data() == text.as_bytes());
+        let value = match known {
+            Some(value) => value.clone(),
+            None => {
+                let value = ByteArray::from(text);
+                if self.recent.len() == Self::RECENT_MAX {
+                    self.recent.remove(0);
+                }
+                self.recent.push(value.clone());
+                value
+            }
+        };
+        self.values.push(value);
+    }
+}
+
+/// A string column of unique values (aliases): one buffer for the group, sliced per row.
+struct Unique {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Unique {
+    fn push(&mut self, text: &str) {
+        self.bytes.extend_from_slice(text.as_bytes());
+        self.ends.push(self.bytes.len());
+    }
+
+    fn values(self) -> Vec<ByteArray> {
+        let bytes = bytes::Bytes::from(self.bytes);
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let value = ByteArray::from(bytes.slice(start..end));
+                start = end;
+                value
+            })
+            .collect()
     }
 }
 
@@ -172,19 +248,17 @@ fn write_parquet(
     file: std::fs::File,
 ) -> Result<u64, SnapshotError> {
     let schema = Arc::new(parse_message_type(PARQUET_SCHEMA)?);
-    // Ids and aliases are unique per member: a dictionary would only grow and be dropped.
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .set_column_dictionary_enabled(ColumnPath::from("member"), false)
-        .set_column_dictionary_enabled(ColumnPath::from("aliases"), false)
-        .build();
-    let mut writer = SerializedFileWriter::new(file, schema, Arc::new(properties))?;
+    let mut writer = SerializedFileWriter::new(file, schema, Arc::new(parquet_properties()))?;
     let mut count = 0u64;
-    let mut columns = Columns::default();
+    let mut columns = Columns::new();
     for row in rows {
         columns.push(row);
         if columns.rows == ROWS_PER_GROUP {
-            count += write_group(&mut writer, std::mem::take(&mut columns), position)?;
+            count += write_group(
+                &mut writer,
+                std::mem::replace(&mut columns, Columns::new()),
+                position,
+            )?;
         }
     }
     if columns.rows > 0 || count == 0 {
@@ -193,6 +267,44 @@ fn write_parquet(
     writer.close()?;
     Ok(count)
 }
+
+/// How the columns are encoded, chosen by what a 10,000,000-member snapshot costs
+/// (`docs/performance.md`): integers delta-packed (ids ascend, most counters are small or
+/// zero; a dictionary would hash every value), merchant and tier names through a dictionary
+/// (few values), aliases plain (unique). Strings have no min/max statistics: comparing every
+/// alias cost more than a reader gains from them.
+fn parquet_properties() -> WriterProperties {
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_column_dictionary_enabled(ColumnPath::from("aliases"), false);
+    for column in INTEGER_COLUMNS {
+        builder = builder
+            .set_column_dictionary_enabled(ColumnPath::from(column), false)
+            .set_column_encoding(ColumnPath::from(column), Encoding::DELTA_BINARY_PACKED);
+    }
+    for column in ["merchant", "aliases", "tier"] {
+        builder = builder
+            .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
+    }
+    builder.build()
+}
+
+const INTEGER_COLUMNS: [&str; 14] = [
+    "log_position",
+    "member",
+    "points",
+    "available",
+    "pending",
+    "held",
+    "credit",
+    "credit_held",
+    "window_points_earned",
+    "window_amount_spent",
+    "window_orders",
+    "expiring_30d",
+    "expiring_60d",
+    "expiring_90d",
+];
 
 /// Writes one row group, its columns in schema order.
 fn write_group(
@@ -205,6 +317,7 @@ fn write_group(
     let position_defined = vec![i16::from(position.is_some()); rows];
     let mut group = writer.next_row_group()?;
     let mut integers = columns.integers.into_iter();
+    let aliases = columns.aliases.values();
     let mut column_index = 0;
     while let Some(mut column) = group.next_column()? {
         match column_index {
@@ -214,15 +327,15 @@ fn write_group(
             }
             1 => {
                 let typed = column.typed::<ByteArrayType>();
-                typed.write_batch(&columns.merchant, None, None)?;
+                typed.write_batch(&columns.merchant.values, None, None)?;
             }
             3 => {
                 let typed = column.typed::<ByteArrayType>();
-                typed.write_batch(&columns.aliases, None, None)?;
+                typed.write_batch(&aliases, None, None)?;
             }
             10 => {
                 let typed = column.typed::<ByteArrayType>();
-                typed.write_batch(&columns.tier, Some(&columns.tier_defined), None)?;
+                typed.write_batch(&columns.tier.values, Some(&columns.tier_defined), None)?;
             }
             _ => {
                 let values = integers.next().expect("one buffer per integer column");
