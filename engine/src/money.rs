@@ -41,13 +41,21 @@ fn scaled(value: Decimal, places: u32, limit: i64) -> Option<i64> {
     } else {
         value.normalize()
     };
-    if normal.scale() > places {
-        return None;
-    }
-    let factor = 10_i128.checked_pow(places - normal.scale())?;
-    let result = i64::try_from(normal.mantissa().checked_mul(factor)?).ok()?;
-    (result.abs() < limit).then_some(result)
+    let factor = *POWERS_OF_TEN.get(places.checked_sub(normal.scale())? as usize)?;
+    let result = i64::try_from(normal.mantissa()).ok()?.checked_mul(factor)?;
+    (result.unsigned_abs() < limit.unsigned_abs()).then_some(result)
 }
+
+/// 10^0 to 10^18: every power of ten an `i64` holds.
+const POWERS_OF_TEN: [i64; 19] = {
+    let mut powers = [1i64; 19];
+    let mut i = 1;
+    while i < powers.len() {
+        powers[i] = powers[i - 1] * 10;
+        i += 1;
+    }
+    powers
+};
 
 /// `numerator / denominator` rounded toward negative infinity, for non-negative denominators.
 pub fn floor_div(numerator: i128, denominator: i128) -> i128 {
@@ -77,6 +85,8 @@ mod tests {
         assert!(to_minor(dec("4.505"), 2).is_err());
         assert_eq!(to_minor(dec("7"), 0), Ok(7));
         assert!(to_minor(dec("1e20"), 2).is_err());
+        assert!(to_minor(dec("-9223372036854775808"), 0).is_err());
+        assert_eq!(to_minor(dec("-12.5"), 2), Ok(-1250));
     }
 
     #[test]

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::image::state_bincode;
 
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// `T` in the state's encoding (`image::state_bincode`).
 pub(crate) struct Packed<T> {
     bytes: Box<[u8]>,
@@ -19,10 +23,15 @@ pub(crate) struct Packed<T> {
 impl<T: Serialize + DeserializeOwned> Packed<T> {
     pub fn pack(value: &T) -> Packed<T> {
         use bincode::Options;
-        let bytes = state_bincode()
-            .serialize(value)
-            .expect("encoding into memory does not fail");
-        Packed::from_bytes(bytes.into_boxed_slice())
+        // Encoded once into a reused buffer, then copied out at its size: `serialize` would
+        // walk the value twice (once to size it).
+        SCRATCH.with_borrow_mut(|buffer| {
+            buffer.clear();
+            state_bincode()
+                .serialize_into(&mut *buffer, value)
+                .expect("encoding into memory does not fail");
+            Packed::from_bytes(Box::from(buffer.as_slice()))
+        })
     }
 
     /// The value. Its bytes were written by `pack` (or checked with the checkpoint that held

@@ -336,7 +336,8 @@ fn money_of(
 }
 
 fn name_ok(name: &str) -> bool {
-    !name.trim().is_empty() && name.len() <= MAX_NAME_LEN
+    // Not only white space (`trim` would walk both ends).
+    name.len() <= MAX_NAME_LEN && name.chars().any(|c| !c.is_whitespace())
 }
 
 fn plan<'a>(merchant: &Merchant, ctx: &Ctx, order: &'a Purchase) -> Result<Plan<'a>, Rejection> {
