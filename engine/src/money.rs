@@ -60,7 +60,20 @@ const POWERS_OF_TEN: [i64; 19] = {
 /// `numerator / denominator` rounded toward negative infinity, for non-negative denominators.
 pub fn floor_div(numerator: i128, denominator: i128) -> i128 {
     debug_assert!(denominator > 0);
-    numerator.div_euclid(denominator)
+    match (i64::try_from(numerator), i64::try_from(denominator)) {
+        (Ok(n), Ok(d)) => n.div_euclid(d).into(),
+        _ => numerator.div_euclid(denominator),
+    }
+}
+
+/// `numerator / denominator` rounded toward zero, for positive denominators; natively when
+/// both fit in 64 bits (the usual case: 128-bit division is a slow library call).
+pub fn div_toward_zero(numerator: i128, denominator: i128) -> i128 {
+    debug_assert!(denominator > 0);
+    match (i64::try_from(numerator), i64::try_from(denominator)) {
+        (Ok(n), Ok(d)) => (n / d).into(),
+        _ => numerator / denominator,
+    }
 }
 
 /// The money value of `points` at `point_value_micro`, rounded down to a minor unit.
@@ -87,6 +100,20 @@ mod tests {
         assert!(to_minor(dec("1e20"), 2).is_err());
         assert!(to_minor(dec("-9223372036854775808"), 0).is_err());
         assert_eq!(to_minor(dec("-12.5"), 2), Ok(-1250));
+    }
+
+    #[test]
+    fn divides_like_128_bit_division() {
+        for (n, d) in [
+            (7, 2),
+            (-7, 2),
+            (0, 5),
+            (i128::from(i64::MIN), 1),
+            (i128::MAX, 3),
+        ] {
+            assert_eq!(floor_div(n, d), n.div_euclid(d));
+            assert_eq!(div_toward_zero(n, d), n / d);
+        }
     }
 
     #[test]

@@ -102,7 +102,7 @@ fn enrol(merchant: &mut Merchant, books: &mut Books, ctx: &Ctx, index: u32) -> i
     merchant.members[index as usize].enrolled_at = Some(ctx.at);
     let bonus = award_event(merchant, books, ctx, index, ACCOUNT_CREATED);
     let member = &mut merchant.members[index as usize];
-    tiers::rise(&ctx.program, member, month_index(&ctx.program, ctx.now));
+    tiers::rise(&ctx.program, member, ctx.now_month());
     bonus
 }
 
@@ -216,7 +216,7 @@ pub fn award_event(
     name: &str,
 ) -> i64 {
     let program = ctx.program.clone();
-    let month = month_index(&program, ctx.at);
+    let month = ctx.at_month();
     let member = &mut merchant.members[index as usize];
     let multiplier_e4 = program.multiplier_e4(member.tier);
     let tier = member.tier;
@@ -260,7 +260,7 @@ pub fn award_event(
             ..Totals::default()
         };
         member.counters.add(month, delta, program.tier_months_kept);
-        tiers::rise(&program, member, month_index(&program, ctx.now));
+        tiers::rise(&program, member, ctx.now_month());
     }
     total
 }
@@ -301,12 +301,10 @@ pub fn birthday_bonus(
             points_earned: bonus,
             ..Totals::default()
         };
-        member.counters.add(
-            month_index(&ctx.program, ctx.at),
-            delta,
-            ctx.program.tier_months_kept,
-        );
-        tiers::rise(&ctx.program, member, month_index(&ctx.program, ctx.now));
+        member
+            .counters
+            .add(ctx.at_month(), delta, ctx.program.tier_months_kept);
+        tiers::rise(&ctx.program, member, ctx.now_month());
         points += bonus;
     }
     super::time::register_timer(merchant, index);

@@ -20,6 +20,7 @@ mod snapshot;
 mod tiers;
 mod time;
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 
@@ -207,6 +208,58 @@ pub(crate) struct Ctx {
     pub at: Timestamp,
     pub now: Timestamp,
     pub program: Arc<Program>,
+    /// The local months of `at` and `now`, worked out once: an order asks for them several
+    /// times, and a time zone lookup costs more than the tier check that needs it.
+    at_month: OnceCell<i32>,
+    now_month: OnceCell<i32>,
+}
+
+impl Ctx {
+    pub fn new(
+        merchant: Arc<str>,
+        key: Arc<IdemKey>,
+        origin: Origin,
+        (at, now): (Timestamp, Timestamp),
+        program: Arc<Program>,
+    ) -> Ctx {
+        Ctx {
+            merchant,
+            key,
+            origin,
+            at,
+            now,
+            program,
+            at_month: OnceCell::new(),
+            now_month: OnceCell::new(),
+        }
+    }
+
+    /// The same command's context at another instant (a step of a tick).
+    pub fn at_instant(&self, instant: Timestamp) -> Ctx {
+        let (merchant, key) = (self.merchant.clone(), self.key.clone());
+        let program = self.program.clone();
+        Ctx::new(
+            merchant,
+            key,
+            self.origin.clone(),
+            (instant, instant),
+            program,
+        )
+    }
+
+    /// `time::month_index` of `at`.
+    pub fn at_month(&self) -> i32 {
+        *self
+            .at_month
+            .get_or_init(|| time::month_index(&self.program, self.at))
+    }
+
+    /// `time::month_index` of `now`.
+    pub fn now_month(&self) -> i32 {
+        *self
+            .now_month
+            .get_or_init(|| time::month_index(&self.program, self.now))
+    }
 }
 
 /// Writes entries to the journal and keeps the members' running sums of them.
@@ -447,14 +500,13 @@ impl Ledger {
         }
         check_version(merchant, command.program_version)?;
         check_time(merchant.program(), command, now)?;
-        let ctx = Ctx {
-            merchant: merchant.name.clone(),
-            key: Arc::new(command.key.clone()),
-            origin: command.origin.clone(),
-            at: command.at,
-            now,
-            program: merchant.program().clone(),
-        };
+        let ctx = Ctx::new(
+            merchant.name.clone(),
+            Arc::new(command.key.clone()),
+            command.origin.clone(),
+            (command.at, now),
+            merchant.program().clone(),
+        );
         let mut books = Books {
             journal: &mut self.journal,
             next_seq: &mut self.next_entry_seq,

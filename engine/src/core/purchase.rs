@@ -18,10 +18,10 @@ use super::member::{Slice, Totals};
 use super::members::{debit_points, filter_holds, materialize, resolve, Who};
 use super::packed::Packed;
 use super::promotions::{self, OrderFacts, OrderPromotions, PromotionRecord};
-use super::time::{expiry_of, month_index};
+use super::time::expiry_of;
 use super::{finish_member, reject, tiers, Books, Ctx, Merchant, Record, Rejection};
 use super::{MAX_LINES_PER_ORDER, MAX_QTY_PER_LINE, MAX_REWARDS_PER_ORDER, ORDER_MINOR_MAX};
-use crate::money::{from_minor, points_value_minor, to_minor, RATE_SCALE};
+use crate::money::{div_toward_zero, from_minor, points_value_minor, to_minor, RATE_SCALE};
 use crate::program::{Award, Program, RewardAction, RuleMask};
 
 const DEFAULT_CHANNEL: &str = "in_store";
@@ -124,7 +124,7 @@ pub fn quote(merchant: &Merchant, ctx: &Ctx, order: &Purchase) -> Result<Applied
     let plan = plan(merchant, ctx, order)?;
     let mut applied = applied_of(&plan, &ctx.program);
     applied.program_version = ctx.program.version;
-    let month = month_index(&ctx.program, ctx.now);
+    let month = ctx.now_month();
     match plan.who {
         Who::Existing(index) | Who::Activate(index) => {
             let member = &merchant.members[index as usize];
@@ -223,7 +223,7 @@ pub fn purchase(
     member
         .counters
         .add(month, plan_totals(&plan), ctx.program.tier_months_kept);
-    tiers::rise(&ctx.program, member, month_index(&ctx.program, ctx.now));
+    tiers::rise(&ctx.program, member, ctx.now_month());
     // Kept, packed, as long as the order can be returned.
     let record = OrderRecord {
         member: index,
@@ -300,7 +300,7 @@ fn accrue(member: &mut super::Member, books: &mut Books, ctx: &Ctx, plan: &Plan)
 }
 
 fn plan_month(ctx: &Ctx) -> i32 {
-    month_index(&ctx.program, ctx.at)
+    ctx.at_month()
 }
 
 fn plan_totals(plan: &Plan) -> Totals {
@@ -371,7 +371,7 @@ fn plan<'a>(merchant: &Merchant, ctx: &Ctx, order: &'a Purchase) -> Result<Plan<
         Who::Existing(_) => member.and_then(|m| m.tier),
         Who::New(_) | Who::Activate(_) => {
             let counters = member.map(|m| m.counters.clone()).unwrap_or_default();
-            tiers::qualifying(program, &counters, month_index(program, ctx.now))
+            tiers::qualifying(program, &counters, ctx.now_month())
         }
     };
     let (discounts, reward_points) =
@@ -841,7 +841,10 @@ fn earn(program: &Program, ctx: &Ctx, order: &Purchase, channel: &str, plan: &mu
                     } else {
                         Vec::new()
                     };
-                    let points = i128::from(points_e4) * multiplier_e4 / (rate_scale * rate_scale);
+                    let points = div_toward_zero(
+                        i128::from(points_e4) * multiplier_e4,
+                        rate_scale * rate_scale,
+                    );
                     order_level(plan, rule, needs_lines, points);
                 }
                 continue;
@@ -942,8 +945,8 @@ fn applied_of(plan: &Plan, program: &Program) -> Applied {
             .lines
             .iter()
             .map(|line| {
-                let eligible =
-                    (i128::from(line.net_minor) * i128::from(plan.eligible_minor) / value) as i64;
+                let product = i128::from(line.net_minor) * i128::from(plan.eligible_minor);
+                let eligible = div_toward_zero(product, value) as i64;
                 LineEarning {
                     sku: line.sku.clone(),
                     eligible: from_minor(eligible, minor),

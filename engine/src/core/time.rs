@@ -117,11 +117,7 @@ pub fn tick(merchant: &mut Merchant, books: &mut Books, ctx: &Ctx) -> Result<App
         if due > ctx.at {
             break;
         }
-        let step_ctx = Ctx {
-            at: due,
-            now: due,
-            ..ctx.clone()
-        };
+        let step_ctx = ctx.at_instant(due);
         match work {
             Work::Member(index) => {
                 merchant.timers.pop();
