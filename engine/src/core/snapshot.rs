@@ -37,22 +37,45 @@ impl Ledger {
         self.merchants()
             .filter(move |m| merchant.is_none_or(|name| &*m.name == name))
             .flat_map(|m| {
+                let context = RowContext::of(m);
                 m.members
                     .iter()
-                    .map(move |member| member_snapshot(m, member))
+                    .map(move |member| member_row(&context, member))
             })
     }
 }
 
-fn member_snapshot(merchant: &Merchant, member: &Member) -> SnapshotRow {
-    member_row(&merchant.name, merchant.program(), merchant.clock, member)
+/// What every row of one merchant shares, worked out once: a snapshot builds millions of
+/// rows, and the clock's local month alone cost more than the rest of a row.
+#[derive(Debug, Clone)]
+struct RowContext {
+    merchant: Arc<str>,
+    program: Arc<Program>,
+    /// `month_index` of the merchant's clock: the current month of the tier windows.
+    month: i32,
+    /// The merchant's clock plus each of `EXPIRING_WITHIN_DAYS`.
+    expiring_limits: [Timestamp; 3],
 }
 
-fn member_row(merchant: &str, program: &Program, clock: Timestamp, member: &Member) -> SnapshotRow {
+impl RowContext {
+    fn of(merchant: &Merchant) -> RowContext {
+        let program = merchant.program().clone();
+        let clock = merchant.clock;
+        RowContext {
+            merchant: merchant.name.clone(),
+            month: month_index(&program, clock),
+            expiring_limits: EXPIRING_WITHIN_DAYS.map(|days| clock + TimeDelta::days(days)),
+            program,
+        }
+    }
+}
+
+fn member_row(context: &RowContext, member: &Member) -> SnapshotRow {
+    let program = &*context.program;
     // Totals over the window of the member's tier (the lowest tier's when it has none).
-    let window = window_totals(program, member, clock);
+    let window = window_totals(program, member, context.month);
     SnapshotRow {
-        merchant: merchant.to_string(),
+        merchant: String::from(&*context.merchant),
         member: member.id,
         aliases: aliases_text(&member.aliases),
         points: member.points,
@@ -62,11 +85,14 @@ fn member_row(merchant: &str, program: &Program, clock: Timestamp, member: &Memb
         credit_minor: member.credit_minor,
         credit_held_minor: member.held_credit_minor,
         minor_units: program.minor_units,
-        tier: program.tier_id(member.tier).map(|id| id.to_string()),
+        // Not `to_string`: through `Display`, it formatted every tier name.
+        tier: member
+            .tier
+            .map(|index| String::from(&*program.tiers[index].id)),
         window_points_earned: window.points_earned,
         window_amount_spent_minor: window.amount_spent_minor,
         window_orders: window.orders,
-        expiring: expiring(member, clock),
+        expiring: expiring(member, &context.expiring_limits),
     }
 }
 
@@ -93,24 +119,23 @@ fn aliases_text(aliases: &[Alias]) -> String {
     text
 }
 
-fn window_totals(program: &Program, member: &Member, now: Timestamp) -> Totals {
+fn window_totals(program: &Program, member: &Member, month: i32) -> Totals {
     let window = member
         .tier
         .or((!program.tiers.is_empty()).then_some(0))
         .map_or(Window::Lifetime, |index| program.tiers[index].window);
-    tiers::window_totals(&member.counters, window, month_index(program, now))
+    tiers::window_totals(&member.counters, window, month)
 }
 
 /// Lots are kept earliest expiry first, so the scan stops at the first lot past 90 days.
-fn expiring(member: &Member, now: Timestamp) -> [i64; 3] {
-    let limits = EXPIRING_WITHIN_DAYS.map(|days| now + TimeDelta::days(days));
+fn expiring(member: &Member, limits: &[Timestamp; 3]) -> [i64; 3] {
     let mut sums = [0; 3];
     for lot in &member.lots {
         let Some(expires_at) = lot.expires_at.filter(|at| *at <= limits[2]) else {
             break;
         };
         for (sum, limit) in sums.iter_mut().zip(limits) {
-            if expires_at <= limit {
+            if expires_at <= *limit {
                 *sum += lot.remaining;
             }
         }
@@ -138,9 +163,8 @@ pub struct SnapshotCursor {
 
 #[derive(Debug)]
 struct CursorMerchant {
-    name: Arc<str>,
-    program: Arc<Program>,
-    clock: Timestamp,
+    /// The merchant's name, program and clock (as months and limits) at the position.
+    row: RowContext,
     /// Members that existed at the position; later ones are not in the snapshot.
     members: u32,
     /// The next member the walk emits.
@@ -162,13 +186,22 @@ impl SnapshotCursor {
         self.captured.is_empty() && self.merchants.iter().all(|m| m.next >= m.members)
     }
 
+    /// Rows not handed out yet, or more (a captured member is counted twice).
+    fn rows_left(&self) -> usize {
+        let walk_left = self
+            .merchants
+            .iter()
+            .map(|m| m.members.saturating_sub(m.next));
+        self.captured.len() + walk_left.map(|left| left as usize).sum::<usize>()
+    }
+
     /// Rows captured and not handed out yet: what copy-on-touch holds in memory.
     pub fn captured_rows(&self) -> usize {
         self.captured.len()
     }
 
     fn merchant_mut(&mut self, name: &str) -> Option<&mut CursorMerchant> {
-        self.merchants.iter_mut().find(|m| &*m.name == name)
+        self.merchants.iter_mut().find(|m| &*m.row.merchant == name)
     }
 }
 
@@ -179,9 +212,7 @@ impl Ledger {
             .merchants()
             .filter(|m| merchant.is_none_or(|name| &*m.name == name))
             .map(|m| CursorMerchant {
-                name: m.name.clone(),
-                program: m.program().clone(),
-                clock: m.clock,
+                row: RowContext::of(m),
                 members: u32::try_from(m.members.len()).expect("member indexes are u32"),
                 next: 0,
                 captured: FxHashSet::default(),
@@ -196,9 +227,11 @@ impl Ledger {
     /// The next rows, at most `max_rows`: captured ones first, then the walk's.
     pub fn snapshot_next(&self, cursor: &mut SnapshotCursor, max_rows: usize) -> Vec<SnapshotRow> {
         let from_captured = cursor.captured.len().min(max_rows);
-        let mut rows: Vec<SnapshotRow> = cursor.captured.drain(..from_captured).collect();
+        // A chunk's room at once: rows are large, and growing the vector copied them over.
+        let mut rows = Vec::with_capacity(max_rows.min(cursor.rows_left()));
+        rows.extend(cursor.captured.drain(..from_captured));
         for walked in &mut cursor.merchants {
-            let Some(merchant) = self.merchants.get(&*walked.name) else {
+            let Some(merchant) = self.merchants.get(&*walked.row.merchant) else {
                 unreachable!("merchants are never removed")
             };
             while rows.len() < max_rows && walked.next < walked.members {
@@ -207,12 +240,7 @@ impl Ledger {
                 // A captured member's row went out with the captured ones.
                 if !walked.captured.remove(&index) {
                     let member = &merchant.members[index as usize];
-                    rows.push(member_row(
-                        &walked.name,
-                        &walked.program,
-                        walked.clock,
-                        member,
-                    ));
+                    rows.push(member_row(&walked.row, member));
                 }
             }
         }
@@ -229,11 +257,8 @@ impl Ledger {
         let Some(walked) = cursor.merchant_mut(&command.merchant) else {
             return;
         };
-        let (name, program, clock) = (walked.name.clone(), walked.program.clone(), walked.clock);
-        let row = |index: u32| {
-            let member = &merchant.members[index as usize];
-            member_row(&name, &program, clock, member)
-        };
+        let context = walked.row.clone();
+        let row = |index: u32| member_row(&context, &merchant.members[index as usize]);
         let mut rows = Vec::new();
         match touched {
             Touched::Nothing => return,
@@ -264,7 +289,7 @@ impl Ledger {
             cursor
                 .merchants
                 .iter()
-                .find(|m| m.name == entry.merchant)
+                .find(|m| m.row.merchant == entry.merchant)
                 .zip(index)
                 .is_some_and(|(walked, index)| !walked.taken(index))
         })
