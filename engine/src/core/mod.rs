@@ -219,7 +219,8 @@ impl Ctx {
         merchant: Arc<str>,
         key: Arc<IdemKey>,
         origin: Origin,
-        (at, now): (Timestamp, Timestamp),
+        at: Timestamp,
+        now: Timestamp,
         program: Arc<Program>,
     ) -> Ctx {
         Ctx {
@@ -236,14 +237,15 @@ impl Ctx {
 
     /// The same command's context at another instant (a step of a tick).
     pub fn at_instant(&self, instant: Timestamp) -> Ctx {
-        let (merchant, key) = (self.merchant.clone(), self.key.clone());
-        let program = self.program.clone();
+        let (merchant, key, origin) =
+            (self.merchant.clone(), self.key.clone(), self.origin.clone());
         Ctx::new(
             merchant,
             key,
-            self.origin.clone(),
-            (instant, instant),
-            program,
+            origin,
+            instant,
+            instant,
+            self.program.clone(),
         )
     }
 
@@ -504,7 +506,8 @@ impl Ledger {
             merchant.name.clone(),
             Arc::new(command.key.clone()),
             command.origin.clone(),
-            (command.at, now),
+            command.at,
+            now,
             merchant.program().clone(),
         );
         let mut books = Books {
