@@ -365,7 +365,7 @@ mod tests {
             }
             now = Some(command.at);
             ledger.apply_shared(&command, command.at);
-            ledger.clear_entries();
+            ledger.clear_outbox();
         }
         (ledger, now.unwrap())
     }

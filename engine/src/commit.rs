@@ -10,13 +10,18 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use tally_protocol::CommandResult;
+
 use crate::core::Entry;
 use crate::log::{CommandLog, LogError, Logged};
 
-/// A group's log write: its commands and the entries they wrote.
+/// A group's log write: its commands and the entries they wrote, and the results the group
+/// evicted from the ledger's recent window (freed here, off the engine thread).
 struct Job {
     records: Vec<Logged>,
     entries: Vec<Entry>,
+    #[expect(dead_code, reason = "held only to be freed on the committer's thread")]
+    evicted: Vec<Arc<CommandResult>>,
 }
 
 pub struct Committer {
@@ -54,14 +59,24 @@ impl Committer {
     }
 
     /// Hands a group to the log. A group with nothing to log is not written.
-    pub fn submit(&mut self, records: Vec<Logged>, entries: Vec<Entry>) {
+    pub fn submit(
+        &mut self,
+        records: Vec<Logged>,
+        entries: Vec<Entry>,
+        evicted: Vec<Arc<CommandResult>>,
+    ) {
         assert!(!self.outstanding, "one group is committed at a time");
         if records.is_empty() {
             assert!(entries.is_empty(), "entries come from logged commands");
             return;
         }
         let jobs = self.jobs.as_ref().expect("the committer is running");
-        jobs.send(Job { records, entries })
+        let job = Job {
+            records,
+            entries,
+            evicted,
+        };
+        jobs.send(job)
             .expect("the committer waits for work until it is stopped or a commit fails");
         self.outstanding = true;
     }

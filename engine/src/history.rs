@@ -74,7 +74,7 @@ pub fn ledger_as_of(data: &Path, log: &CommandLog, at: Timestamp) -> Result<AsOf
     let names: Vec<String> = ledger.merchants().map(|m| m.name.to_string()).collect();
     for name in names {
         let _ = tick_if_due(&mut ledger, &name, at);
-        ledger.clear_entries();
+        ledger.clear_outbox();
     }
     ledger.verify();
     let last_entry_seq = ledger.last_entry_seq();

@@ -208,7 +208,7 @@ fn next_group<T>(queue: &Receiver<T>, wait: Wait, commands: impl Fn(&T) -> usize
 /// the core is deterministic, so it must apply again. Its entries are in the log already.
 pub(crate) fn reapply(ledger: &mut Ledger, logged: &Logged) {
     let result = ledger.apply_shared(&logged.command, logged.now);
-    ledger.clear_entries();
+    ledger.clear_outbox();
     assert!(
         matches!(result.status, Status::Applied(_)),
         "a logged command must apply again on replay: {result:?}"
@@ -769,9 +769,10 @@ impl Engine {
     /// Hands a group's log write to the committer.
     fn submit(&mut self, logged: Vec<Logged>) {
         let entries = self.ledger.take_entries();
+        let evicted = self.ledger.take_evicted();
         self.checkpoints.commands_since += logged.len() as u64;
         let committer = self.committer.as_mut().expect("the pipeline is running");
-        committer.submit(logged, entries);
+        committer.submit(logged, entries, evicted);
     }
 
     /// If a group is in flight: waits for the group in the committer's hands, then releases
@@ -815,6 +816,8 @@ impl Engine {
             "the pipeline appends through its committer"
         );
         let entries = self.ledger.take_entries();
+        // No committer runs: evicted results are freed here.
+        drop(self.ledger.take_evicted());
         self.log.append(logged, &entries)?;
         self.checkpoints.commands_since += logged.len() as u64;
         Ok(())

@@ -103,7 +103,7 @@ impl Replayer {
         let now = self.advance_clock(command.at);
         self.tick_if_due(&command.merchant, now, out);
         let result = self.ledger.apply_shared(command, now);
-        self.ledger.clear_entries();
+        self.ledger.clear_outbox();
         self.stats.count(&result);
         out(&result);
     }
@@ -128,7 +128,7 @@ impl Replayer {
         out: &mut impl FnMut(&CommandResult),
     ) {
         if let Some((_, result)) = tick_if_due(&mut self.ledger, merchant, now) {
-            self.ledger.clear_entries();
+            self.ledger.clear_outbox();
             self.stats.count(&result);
             out(&result);
         }
@@ -198,7 +198,7 @@ impl Replayer {
             })
             .collect();
         let mut steps = self.shards.apply(&mut self.ledger, items).into_iter();
-        self.ledger.clear_entries();
+        self.ledger.clear_outbox();
         for line in unreadable {
             if let Some(rejection) = line {
                 self.reject(&rejection, out);

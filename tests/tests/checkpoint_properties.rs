@@ -18,7 +18,7 @@ fn stream(seed: u64, members: u64, count: usize) -> Vec<Command> {
 
 fn apply(ledger: &mut Ledger, command: &Command) -> std::sync::Arc<tally_protocol::CommandResult> {
     let result = ledger.apply_shared(command, command.at);
-    ledger.clear_entries();
+    ledger.clear_outbox();
     result
 }
 

@@ -662,7 +662,7 @@ mod tests {
                 ledger.install_program(DEMO_PROGRAM, command.at).unwrap();
             }
             let result = ledger.apply_shared(&command, command.at);
-            ledger.clear_entries();
+            ledger.clear_outbox();
             if let Some(applied) = result.applied() {
                 let summary = Summary::of(result.command, applied);
                 assert_eq!(summary.applied(), applied.clone_summary(), "{command:?}");

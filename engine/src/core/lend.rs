@@ -28,6 +28,7 @@ impl Ledger {
             journal,
             next_entry_seq: PROVISIONAL_SEQ,
             results_kept_whole: self.results_kept_whole,
+            evicted: Vec::new(),
         }
     }
 
@@ -38,6 +39,8 @@ impl Ledger {
             let previous = self.merchants.insert(name, merchant);
             assert!(previous.is_none(), "a merchant was lent to two parts");
         }
+        let room = super::EVICTED_HELD_MAX.saturating_sub(self.evicted.len());
+        self.evicted.extend(part.evicted.into_iter().take(room));
         part.journal
     }
 

@@ -418,7 +418,7 @@ mod tests {
             !ledger.snapshot_missed(cursor, ledger.entries()),
             "a change not foreseen: {command:?}"
         );
-        ledger.clear_entries();
+        ledger.clear_outbox();
     }
 
     /// An operator's or a terminal's command at `at`, from its JSON form's body.
