@@ -8,12 +8,12 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use parquet::basic::{Compression, Encoding};
+use parquet::basic::{Compression, Encoding, Type as PhysicalType};
 use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
-use parquet::schema::types::ColumnPath;
+use parquet::schema::types::{ColumnPath, SchemaDescriptor};
 
 use crate::money::from_minor;
 use tally_protocol::SnapshotRow;
@@ -248,7 +248,8 @@ fn write_parquet(
     file: std::fs::File,
 ) -> Result<u64, SnapshotError> {
     let schema = Arc::new(parse_message_type(PARQUET_SCHEMA)?);
-    let mut writer = SerializedFileWriter::new(file, schema, Arc::new(parquet_properties()))?;
+    let properties = parquet_properties(&SchemaDescriptor::new(schema.clone()));
+    let mut writer = SerializedFileWriter::new(file, schema, Arc::new(properties))?;
     let mut count = 0u64;
     let mut columns = Columns::new();
     for row in rows {
@@ -273,38 +274,21 @@ fn write_parquet(
 /// zero; a dictionary would hash every value), merchant and tier names through a dictionary
 /// (few values), aliases plain (unique). Strings have no min/max statistics: comparing every
 /// alias cost more than a reader gains from them.
-fn parquet_properties() -> WriterProperties {
+fn parquet_properties(schema: &SchemaDescriptor) -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_column_dictionary_enabled(ColumnPath::from("aliases"), false);
-    for column in INTEGER_COLUMNS {
-        builder = builder
-            .set_column_dictionary_enabled(ColumnPath::from(column), false)
-            .set_column_encoding(ColumnPath::from(column), Encoding::DELTA_BINARY_PACKED);
-    }
-    for column in ["merchant", "aliases", "tier"] {
-        builder = builder
-            .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
+    for column in schema.columns() {
+        let path = column.path().clone();
+        builder = match column.physical_type() {
+            PhysicalType::INT64 => builder
+                .set_column_dictionary_enabled(path.clone(), false)
+                .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED),
+            _ => builder.set_column_statistics_enabled(path, EnabledStatistics::None),
+        };
     }
     builder.build()
 }
-
-const INTEGER_COLUMNS: [&str; 14] = [
-    "log_position",
-    "member",
-    "points",
-    "available",
-    "pending",
-    "held",
-    "credit",
-    "credit_held",
-    "window_points_earned",
-    "window_amount_spent",
-    "window_orders",
-    "expiring_30d",
-    "expiring_60d",
-    "expiring_90d",
-];
 
 /// Writes one row group, its columns in schema order.
 fn write_group(
