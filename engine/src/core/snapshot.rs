@@ -47,7 +47,7 @@ impl Ledger {
 
 /// What every row of one merchant shares, worked out once: a snapshot builds millions of
 /// rows, and the clock's local month alone cost more than the rest of a row.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct RowContext {
     merchant: Arc<str>,
     program: Arc<Program>,
@@ -257,8 +257,8 @@ impl Ledger {
         let Some(walked) = cursor.merchant_mut(&command.merchant) else {
             return;
         };
-        let context = walked.row.clone();
-        let row = |index: u32| member_row(&context, &merchant.members[index as usize]);
+        let context = &walked.row;
+        let row = |index: u32| member_row(context, &merchant.members[index as usize]);
         let mut rows = Vec::new();
         match touched {
             Touched::Nothing => return,
