@@ -276,7 +276,7 @@ fn main() -> Result<()> {
             balances_out,
             results_out,
             shards,
-        } => replay(&programs, &input, (balances_out, results_out), shards),
+        } => replay(&programs, &input, balances_out, results_out, shards),
         Tool::Ingest {
             data,
             programs,
@@ -377,7 +377,8 @@ fn read_programs(paths: &[PathBuf]) -> Result<Vec<String>> {
 fn replay(
     programs: &[PathBuf],
     input: &PathBuf,
-    (balances_out, results_out): (Option<PathBuf>, Option<PathBuf>),
+    balances_out: Option<PathBuf>,
+    results_out: Option<PathBuf>,
     shards: usize,
 ) -> Result<()> {
     let texts = read_programs(programs)?;
