@@ -2,64 +2,162 @@
 //! body key named after the command, e.g.
 //! `{"merchant":"demo","terminal":"pos-1","txn":"42","at":"2026-03-01T10:00:00Z","purchase":{…}}`.
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::command::*;
 use crate::Timestamp;
 
-/// The JSON envelope exactly as it is written. Unknown fields are refused.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CommandJson {
-    pub merchant: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub terminal: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub admin: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub txn: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    pub at: Option<Timestamp>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub program_version: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub purchase: Option<Purchase>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quote: Option<Purchase>,
-    #[serde(default, rename = "return", skip_serializing_if = "Option::is_none")]
-    pub return_: Option<Return>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hold: Option<Hold>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capture: Option<Capture>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub release: Option<Release>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub adjust: Option<Adjust>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event: Option<Event>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enroll: Option<Enroll>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub issue_cards: Option<IssueCards>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub link: Option<Link>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub load_program: Option<LoadProgram>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tick: Option<Tick>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub statement: Option<StatementQuery>,
-    pub assign_promotion: Option<AssignPromotion>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub issue_codes: Option<IssueCodes>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tag: Option<Tag>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub balance: Option<BalanceQuery>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot: Option<SnapshotQuery>,
+/// The keys a command line may have: the envelope's, then one per body. Any other key is
+/// refused, naming the ones allowed.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Field {
+    Merchant,
+    Terminal,
+    Admin,
+    Txn,
+    Id,
+    At,
+    ProgramVersion,
+    Purchase,
+    Quote,
+    Return,
+    Hold,
+    Capture,
+    Release,
+    Adjust,
+    Event,
+    Enroll,
+    IssueCards,
+    Link,
+    LoadProgram,
+    Tick,
+    Statement,
+    AssignPromotion,
+    IssueCodes,
+    Tag,
+    Balance,
+    Snapshot,
+}
+
+/// A command line read in one pass: the envelope as written, and every body it names (a
+/// valid command has exactly one). Each body is read straight into its `Body` variant, so a
+/// line is neither copied into nor cloned out of an intermediate form.
+struct Parts {
+    merchant: String,
+    terminal: Option<String>,
+    admin: Option<String>,
+    txn: Option<String>,
+    id: Option<String>,
+    at: Option<Timestamp>,
+    program_version: Option<u32>,
+    bodies: Vec<Body>,
+}
+
+impl<'de> Deserialize<'de> for Parts {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Parts, D::Error> {
+        deserializer.deserialize_map(PartsVisitor)
+    }
+}
+
+struct PartsVisitor;
+
+impl<'de> Visitor<'de> for PartsVisitor {
+    type Value = Parts;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a command object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parts, A::Error> {
+        let mut merchant: Option<String> = None;
+        let mut terminal = None;
+        let mut admin = None;
+        let mut txn = None;
+        let mut id = None;
+        let mut at = None;
+        let mut program_version = None;
+        let mut bodies = Vec::with_capacity(1);
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Merchant => once(&mut merchant, "merchant", map.next_value()?)?,
+                Field::Terminal => once(&mut terminal, "terminal", map.next_value()?)?,
+                Field::Admin => once(&mut admin, "admin", map.next_value()?)?,
+                Field::Txn => once(&mut txn, "txn", map.next_value()?)?,
+                Field::Id => once(&mut id, "id", map.next_value()?)?,
+                Field::At => once(&mut at, "at", map.next_value()?)?,
+                Field::ProgramVersion => {
+                    once(&mut program_version, "program_version", map.next_value()?)?
+                }
+                body => bodies.extend(next_body(body, &mut map)?),
+            }
+        }
+        Ok(Parts {
+            merchant: merchant.ok_or_else(|| de::Error::missing_field("merchant"))?,
+            terminal: terminal.flatten(),
+            admin: admin.flatten(),
+            txn: txn.flatten(),
+            id: id.flatten(),
+            at: at.flatten(),
+            program_version: program_version.flatten(),
+            bodies,
+        })
+    }
+}
+
+/// Keeps a field's value, refusing a second one as JSON objects with repeated keys are refused.
+fn once<T, E: de::Error>(slot: &mut Option<T>, name: &'static str, value: T) -> Result<(), E> {
+    if slot.is_some() {
+        return Err(E::duplicate_field(name));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// Reads the value of a body key into its variant; `null` names no body.
+fn next_body<'de, A: MapAccess<'de>>(field: Field, map: &mut A) -> Result<Option<Body>, A::Error> {
+    Ok(match field {
+        Field::Purchase => map.next_value::<Option<Purchase>>()?.map(Body::Purchase),
+        Field::Quote => map.next_value::<Option<Purchase>>()?.map(Body::Quote),
+        Field::Return => map.next_value::<Option<Return>>()?.map(Body::Return),
+        Field::Hold => map.next_value::<Option<Hold>>()?.map(Body::Hold),
+        Field::Capture => map.next_value::<Option<Capture>>()?.map(Body::Capture),
+        Field::Release => map.next_value::<Option<Release>>()?.map(Body::Release),
+        Field::Adjust => map.next_value::<Option<Adjust>>()?.map(Body::Adjust),
+        Field::Event => map.next_value::<Option<Event>>()?.map(Body::Event),
+        Field::Enroll => map.next_value::<Option<Enroll>>()?.map(Body::Enroll),
+        Field::IssueCards => map
+            .next_value::<Option<IssueCards>>()?
+            .map(Body::IssueCards),
+        Field::Link => map.next_value::<Option<Link>>()?.map(Body::Link),
+        Field::LoadProgram => map
+            .next_value::<Option<LoadProgram>>()?
+            .map(Body::LoadProgram),
+        Field::Tick => map.next_value::<Option<Tick>>()?.map(Body::Tick),
+        Field::Statement => map
+            .next_value::<Option<StatementQuery>>()?
+            .map(Body::Statement),
+        Field::AssignPromotion => map
+            .next_value::<Option<AssignPromotion>>()?
+            .map(Body::AssignPromotion),
+        Field::IssueCodes => map
+            .next_value::<Option<IssueCodes>>()?
+            .map(Body::IssueCodes),
+        Field::Tag => map.next_value::<Option<Tag>>()?.map(Body::Tag),
+        Field::Balance => map.next_value::<Option<BalanceQuery>>()?.map(Body::Balance),
+        Field::Snapshot => map
+            .next_value::<Option<SnapshotQuery>>()?
+            .map(Body::Snapshot),
+        Field::Merchant
+        | Field::Terminal
+        | Field::Admin
+        | Field::Txn
+        | Field::Id
+        | Field::At
+        | Field::ProgramVersion => unreachable!("envelope fields are read by the caller"),
+    })
 }
 
 /// A command line that could not be read. `key` is set when the envelope was readable, so
@@ -84,7 +182,7 @@ impl ParseError {
 
 /// Reads one JSON line into a command.
 pub fn parse_command_line(line: &str) -> Result<Command, ParseError> {
-    let json: CommandJson = serde_json::from_str(line).map_err(|error| {
+    let parts: Parts = serde_json::from_str(line).map_err(|error| {
         let mut parse_error = ParseError::new(format!("malformed command: {error}"));
         // Name the transaction if the envelope alone is readable.
         if let Ok(envelope) = serde_json::from_str::<EnvelopeOnly>(line) {
@@ -99,7 +197,7 @@ pub fn parse_command_line(line: &str) -> Result<Command, ParseError> {
         }
         parse_error
     })?;
-    Command::try_from(json)
+    Command::try_from(parts)
 }
 
 #[derive(Deserialize)]
@@ -154,10 +252,10 @@ fn non_empty(field: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-impl TryFrom<CommandJson> for Command {
+impl TryFrom<Parts> for Command {
     type Error = ParseError;
 
-    fn try_from(json: CommandJson) -> Result<Command, ParseError> {
+    fn try_from(mut json: Parts) -> Result<Command, ParseError> {
         let key = idem_key(&json.terminal, &json.admin, &json.txn, &json.id);
         let fail = |message: String| ParseError {
             message,
@@ -189,7 +287,7 @@ impl TryFrom<CommandJson> for Command {
         let at = json
             .at
             .ok_or_else(|| fail("every command needs its event time `at`".into()))?;
-        let body = take_body(&json).map_err(fail)?;
+        let body = only_body(&mut json.bodies).map_err(fail)?;
         Ok(Command {
             merchant: json.merchant,
             origin,
@@ -201,28 +299,7 @@ impl TryFrom<CommandJson> for Command {
     }
 }
 
-fn take_body(json: &CommandJson) -> Result<Body, String> {
-    let mut bodies: Vec<Body> = Vec::with_capacity(1);
-    let mut push = |body: Option<Body>| bodies.extend(body);
-    push(json.purchase.clone().map(Body::Purchase));
-    push(json.quote.clone().map(Body::Quote));
-    push(json.return_.clone().map(Body::Return));
-    push(json.hold.clone().map(Body::Hold));
-    push(json.capture.clone().map(Body::Capture));
-    push(json.release.clone().map(Body::Release));
-    push(json.adjust.clone().map(Body::Adjust));
-    push(json.event.clone().map(Body::Event));
-    push(json.enroll.clone().map(Body::Enroll));
-    push(json.issue_cards.clone().map(Body::IssueCards));
-    push(json.link.clone().map(Body::Link));
-    push(json.load_program.clone().map(Body::LoadProgram));
-    push(json.tick.clone().map(Body::Tick));
-    push(json.statement.clone().map(Body::Statement));
-    push(json.assign_promotion.clone().map(Body::AssignPromotion));
-    push(json.issue_codes.clone().map(Body::IssueCodes));
-    push(json.tag.clone().map(Body::Tag));
-    push(json.balance.clone().map(Body::Balance));
-    push(json.snapshot.clone().map(Body::Snapshot));
+fn only_body(bodies: &mut Vec<Body>) -> Result<Body, String> {
     match bodies.len() {
         1 => Ok(bodies.pop().expect("one body")),
         0 => Err("the command has no body: add one of `purchase`, `quote`, `return`, `hold`, `capture`, \
@@ -233,54 +310,65 @@ fn take_body(json: &CommandJson) -> Result<Body, String> {
     }
 }
 
-impl From<&Command> for CommandJson {
-    fn from(command: &Command) -> CommandJson {
-        let mut json = CommandJson {
-            merchant: command.merchant.clone(),
-            at: Some(command.at),
-            program_version: command.program_version,
-            ..CommandJson::default()
-        };
+/// A command in its JSON form, written from the command itself: the envelope's keys in a
+/// fixed order, then the one body key.
+struct JsonLine<'a>(&'a Command);
+
+impl Serialize for JsonLine<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let command = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("merchant", &command.merchant)?;
         match &command.origin {
-            Origin::Terminal(terminal) => json.terminal = Some(terminal.clone()),
-            Origin::Admin(admin) => json.admin = Some(admin.clone()),
+            Origin::Terminal(terminal) => map.serialize_entry("terminal", terminal)?,
+            Origin::Admin(admin) => map.serialize_entry("admin", admin)?,
         }
         match &command.key {
             IdemKey::Terminal { txn, .. } | IdemKey::Admin { txn, .. } => {
-                json.txn = Some(txn.clone())
+                map.serialize_entry("txn", txn)?
             }
-            IdemKey::Id(id) => json.id = Some(format!("{id:032x}")),
+            IdemKey::Id(id) => map.serialize_entry("id", &format!("{id:032x}"))?,
         }
-        let body = command.body.clone();
-        match body {
-            Body::Purchase(b) => json.purchase = Some(b),
-            Body::Quote(b) => json.quote = Some(b),
-            Body::Return(b) => json.return_ = Some(b),
-            Body::Hold(b) => json.hold = Some(b),
-            Body::Capture(b) => json.capture = Some(b),
-            Body::Release(b) => json.release = Some(b),
-            Body::Adjust(b) => json.adjust = Some(b),
-            Body::Event(b) => json.event = Some(b),
-            Body::Enroll(b) => json.enroll = Some(b),
-            Body::IssueCards(b) => json.issue_cards = Some(b),
-            Body::Link(b) => json.link = Some(b),
-            Body::LoadProgram(b) => json.load_program = Some(b),
-            Body::Tick(b) => json.tick = Some(b),
-            Body::Statement(b) => json.statement = Some(b),
-            Body::AssignPromotion(b) => json.assign_promotion = Some(b),
-            Body::IssueCodes(b) => json.issue_codes = Some(b),
-            Body::Tag(b) => json.tag = Some(b),
-            Body::Balance(b) => json.balance = Some(b),
-            Body::Snapshot(b) => json.snapshot = Some(b),
+        map.serialize_entry("at", &command.at)?;
+        if let Some(version) = command.program_version {
+            map.serialize_entry("program_version", &version)?;
         }
-        json
+        let name = command.kind().name();
+        match &command.body {
+            Body::Purchase(body) | Body::Quote(body) => map.serialize_entry(name, body)?,
+            Body::Return(body) => map.serialize_entry(name, body)?,
+            Body::Hold(body) => map.serialize_entry(name, body)?,
+            Body::Capture(body) => map.serialize_entry(name, body)?,
+            Body::Release(body) => map.serialize_entry(name, body)?,
+            Body::Adjust(body) => map.serialize_entry(name, body)?,
+            Body::Event(body) => map.serialize_entry(name, body)?,
+            Body::Enroll(body) => map.serialize_entry(name, body)?,
+            Body::IssueCards(body) => map.serialize_entry(name, body)?,
+            Body::Link(body) => map.serialize_entry(name, body)?,
+            Body::LoadProgram(body) => map.serialize_entry(name, body)?,
+            Body::Tick(body) => map.serialize_entry(name, body)?,
+            Body::Statement(body) => map.serialize_entry(name, body)?,
+            Body::AssignPromotion(body) => map.serialize_entry(name, body)?,
+            Body::IssueCodes(body) => map.serialize_entry(name, body)?,
+            Body::Tag(body) => map.serialize_entry(name, body)?,
+            Body::Balance(body) => map.serialize_entry(name, body)?,
+            Body::Snapshot(body) => map.serialize_entry(name, body)?,
+        }
+        map.end()
     }
 }
 
 impl Command {
     /// The command as one JSON line (without the newline).
     pub fn to_json_line(&self) -> String {
-        serde_json::to_string(&CommandJson::from(self)).expect("commands always serialise")
+        let mut line = Vec::with_capacity(512);
+        self.write_json(&mut line);
+        String::from_utf8(line).expect("JSON is UTF-8")
+    }
+
+    /// Appends the command's JSON line (without the newline) to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, &JsonLine(self)).expect("commands always serialise")
     }
 
     pub fn kind(&self) -> CommandKind {
@@ -370,6 +458,43 @@ mod tests {
                 command
             );
         }
+    }
+
+    #[test]
+    fn a_null_body_names_no_body() {
+        // Older logs carry `"assign_promotion":null` on every line, and still read.
+        let line = PURCHASE.replace("\"purchase\"", "\"assign_promotion\":null,\"purchase\"");
+        let command = parse_command_line(&line).unwrap();
+        assert_eq!(command, parse_command_line(PURCHASE).unwrap());
+        assert!(!command.to_json_line().contains("null"));
+    }
+
+    #[test]
+    fn refuses_repeated_keys_and_second_bodies() {
+        let repeated = PURCHASE.replace("\"txn\":\"7\"", "\"txn\":\"7\",\"txn\":\"8\"");
+        let error = parse_command_line(&repeated).unwrap_err();
+        assert!(
+            error.message.contains("duplicate field `txn`"),
+            "{}",
+            error.message
+        );
+        let two = PURCHASE.replace("\"purchase\"", "\"tick\":{},\"purchase\"");
+        let error = parse_command_line(&two).unwrap_err();
+        assert_eq!(error.message, "a command has exactly one body");
+        assert_eq!(error.merchant.as_deref(), Some("demo"));
+    }
+
+    #[test]
+    fn names_the_keys_allowed_for_an_unknown_one() {
+        let line = PURCHASE.replace("\"at\"", "\"when\"");
+        let error = parse_command_line(&line).unwrap_err();
+        assert!(
+            error
+                .message
+                .contains("unknown field `when`, expected one of `merchant`"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]

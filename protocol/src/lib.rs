@@ -19,7 +19,7 @@ pub use command::{
     MemberRef, Origin, Payment, Purchase, Release, Return, ReturnLine, SnapshotQuery,
     StatementQuery, Tag, Tick, TxnRef, ENGINE_ADMIN, MAX_STATEMENT_PAGE,
 };
-pub use json::{parse_command_line, CommandJson, ParseError};
+pub use json::{parse_command_line, ParseError};
 pub use reason::Reason;
 pub use result::{
     Applied, Balances, CommandResult, Discount, EntryKind, EntryView, LineEarning, LotSlice,
