@@ -556,7 +556,8 @@ impl Ledger {
                 result: Stored::Whole(result.clone()),
                 record,
             };
-            remember(merchant, ctx.key.clone(), receipt, kept_whole);
+            let evicted = remember(merchant, ctx.key.clone(), receipt, kept_whole);
+            self.hold_evicted(evicted);
         }
         Ok(result)
     }
@@ -591,9 +592,7 @@ impl Ledger {
             receipt,
             self.results_kept_whole,
         );
-        if let Some(result) = evicted.filter(|_| self.evicted.len() < EVICTED_HELD_MAX) {
-            self.evicted.push(result);
-        }
+        self.hold_evicted(evicted);
         self.merchants.insert(command.merchant.clone(), merchant);
         Ok(result)
     }
@@ -636,8 +635,18 @@ fn receipts_digest(receipts: &FxHashMap<Arc<IdemKey>, Receipt>) -> (usize, u128)
     (receipts.len(), sum)
 }
 
+impl Ledger {
+    /// Keeps an evicted result for the caller to free (up to `EVICTED_HELD_MAX`).
+    fn hold_evicted(&mut self, evicted: Option<Arc<CommandResult>>) {
+        if let Some(result) = evicted.filter(|_| self.evicted.len() < EVICTED_HELD_MAX) {
+            self.evicted.push(result);
+        }
+    }
+}
+
 /// Keeps the receipt; the oldest whole result past the window becomes a summary, and the
 /// whole one is returned for the caller to free.
+#[must_use = "an evicted result is freed by the caller, off the apply path"]
 fn remember(
     merchant: &mut Merchant,
     key: Arc<IdemKey>,
@@ -859,4 +868,32 @@ pub(crate) fn finish_member(
         before: program.tier_id(tier_before),
         after: program.tier_id(member.tier),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
+
+    #[test]
+    fn whole_results_leaving_the_window_go_to_the_caller_to_free() {
+        let mut ledger = Ledger::new();
+        ledger.set_results_kept_whole(20);
+        for (index, command) in Workload::new(WorkloadConfig::demo(40))
+            .take(300)
+            .enumerate()
+        {
+            if index == 0 {
+                ledger.install_program(DEMO_PROGRAM, command.at).unwrap();
+            }
+            ledger.apply_shared(&command, command.at);
+        }
+        let summaries = ledger
+            .merchants()
+            .flat_map(|merchant| merchant.receipts.values())
+            .filter(|receipt| matches!(receipt.result, Stored::Summary(_)))
+            .count();
+        assert!(summaries > 200, "{summaries}");
+        assert_eq!(ledger.take_evicted().len(), summaries);
+    }
 }
