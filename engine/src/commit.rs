@@ -16,19 +16,47 @@ use crate::core::Entry;
 use crate::log::{CommandLog, LogError, Logged};
 
 /// A group's log write: its commands and the entries they wrote, and the results the group
-/// evicted from the ledger's recent window (freed here, off the engine thread).
-struct Job {
-    records: Vec<Logged>,
-    entries: Vec<Entry>,
-    #[expect(dead_code, reason = "held only to be freed on the committer's thread")]
-    evicted: Vec<Arc<CommandResult>>,
+/// evicted from the ledger's recent window (freed here, off the engine thread). Emptied, the
+/// same buffers serve a later group.
+#[derive(Default)]
+pub struct Job {
+    pub records: Vec<Logged>,
+    pub entries: Vec<Entry>,
+    pub evicted: Vec<Arc<CommandResult>>,
+}
+
+/// Buffers kept above this many items are dropped rather than given back: one unusual group
+/// (a tick expiring a whole merchant's lots) does not hold its memory for good.
+const KEPT_ITEMS_MAX: usize = 1 << 16;
+
+impl Job {
+    /// Frees what the group held, here, and keeps the buffers' room for a later group.
+    fn into_spare(mut self) -> Job {
+        self.records.clear();
+        self.entries.clear();
+        self.evicted.clear();
+        let keep = |capacity: usize| capacity <= KEPT_ITEMS_MAX;
+        if !keep(self.records.capacity()) {
+            self.records = Vec::new();
+        }
+        if !keep(self.entries.capacity()) {
+            self.entries = Vec::new();
+        }
+        if !keep(self.evicted.capacity()) {
+            self.evicted = Vec::new();
+        }
+        self
+    }
 }
 
 pub struct Committer {
     jobs: Option<SyncSender<Job>>,
-    /// When each handed-over group became durable, or why it did not.
-    done: Receiver<Result<Instant, LogError>>,
+    /// When each handed-over group became durable (with its emptied buffers), or why it
+    /// did not.
+    done: Receiver<Result<(Instant, Job), LogError>>,
     outstanding: bool,
+    /// The emptied buffers of the last group made durable, for the next one.
+    spare: Job,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -43,8 +71,9 @@ impl Committer {
                     let written = log.append(&job.records, &job.entries);
                     let failed = written.is_err();
                     // The group is freed here, off the engine thread.
-                    drop(job);
-                    if report.send(written.map(|()| Instant::now())).is_err() || failed {
+                    let spare = job.into_spare();
+                    let report_sent = report.send(written.map(|()| (Instant::now(), spare)));
+                    if report_sent.is_err() || failed {
                         break;
                     }
                 }
@@ -54,28 +83,24 @@ impl Committer {
             jobs: Some(jobs),
             done,
             outstanding: false,
+            spare: Job::default(),
             thread: Some(thread),
         }
     }
 
+    /// Empty buffers for the next group: those of the last group made durable, if any.
+    pub fn take_spare(&mut self) -> Job {
+        std::mem::take(&mut self.spare)
+    }
+
     /// Hands a group to the log. A group with nothing to log is not written.
-    pub fn submit(
-        &mut self,
-        records: Vec<Logged>,
-        entries: Vec<Entry>,
-        evicted: Vec<Arc<CommandResult>>,
-    ) {
+    pub fn submit(&mut self, job: Job) {
         assert!(!self.outstanding, "one group is committed at a time");
-        if records.is_empty() {
-            assert!(entries.is_empty(), "entries come from logged commands");
+        if job.records.is_empty() {
+            assert!(job.entries.is_empty(), "entries come from logged commands");
             return;
         }
         let jobs = self.jobs.as_ref().expect("the committer is running");
-        let job = Job {
-            records,
-            entries,
-            evicted,
-        };
         jobs.send(job)
             .expect("the committer waits for work until it is stopped or a commit fails");
         self.outstanding = true;
@@ -91,7 +116,9 @@ impl Committer {
             .done
             .recv()
             .expect("the committer answers every group it takes");
-        answer.map(Some)
+        let (durable_at, spare) = answer?;
+        self.spare = spare;
+        Ok(Some(durable_at))
     }
 }
 

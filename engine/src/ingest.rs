@@ -9,6 +9,7 @@
 //! only once a group's commit is durable are its results handed on. An error while logging
 //! stops the engine: nothing that is not durable is acknowledged.
 
+use std::cell::Cell;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, TryRecvError};
@@ -23,7 +24,7 @@ use tally_protocol::{
 };
 
 use crate::checkpoint::{self, CheckpointError};
-use crate::commit::Committer;
+use crate::commit::{Committer, Job};
 use crate::core::{Ledger, StatementPlan};
 use crate::log::{CommandLog, LogError, Logged, LoggedEntry};
 use crate::money::from_minor;
@@ -166,10 +167,16 @@ enum Next<G> {
     End,
 }
 
-/// The next group from `queue`: whatever is there, up to `MAX_GROUP_COMMANDS` commands
-/// (`commands` counts an item's), waiting for a first item as `wait` says.
-fn next_group<T>(queue: &Receiver<T>, wait: Wait, commands: impl Fn(&T) -> usize) -> Next<Vec<T>> {
-    let mut group = Vec::new();
+/// The next group from `queue` into `group` (empty; a buffer kept from an earlier group):
+/// whatever is there, up to `MAX_GROUP_COMMANDS` commands (`commands` counts an item's),
+/// waiting for a first item as `wait` says.
+fn next_group<T>(
+    queue: &Receiver<T>,
+    wait: Wait,
+    mut group: Vec<T>,
+    commands: impl Fn(&T) -> usize,
+) -> Next<Vec<T>> {
+    debug_assert!(group.is_empty(), "a group starts empty");
     let mut counted = 0;
     let first = match wait {
         Wait::No => None,
@@ -293,6 +300,9 @@ pub struct Engine {
     snapshots: Streams,
     /// Where a group's commands are applied (`shards`).
     shards: Shards,
+    /// A group's commands in order, emptied after each group and kept with its room: a
+    /// fresh buffer of a few megabytes each group was new memory each time.
+    group_commands: Vec<Command>,
 }
 
 impl Engine {
@@ -370,6 +380,7 @@ impl Engine {
             committer: None,
             snapshots: Streams::default(),
             shards: Shards::new(shards::default_count()),
+            group_commands: Vec::new(),
         };
         Ok((engine, recovery))
     }
@@ -547,9 +558,15 @@ impl Engine {
         std::thread::scope(|scope| {
             let (answers, durable) = sync_channel::<Vec<Arc<CommandResult>>>(RESULT_GROUPS_AHEAD);
             let writer = scope.spawn(move || write_results(&durable, output));
+            // The lines' buffer goes back and forth between reading a group and applying it.
+            let spare_lines = Cell::new(Vec::new());
             let applied = self.pipeline(
-                |wait| next_group(lines, wait, |_| 1),
-                |engine, group, logged| engine.apply_parsed(group, logged),
+                |wait| next_group(lines, wait, spare_lines.take(), |_| 1),
+                |engine, mut group, logged| {
+                    let answers = engine.apply_parsed(&mut group, logged);
+                    spare_lines.set(group);
+                    answers
+                },
                 |engine, answered, _| {
                     let results = engine.answers(answered)?;
                     // A closed channel: the writer stopped on an output error; it reports it.
@@ -581,7 +598,7 @@ impl Engine {
         observe: &mut dyn FnMut(&GroupCommitted),
     ) -> Result<(), IngestError> {
         self.pipeline(
-            |wait| next_group(submissions, wait, |s| s.commands.len()),
+            |wait| next_group(submissions, wait, Vec::new(), |s| s.commands.len()),
             |engine, group, logged| engine.apply_submissions(group, logged),
             |engine, served, durable_at| {
                 let committed = durable_at.unwrap_or_else(Instant::now) - served.started;
@@ -607,7 +624,7 @@ impl Engine {
         let group = self.snapshots.accept(group);
         let started = Instant::now();
         let mut sizes = Vec::with_capacity(group.len());
-        let mut commands = Vec::new();
+        let mut commands = std::mem::take(&mut self.group_commands);
         for submission in group {
             sizes.push((submission.reply, submission.commands.len()));
             // The commands move into the log's batch: no copy of each.
@@ -615,7 +632,8 @@ impl Engine {
         }
         let count = commands.len();
         let sharded_before = self.shards.sharded_groups();
-        let mut answers = self.apply_commands(commands, logged).into_iter();
+        let mut answers = self.apply_commands(&mut commands, logged).into_iter();
+        self.group_commands = commands;
         let replies = sizes
             .into_iter()
             .map(|(reply, size)| (reply, answers.by_ref().take(size).collect()))
@@ -632,10 +650,10 @@ impl Engine {
 
     /// Applies the commands of a group of lines; a line that could not be read is answered
     /// with its rejection, in its place.
-    fn apply_parsed(&mut self, group: Vec<Parsed>, logged: &mut Vec<Logged>) -> Vec<Answer> {
+    fn apply_parsed(&mut self, group: &mut Vec<Parsed>, logged: &mut Vec<Logged>) -> Vec<Answer> {
         let mut answers = Vec::with_capacity(group.len());
-        let mut commands = Vec::with_capacity(group.len());
-        for parsed in group {
+        let mut commands = std::mem::take(&mut self.group_commands);
+        for parsed in group.drain(..) {
             match parsed {
                 Ok(command) => {
                     commands.push(command);
@@ -644,19 +662,25 @@ impl Engine {
                 Err(rejection) => answers.push(Some(Answer::Ready(Arc::from(rejection)))),
             }
         }
-        let mut applied = self.apply_commands(commands, logged).into_iter();
+        let mut applied = self.apply_commands(&mut commands, logged).into_iter();
+        self.group_commands = commands;
         answers
             .into_iter()
             .map(|answer| answer.unwrap_or_else(|| applied.next().expect("an answer each")))
             .collect()
     }
 
-    /// Applies commands in order: on their merchants' shards when that can pay, else here,
-    /// one after the other. Either way the state, the answers and the log are the same.
-    fn apply_commands(&mut self, commands: Vec<Command>, logged: &mut Vec<Logged>) -> Vec<Answer> {
+    /// Applies commands in order, emptying `commands`: on their merchants' shards when that
+    /// can pay, else here, one after the other. Either way the state, the answers and the
+    /// log are the same.
+    fn apply_commands(
+        &mut self,
+        commands: &mut Vec<Command>,
+        logged: &mut Vec<Logged>,
+    ) -> Vec<Answer> {
         // Statements, snapshots' copy-on-touch and programs waiting for a first time all
         // need the whole ledger at each command: one after the other.
-        let sharded = self.shards.worth_it(&commands)
+        let sharded = self.shards.worth_it(commands)
             && self.snapshots.is_idle()
             && self.pending_programs.is_empty()
             && !commands
@@ -664,12 +688,12 @@ impl Engine {
                 .any(|command| matches!(command.body, Body::Statement(_)));
         if !sharded {
             return commands
-                .into_iter()
+                .drain(..)
                 .map(|command| self.apply_command(command, logged))
                 .collect();
         }
         let items = commands
-            .into_iter()
+            .drain(..)
             .map(|command| {
                 let now = self.time_for(command.at);
                 Item { command, now }
@@ -741,12 +765,14 @@ impl Engine {
                 }
                 self.start_snapshots();
             }
-            let mut logged = Vec::new();
+            let committer = self.committer.as_mut().expect("the pipeline is running");
+            let mut spare = committer.take_spare();
+            let mut logged = std::mem::take(&mut spare.records);
             let answers = apply(self, group, &mut logged);
             if !self.release_in_flight(&mut in_flight, release)? {
                 return Ok(());
             }
-            self.submit(logged);
+            self.submit(logged, spare);
             in_flight = Some(answers);
             // Between groups (while the committer writes): snapshots send their next rows.
             self.snapshots.pump(&self.ledger, true);
@@ -767,12 +793,15 @@ impl Engine {
     }
 
     /// Hands a group's log write to the committer.
-    fn submit(&mut self, logged: Vec<Logged>) {
-        let entries = self.ledger.take_entries();
-        let evicted = self.ledger.take_evicted();
-        self.checkpoints.commands_since += logged.len() as u64;
+    fn submit(&mut self, records: Vec<Logged>, spare: Job) {
+        self.checkpoints.commands_since += records.len() as u64;
+        let job = Job {
+            records,
+            entries: self.ledger.swap_entries(spare.entries),
+            evicted: self.ledger.swap_evicted(spare.evicted),
+        };
         let committer = self.committer.as_mut().expect("the pipeline is running");
-        committer.submit(logged, entries, evicted);
+        committer.submit(job);
     }
 
     /// If a group is in flight: waits for the group in the committer's hands, then releases

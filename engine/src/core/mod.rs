@@ -359,10 +359,24 @@ impl Ledger {
         std::mem::take(&mut self.journal)
     }
 
+    /// The entries written since the last call, in order; `empty` becomes the journal, so a
+    /// buffer given back keeps its room (growing a fresh one each group copied it, and its
+    /// pages were new each time).
+    pub fn swap_entries(&mut self, empty: Vec<Entry>) -> Vec<Entry> {
+        assert!(empty.is_empty(), "a journal starts empty");
+        std::mem::replace(&mut self.journal, empty)
+    }
+
     /// Whole results that left the recent window since the last call, to be freed where it
     /// costs the apply path nothing (the committer's thread).
     pub fn take_evicted(&mut self) -> Vec<Arc<CommandResult>> {
         std::mem::take(&mut self.evicted)
+    }
+
+    /// `take_evicted`, with `empty` as the next buffer.
+    pub fn swap_evicted(&mut self, empty: Vec<Arc<CommandResult>>) -> Vec<Arc<CommandResult>> {
+        assert!(empty.is_empty(), "the evicted results start empty");
+        std::mem::replace(&mut self.evicted, empty)
     }
 
     pub fn entries(&self) -> &[Entry] {
