@@ -176,6 +176,14 @@ impl CommandKind {
         }
     }
 
+    /// The kind whose body a command line's key names (`purchase`, `issue_cards`, …).
+    pub fn of_body_key(key: &str) -> Option<CommandKind> {
+        use serde::de::IntoDeserializer;
+        let kind = CommandKind::deserialize(key.into_deserializer());
+        let kind: Result<CommandKind, serde::de::value::Error> = kind;
+        kind.ok().filter(|kind| *kind != CommandKind::Unknown)
+    }
+
     /// Commands only an operator (admin identity) may send.
     pub fn admin_only(self) -> bool {
         matches!(

@@ -9,10 +9,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::command::*;
 use crate::Timestamp;
 
-/// The keys a command line may have: the envelope's, then one per body. Any other key is
-/// refused, naming the ones allowed.
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "snake_case")]
+/// The keys a command line may have: the envelope's, then one per body (named as the
+/// command's kind). Any other key is refused, naming the ones allowed.
 enum Field {
     Merchant,
     Terminal,
@@ -21,25 +19,68 @@ enum Field {
     Id,
     At,
     ProgramVersion,
-    Purchase,
-    Quote,
-    Return,
-    Hold,
-    Capture,
-    Release,
-    Adjust,
-    Event,
-    Enroll,
-    IssueCards,
-    Link,
-    LoadProgram,
-    Tick,
-    Statement,
-    AssignPromotion,
-    IssueCodes,
-    Tag,
-    Balance,
-    Snapshot,
+    Body(CommandKind),
+}
+
+const FIELDS: &[&str] = &[
+    "merchant",
+    "terminal",
+    "admin",
+    "txn",
+    "id",
+    "at",
+    "program_version",
+    "purchase",
+    "quote",
+    "return",
+    "hold",
+    "capture",
+    "release",
+    "adjust",
+    "event",
+    "enroll",
+    "issue_cards",
+    "link",
+    "load_program",
+    "tick",
+    "statement",
+    "assign_promotion",
+    "issue_codes",
+    "tag",
+    "balance",
+    "snapshot",
+];
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Field, D::Error> {
+        deserializer.deserialize_identifier(FieldVisitor)
+    }
+}
+
+struct FieldVisitor;
+
+impl Visitor<'_> for FieldVisitor {
+    type Value = Field;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a command's field")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Field, E> {
+        Ok(match name {
+            "merchant" => Field::Merchant,
+            "terminal" => Field::Terminal,
+            "admin" => Field::Admin,
+            "txn" => Field::Txn,
+            "id" => Field::Id,
+            "at" => Field::At,
+            "program_version" => Field::ProgramVersion,
+            body => match CommandKind::of_body_key(body) {
+                Some(kind) => Field::Body(kind),
+                None => return Err(E::unknown_field(body, FIELDS)),
+            },
+        })
+    }
 }
 
 /// A command line read in one pass: the envelope as written, and every body it names (a
@@ -91,7 +132,7 @@ impl<'de> Visitor<'de> for PartsVisitor {
                 Field::ProgramVersion => {
                     once(&mut program_version, "program_version", map.next_value()?)?
                 }
-                body => bodies.extend(next_body(body, &mut map)?),
+                Field::Body(kind) => bodies.extend(next_body(kind, &mut map)?),
             }
         }
         Ok(Parts {
@@ -117,46 +158,43 @@ fn once<T, E: de::Error>(slot: &mut Option<T>, name: &'static str, value: T) -> 
 }
 
 /// Reads the value of a body key into its variant; `null` names no body.
-fn next_body<'de, A: MapAccess<'de>>(field: Field, map: &mut A) -> Result<Option<Body>, A::Error> {
-    Ok(match field {
-        Field::Purchase => map.next_value::<Option<Purchase>>()?.map(Body::Purchase),
-        Field::Quote => map.next_value::<Option<Purchase>>()?.map(Body::Quote),
-        Field::Return => map.next_value::<Option<Return>>()?.map(Body::Return),
-        Field::Hold => map.next_value::<Option<Hold>>()?.map(Body::Hold),
-        Field::Capture => map.next_value::<Option<Capture>>()?.map(Body::Capture),
-        Field::Release => map.next_value::<Option<Release>>()?.map(Body::Release),
-        Field::Adjust => map.next_value::<Option<Adjust>>()?.map(Body::Adjust),
-        Field::Event => map.next_value::<Option<Event>>()?.map(Body::Event),
-        Field::Enroll => map.next_value::<Option<Enroll>>()?.map(Body::Enroll),
-        Field::IssueCards => map
+fn next_body<'de, A: MapAccess<'de>>(
+    kind: CommandKind,
+    map: &mut A,
+) -> Result<Option<Body>, A::Error> {
+    Ok(match kind {
+        CommandKind::Purchase => map.next_value::<Option<Purchase>>()?.map(Body::Purchase),
+        CommandKind::Quote => map.next_value::<Option<Purchase>>()?.map(Body::Quote),
+        CommandKind::Return => map.next_value::<Option<Return>>()?.map(Body::Return),
+        CommandKind::Hold => map.next_value::<Option<Hold>>()?.map(Body::Hold),
+        CommandKind::Capture => map.next_value::<Option<Capture>>()?.map(Body::Capture),
+        CommandKind::Release => map.next_value::<Option<Release>>()?.map(Body::Release),
+        CommandKind::Adjust => map.next_value::<Option<Adjust>>()?.map(Body::Adjust),
+        CommandKind::Event => map.next_value::<Option<Event>>()?.map(Body::Event),
+        CommandKind::Enroll => map.next_value::<Option<Enroll>>()?.map(Body::Enroll),
+        CommandKind::IssueCards => map
             .next_value::<Option<IssueCards>>()?
             .map(Body::IssueCards),
-        Field::Link => map.next_value::<Option<Link>>()?.map(Body::Link),
-        Field::LoadProgram => map
+        CommandKind::Link => map.next_value::<Option<Link>>()?.map(Body::Link),
+        CommandKind::LoadProgram => map
             .next_value::<Option<LoadProgram>>()?
             .map(Body::LoadProgram),
-        Field::Tick => map.next_value::<Option<Tick>>()?.map(Body::Tick),
-        Field::Statement => map
+        CommandKind::Tick => map.next_value::<Option<Tick>>()?.map(Body::Tick),
+        CommandKind::Statement => map
             .next_value::<Option<StatementQuery>>()?
             .map(Body::Statement),
-        Field::AssignPromotion => map
+        CommandKind::AssignPromotion => map
             .next_value::<Option<AssignPromotion>>()?
             .map(Body::AssignPromotion),
-        Field::IssueCodes => map
+        CommandKind::IssueCodes => map
             .next_value::<Option<IssueCodes>>()?
             .map(Body::IssueCodes),
-        Field::Tag => map.next_value::<Option<Tag>>()?.map(Body::Tag),
-        Field::Balance => map.next_value::<Option<BalanceQuery>>()?.map(Body::Balance),
-        Field::Snapshot => map
+        CommandKind::Tag => map.next_value::<Option<Tag>>()?.map(Body::Tag),
+        CommandKind::Balance => map.next_value::<Option<BalanceQuery>>()?.map(Body::Balance),
+        CommandKind::Snapshot => map
             .next_value::<Option<SnapshotQuery>>()?
             .map(Body::Snapshot),
-        Field::Merchant
-        | Field::Terminal
-        | Field::Admin
-        | Field::Txn
-        | Field::Id
-        | Field::At
-        | Field::ProgramVersion => unreachable!("envelope fields are read by the caller"),
+        CommandKind::Unknown => unreachable!("no body key names the unknown kind"),
     })
 }
 
@@ -495,6 +533,21 @@ mod tests {
             "{}",
             error.message
         );
+    }
+
+    #[test]
+    fn the_keys_an_error_lists_are_the_keys_read() {
+        let read = |name: &str| FieldVisitor.visit_str::<serde::de::value::Error>(name);
+        let mut bodies = 0;
+        for name in FIELDS {
+            if let Field::Body(kind) = read(name).unwrap() {
+                assert_eq!(kind.name(), *name);
+                bodies += 1;
+            }
+        }
+        // Every kind but `Unknown` (the last kind is `Snapshot`) has a body key.
+        assert_eq!(bodies, CommandKind::Snapshot as usize);
+        assert!(read("unknown").is_err());
     }
 
     #[test]
