@@ -885,23 +885,28 @@ pub(crate) fn finish_member(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
 
-    #[test]
-    fn whole_results_leaving_the_window_go_to_the_caller_to_free() {
+    /// A ledger that applied `commands` demo commands on `members` members, its outbox
+    /// (entries, evicted results) left as the commands filled it.
+    pub(crate) fn demo_ledger(members: u64, commands: usize, kept_whole: usize) -> Ledger {
         let mut ledger = Ledger::new();
-        ledger.set_results_kept_whole(20);
-        for (index, command) in Workload::new(WorkloadConfig::demo(40))
-            .take(300)
-            .enumerate()
-        {
+        ledger.set_results_kept_whole(kept_whole);
+        let workload = Workload::new(WorkloadConfig::demo(members));
+        for (index, command) in workload.take(commands).enumerate() {
             if index == 0 {
                 ledger.install_program(DEMO_PROGRAM, command.at).unwrap();
             }
             ledger.apply_shared(&command, command.at);
         }
+        ledger
+    }
+
+    #[test]
+    fn whole_results_leaving_the_window_go_to_the_caller_to_free() {
+        let mut ledger = demo_ledger(40, 300, 20);
         let summaries = ledger
             .merchants()
             .flat_map(|merchant| merchant.receipts.values())

@@ -96,21 +96,12 @@ impl<'de, T> Deserialize<'de> for Packed<T> {
 
 #[cfg(test)]
 mod tests {
-    use crate::core::{Ledger, Record};
-    use crate::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
+    use crate::core::tests::demo_ledger;
+    use crate::core::{Record, RESULTS_KEPT_WHOLE};
 
     #[test]
     fn an_order_record_packs_whole_and_its_member_reads_alone() {
-        let mut ledger = Ledger::new();
-        for (index, command) in Workload::new(WorkloadConfig::demo(40))
-            .take(400)
-            .enumerate()
-        {
-            if index == 0 {
-                ledger.install_program(DEMO_PROGRAM, command.at).unwrap();
-            }
-            ledger.apply_shared(&command, command.at);
-        }
+        let ledger = demo_ledger(40, 400, RESULTS_KEPT_WHOLE);
         let merchant = ledger.merchants.values().next().unwrap();
         let mut orders = 0;
         for receipt in merchant.receipts.values() {
