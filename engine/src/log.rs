@@ -61,7 +61,29 @@ pub struct CommandLog {
     path: String,
     /// The number the next appended batch gets.
     next_batch: AtomicU64,
-    appending: Mutex<()>,
+    appending: Mutex<Scratch>,
+}
+
+/// Where appends encode a batch and its entries: kept between appends, since a fresh
+/// buffer of a few megabytes each group was grown by copying into new pages each time.
+#[derive(Default)]
+struct Scratch {
+    batch: Vec<u8>,
+    entries: Vec<u8>,
+}
+
+/// Room a scratch buffer keeps between appends: a group's batch is a few megabytes; one far
+/// larger does not hold its memory for good.
+const SCRATCH_KEPT_BYTES: usize = 16 << 20;
+
+impl Scratch {
+    fn keep_at_most(&mut self, bytes: usize) {
+        for buffer in [&mut self.batch, &mut self.entries] {
+            if buffer.capacity() > bytes {
+                *buffer = Vec::new();
+            }
+        }
+    }
 }
 
 impl CommandLog {
@@ -93,7 +115,7 @@ impl CommandLog {
             db,
             path: path.display().to_string(),
             next_batch: AtomicU64::new(0),
-            appending: Mutex::new(()),
+            appending: Mutex::new(Scratch::default()),
         };
         let write = log.db.begin_write().map_err(|e| storage(&e))?;
         write.open_table(BATCHES).map_err(|e| storage(&e))?;
@@ -206,16 +228,20 @@ impl CommandLog {
             assert!(entries.is_empty(), "entries come from logged commands");
             return Ok(());
         }
-        let bytes = encode(records);
+        let mut scratch = self.appending.lock().expect("an append does not panic");
+        let Scratch {
+            batch: bytes,
+            entries: entry_bytes,
+        } = &mut *scratch;
+        encode_into(records, bytes);
         assert!(
             bytes.len() <= MAX_BATCH_BYTES,
             "a batch over the size limit reached the log"
         );
-        let _appending = self.appending.lock().expect("an append does not panic");
         let batch = self.batches();
         // Pair assertion: what is written must read back as the same commands.
         debug_assert_eq!(
-            decode(batch, &bytes).expect("an encoded batch decodes"),
+            decode(batch, bytes).expect("an encoded batch decodes"),
             records
         );
         let mut write = self.db.begin_write().map_err(|e| self.storage(e))?;
@@ -226,14 +252,16 @@ impl CommandLog {
                 .insert(batch, bytes.as_slice())
                 .map_err(|e| self.storage(e))?;
             if let Some(first) = entries.first() {
+                encode_entries_into(entries, entry_bytes);
                 let mut table = write.open_table(ENTRIES).map_err(|e| self.storage(e))?;
                 table
-                    .insert(first.seq, encode_entries(entries).as_slice())
+                    .insert(first.seq, entry_bytes.as_slice())
                     .map_err(|e| self.storage(e))?;
             }
         }
         write.commit().map_err(|e| self.storage(e))?;
         self.next_batch.store(batch + 1, Ordering::Release);
+        scratch.keep_at_most(SCRATCH_KEPT_BYTES);
         Ok(())
     }
 }
@@ -303,34 +331,75 @@ pub struct LoggedEntry {
     pub lots: Vec<(u32, i64)>,
 }
 
-/// `TLYE`, format version (u16), the entries (bincode), an xxh3-64 checksum of all before.
-fn encode_entries(entries: &[Entry]) -> Vec<u8> {
-    let logged: Vec<LoggedEntry> = entries
-        .iter()
-        .map(|entry| LoggedEntry {
+/// An entry as `LoggedEntry` is written, serialised from the entry itself: the same bytes,
+/// without a copy of its names.
+#[derive(Serialize)]
+struct EntryRecord<'a> {
+    seq: u64,
+    merchant: &'a str,
+    member: u64,
+    wallet: Wallet,
+    kind: EntryKind,
+    amount: i64,
+    at_micros: i64,
+    command: &'a str,
+    rule: Option<&'a str>,
+    program_version: u32,
+    lots: LotPairs<'a>,
+}
+
+/// A lot list as `LoggedEntry::lots` is written: (lot, points) pairs.
+struct LotPairs<'a>(&'a [crate::core::Slice]);
+
+impl Serialize for LotPairs<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|slice| (slice.lot, slice.points)))
+    }
+}
+
+/// `TLYE`, format version (u16), the entries (bincode, as `Vec<LoggedEntry>`), an xxh3-64
+/// checksum of all before; into `bytes`, replacing what it held.
+fn encode_entries_into(entries: &[Entry], bytes: &mut Vec<u8>) {
+    use serde::ser::SerializeSeq;
+    bytes.clear();
+    bytes.extend_from_slice(&ENTRIES_MAGIC);
+    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let options = crate::core::state_bincode();
+    let mut serializer = bincode::Serializer::new(&mut *bytes, options);
+    let mut sequence = serde::Serializer::serialize_seq(&mut serializer, Some(entries.len()))
+        .expect("serialising into memory does not fail");
+    // A command's entries are consecutive and share its key: its text is made once.
+    let mut command: Option<(&Arc<tally_protocol::IdemKey>, String)> = None;
+    for entry in entries {
+        if command
+            .as_ref()
+            .is_none_or(|(key, _)| !Arc::ptr_eq(key, &entry.command))
+        {
+            command = Some((&entry.command, entry.command.text()));
+        }
+        let (_, text) = command.as_ref().expect("set above");
+        let record = EntryRecord {
             seq: entry.seq,
-            merchant: entry.merchant.to_string(),
+            merchant: &entry.merchant,
             member: entry.member,
             wallet: entry.wallet,
             kind: entry.kind,
             amount: entry.amount,
             at_micros: entry.at.timestamp_micros(),
-            command: entry.command.text(),
-            rule: entry.rule.as_deref().map(str::to_string),
+            command: text,
+            rule: entry.rule.as_deref(),
             program_version: entry.program_version,
-            lots: entry.lots.iter().map(|s| (s.lot, s.points)).collect(),
-        })
-        .collect();
-    let mut bytes = Vec::with_capacity(entries.len() * 64);
-    bytes.extend_from_slice(&ENTRIES_MAGIC);
-    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    use bincode::Options;
-    crate::core::state_bincode()
-        .serialize_into(&mut bytes, &logged)
+            lots: LotPairs(&entry.lots),
+        };
+        sequence
+            .serialize_element(&record)
+            .expect("serialising into memory does not fail");
+    }
+    sequence
+        .end()
         .expect("serialising into memory does not fail");
-    let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
+    let checksum = xxhash_rust::xxh3::xxh3_64(bytes);
     bytes.extend_from_slice(&checksum.to_le_bytes());
-    bytes
 }
 
 fn decode_entries(first_seq: u64, bytes: &[u8]) -> Result<Vec<LoggedEntry>, LogError> {
@@ -429,19 +498,28 @@ impl StorageBackend for FaultyDisk {
 /// since the epoch (i64), JSON length (u32), the command's JSON; last an xxh3-64 checksum of
 /// everything before it. All integers little-endian.
 pub fn encode(records: &[Logged]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(HEADER_BYTES + records.len() * 320 + CHECKSUM_BYTES);
+    let mut bytes = Vec::new();
+    encode_into(records, &mut bytes);
+    bytes
+}
+
+/// `encode` into `bytes`, replacing what it held.
+fn encode_into(records: &[Logged], bytes: &mut Vec<u8>) {
+    bytes.clear();
     bytes.extend_from_slice(&MAGIC);
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     bytes.extend_from_slice(&(records.len() as u32).to_le_bytes());
     for record in records {
-        let json = record.command.to_json_line();
         bytes.extend_from_slice(&record.now.timestamp_micros().to_le_bytes());
-        bytes.extend_from_slice(&(json.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(json.as_bytes());
+        // The JSON is written in place; its length goes before it once known.
+        let length_at = bytes.len();
+        bytes.extend_from_slice(&[0; 4]);
+        record.command.write_json(bytes);
+        let length = u32::try_from(bytes.len() - length_at - 4).expect("a command under 4 GiB");
+        bytes[length_at..length_at + 4].copy_from_slice(&length.to_le_bytes());
     }
-    let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
+    let checksum = xxhash_rust::xxh3::xxh3_64(bytes);
     bytes.extend_from_slice(&checksum.to_le_bytes());
-    bytes
 }
 
 pub fn decode(batch: u64, bytes: &[u8]) -> Result<Vec<Logged>, LogError> {
@@ -525,6 +603,61 @@ mod tests {
         assert_eq!(log.replay(|logged| read.push(logged)).unwrap(), 2);
         assert_eq!(read, written);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The entries' bytes as they were first written: each entry copied into a
+    /// `LoggedEntry`, the list serialised whole.
+    fn entries_as_first_written(entries: &[Entry]) -> Vec<u8> {
+        use bincode::Options;
+        let logged: Vec<LoggedEntry> = entries
+            .iter()
+            .map(|entry| LoggedEntry {
+                seq: entry.seq,
+                merchant: entry.merchant.to_string(),
+                member: entry.member,
+                wallet: entry.wallet,
+                kind: entry.kind,
+                amount: entry.amount,
+                at_micros: entry.at.timestamp_micros(),
+                command: entry.command.text(),
+                rule: entry.rule.as_deref().map(str::to_string),
+                program_version: entry.program_version,
+                lots: entry.lots.iter().map(|s| (s.lot, s.points)).collect(),
+            })
+            .collect();
+        let mut bytes = ENTRIES_MAGIC.to_vec();
+        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        crate::core::state_bincode()
+            .serialize_into(&mut bytes, &logged)
+            .unwrap();
+        let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
+        bytes.extend_from_slice(&checksum.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn entries_are_written_byte_for_byte_as_before_and_read_back() {
+        let mut ledger = crate::core::tests::demo_ledger(40, 400, 100);
+        let entries = ledger.take_entries();
+        assert!(entries.len() > 500, "{}", entries.len());
+        assert!(
+            entries.iter().any(|e| e.rule.is_none()) && entries.iter().any(|e| e.lots.len() > 1)
+        );
+        let mut bytes = vec![1, 2, 3];
+        encode_entries_into(&entries, &mut bytes);
+        assert_eq!(bytes, entries_as_first_written(&entries));
+        let read = decode_entries(entries[0].seq, &bytes).unwrap();
+        assert_eq!(read.len(), entries.len());
+        assert_eq!(read[7].command, entries[7].command.text());
+    }
+
+    #[test]
+    fn a_batch_encoded_into_a_used_buffer_is_the_same() {
+        let written = records(30);
+        let mut bytes = encode(&records(5));
+        encode_into(&written, &mut bytes);
+        assert_eq!(bytes, encode(&written));
+        assert_eq!(decode(0, &bytes).unwrap(), written);
     }
 
     #[test]
