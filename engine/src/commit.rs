@@ -25,27 +25,18 @@ pub struct Job {
     pub evicted: Vec<Arc<CommandResult>>,
 }
 
-/// Buffers kept above this many items are dropped rather than given back: one unusual group
-/// (a tick expiring a whole merchant's lots) does not hold its memory for good.
+/// Buffers kept above this many items are dropped rather than given back (a tick expiring a
+/// whole merchant's lots).
 const KEPT_ITEMS_MAX: usize = 1 << 16;
 
 impl Job {
     /// Frees what the group held, here, and keeps the buffers' room for a later group.
-    fn into_spare(mut self) -> Job {
-        self.records.clear();
-        self.entries.clear();
-        self.evicted.clear();
-        let keep = |capacity: usize| capacity <= KEPT_ITEMS_MAX;
-        if !keep(self.records.capacity()) {
-            self.records = Vec::new();
+    fn into_spare(self) -> Job {
+        Job {
+            records: crate::emptied(self.records, KEPT_ITEMS_MAX),
+            entries: crate::emptied(self.entries, KEPT_ITEMS_MAX),
+            evicted: crate::emptied(self.evicted, KEPT_ITEMS_MAX),
         }
-        if !keep(self.entries.capacity()) {
-            self.entries = Vec::new();
-        }
-        if !keep(self.evicted.capacity()) {
-            self.evicted = Vec::new();
-        }
-        self
     }
 }
 

@@ -18,3 +18,13 @@ pub mod shards;
 pub mod snapshot;
 pub mod snapshot_stream;
 pub mod workload;
+
+/// `buffer` emptied, with its room kept for reuse unless it grew past `kept_max` items: one
+/// unusual burst does not hold its memory for good.
+pub(crate) fn emptied<T>(mut buffer: Vec<T>, kept_max: usize) -> Vec<T> {
+    buffer.clear();
+    match buffer.capacity() > kept_max {
+        true => Vec::new(),
+        false => buffer,
+    }
+}

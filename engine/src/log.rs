@@ -72,17 +72,15 @@ struct Scratch {
     entries: Vec<u8>,
 }
 
-/// Room a scratch buffer keeps between appends: a group's batch is a few megabytes; one far
-/// larger does not hold its memory for good.
+/// Room a scratch buffer keeps between appends: a group's batch is a few megabytes.
 const SCRATCH_KEPT_BYTES: usize = 16 << 20;
 
 impl Scratch {
-    fn keep_at_most(&mut self, bytes: usize) {
-        for buffer in [&mut self.batch, &mut self.entries] {
-            if buffer.capacity() > bytes {
-                *buffer = Vec::new();
-            }
-        }
+    /// Empties both buffers, keeping their room up to `SCRATCH_KEPT_BYTES`.
+    fn empty(&mut self) {
+        let Scratch { batch, entries } = self;
+        *batch = crate::emptied(std::mem::take(batch), SCRATCH_KEPT_BYTES);
+        *entries = crate::emptied(std::mem::take(entries), SCRATCH_KEPT_BYTES);
     }
 }
 
@@ -261,7 +259,7 @@ impl CommandLog {
         }
         write.commit().map_err(|e| self.storage(e))?;
         self.next_batch.store(batch + 1, Ordering::Release);
-        scratch.keep_at_most(SCRATCH_KEPT_BYTES);
+        scratch.empty();
         Ok(())
     }
 }
@@ -496,14 +494,7 @@ impl StorageBackend for FaultyDisk {
 
 /// `TLY1`, format version (u16), count (u32), then per command: engine time in microseconds
 /// since the epoch (i64), JSON length (u32), the command's JSON; last an xxh3-64 checksum of
-/// everything before it. All integers little-endian.
-pub fn encode(records: &[Logged]) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    encode_into(records, &mut bytes);
-    bytes
-}
-
-/// `encode` into `bytes`, replacing what it held.
+/// everything before it. All integers little-endian. Into `bytes`, replacing what it held.
 fn encode_into(records: &[Logged], bytes: &mut Vec<u8>) {
     bytes.clear();
     bytes.extend_from_slice(&MAGIC);
@@ -649,6 +640,12 @@ mod tests {
         let read = decode_entries(entries[0].seq, &bytes).unwrap();
         assert_eq!(read.len(), entries.len());
         assert_eq!(read[7].command, entries[7].command.text());
+    }
+
+    fn encode(records: &[Logged]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        encode_into(records, &mut bytes);
+        bytes
     }
 
     #[test]
