@@ -766,13 +766,12 @@ impl Engine {
                 self.start_snapshots();
             }
             let committer = self.committer.as_mut().expect("the pipeline is running");
-            let mut spare = committer.take_spare();
-            let mut logged = std::mem::take(&mut spare.records);
-            let answers = apply(self, group, &mut logged);
+            let mut job = committer.take_spare();
+            let answers = apply(self, group, &mut job.records);
             if !self.release_in_flight(&mut in_flight, release)? {
                 return Ok(());
             }
-            self.submit(logged, spare);
+            self.submit(job);
             in_flight = Some(answers);
             // Between groups (while the committer writes): snapshots send their next rows.
             self.snapshots.pump(&self.ledger, true);
@@ -792,14 +791,13 @@ impl Engine {
         }
     }
 
-    /// Hands a group's log write to the committer.
-    fn submit(&mut self, records: Vec<Logged>, spare: Job) {
-        self.checkpoints.commands_since += records.len() as u64;
-        let job = Job {
-            records,
-            entries: self.ledger.swap_entries(spare.entries),
-            evicted: self.ledger.swap_evicted(spare.evicted),
-        };
+    /// Hands a group's log write to the committer: `job` holds the group's records and two
+    /// empty buffers, which the ledger takes in exchange for the entries and evicted results
+    /// the group left.
+    fn submit(&mut self, mut job: Job) {
+        self.checkpoints.commands_since += job.records.len() as u64;
+        job.entries = self.ledger.swap_entries(std::mem::take(&mut job.entries));
+        job.evicted = self.ledger.swap_evicted(std::mem::take(&mut job.evicted));
         let committer = self.committer.as_mut().expect("the pipeline is running");
         committer.submit(job);
     }
