@@ -362,8 +362,7 @@ fn encode_entries_into(entries: &[Entry], bytes: &mut Vec<u8>) {
     bytes.clear();
     bytes.extend_from_slice(&ENTRIES_MAGIC);
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    let options = crate::core::state_bincode();
-    let mut serializer = bincode::Serializer::new(&mut *bytes, options);
+    let mut serializer = crate::core::encode::Encoder { out: &mut *bytes };
     let mut sequence = serde::Serializer::serialize_seq(&mut serializer, Some(entries.len()))
         .expect("serialising into memory does not fail");
     // A command's entries are consecutive and share its key: its text is made once.

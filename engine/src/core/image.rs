@@ -205,12 +205,9 @@ fn encode_part(out: &mut Vec<u8>, merchant: u32, job: &PartJob) {
 
 /// Appends the value's length (u64) and the value, in the state's encoding.
 fn encode_sized<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
-    use bincode::Options;
     let at = out.len();
     out.extend_from_slice(&0u64.to_le_bytes());
-    state_bincode()
-        .serialize_into(&mut *out, value)
-        .expect("serialising into memory does not fail");
+    super::encode::encode_into(out, value);
     let length = (out.len() - at - 8) as u64;
     out[at..at + 8].copy_from_slice(&length.to_le_bytes());
 }

@@ -5,6 +5,7 @@
 //! runtime drains into its log); balances, entries and lots are checked against each other
 //! after every command.
 
+pub(crate) mod encode;
 mod holds;
 mod image;
 mod intern;

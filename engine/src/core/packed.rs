@@ -8,6 +8,7 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::encode::encode_into;
 use super::image::state_bincode;
 
 thread_local! {
@@ -22,14 +23,11 @@ pub(crate) struct Packed<T> {
 
 impl<T: Serialize + DeserializeOwned> Packed<T> {
     pub fn pack(value: &T) -> Packed<T> {
-        use bincode::Options;
-        // Encoded once into a reused buffer, then copied out at its size: `serialize` would
-        // walk the value twice (once to size it).
+        // Encoded once into a reused buffer, then copied out at its size: sizing the value
+        // first would walk it twice.
         SCRATCH.with_borrow_mut(|buffer| {
             buffer.clear();
-            state_bincode()
-                .serialize_into(&mut *buffer, value)
-                .expect("encoding into memory does not fail");
+            encode_into(buffer, value);
             Packed::from_bytes(Box::from(buffer.as_slice()))
         })
     }
