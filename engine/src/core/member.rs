@@ -212,10 +212,16 @@ impl Member {
             if pending {
                 self.pending_points += remaining;
                 let entry = (available_at, expires_at, id);
-                let at = self
-                    .pending_queue
-                    .partition_point(|queued| *queued <= entry);
-                self.pending_queue.insert(at, entry);
+                // Points usually become available after every lot queued before them: a
+                // busy member's queue is long, and a search through it misses the cache.
+                if self.pending_queue.back().is_none_or(|last| *last <= entry) {
+                    self.pending_queue.push_back(entry);
+                } else {
+                    let at = self
+                        .pending_queue
+                        .partition_point(|queued| *queued <= entry);
+                    self.pending_queue.insert(at, entry);
+                }
             }
             self.insert_lot(Lot {
                 id,
