@@ -63,6 +63,8 @@ impl Purchases {
 }
 
 fn apply_purchases(c: &mut Criterion) {
+    // The first benchmark, before criterion starts any thread: the binaries' allocator setting.
+    tally_engine::allocator::tune();
     let config = purchases(MEMBERS);
     let replayer = populated(MEMBERS, &config);
     let mut bench = Purchases::new(replayer, Workload::new(config), POOL);

@@ -16,6 +16,7 @@ use tally_protocol::Command;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    tally_engine::allocator::tune();
     let mut args = std::env::args()
         .skip(1)
         .map(|a| a.parse::<u64>().expect("a number"));

@@ -12,6 +12,7 @@ use tally_engine::ingest::{Clock, Engine};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    tally_engine::allocator::tune();
     let dir = std::env::args()
         .nth(1)
         .expect("usage: checkpoint_pause DIR");

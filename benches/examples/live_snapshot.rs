@@ -27,6 +27,7 @@ const CARDS_PER_COMMAND: u64 = 100_000;
 
 #[allow(clippy::float_arithmetic)] // rates for display only
 fn main() {
+    tally_engine::allocator::tune();
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(
         args.next()

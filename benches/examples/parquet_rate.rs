@@ -13,6 +13,7 @@ use tally_protocol::SnapshotRow;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    tally_engine::allocator::tune();
     let mut args = std::env::args().skip(1);
     let count: u64 = args.next().map_or(10_000_000, |a| a.parse().expect("rows"));
     let out = args.next().unwrap_or_else(|| "parquet-rate.parquet".into());

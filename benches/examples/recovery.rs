@@ -17,6 +17,7 @@ use tally_engine::workload::{card_of_rank, Workload, WorkloadConfig, DEMO_PROGRA
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    tally_engine::allocator::tune();
     let mut args = std::env::args().skip(1);
     let dir = args
         .next()

@@ -21,6 +21,7 @@ use tally_protocol::Command;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    tally_engine::allocator::tune();
     let mut args = std::env::args()
         .skip(1)
         .map(|a| a.parse::<usize>().expect("a number"));

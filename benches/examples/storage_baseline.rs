@@ -24,6 +24,7 @@ const SPAN: Duration = Duration::from_secs(3);
 const COMMAND_BYTES: usize = 380;
 
 fn main() {
+    tally_engine::allocator::tune();
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(args.next().unwrap_or_else(|| "storage-baseline".into()));
     let mut numbers = args.map(|n| n.parse::<usize>().expect("a number"));

@@ -6,6 +6,7 @@ pub mod money;
 pub mod program;
 
 pub use tally_protocol::Timestamp;
+pub mod allocator;
 pub mod checkpoint;
 mod commit;
 pub mod history;

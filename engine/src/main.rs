@@ -241,6 +241,7 @@ enum CertsAction {
 }
 
 fn main() -> Result<()> {
+    tally_engine::allocator::tune();
     match Cli::parse().command {
         Tool::Serve {
             config,
