@@ -26,10 +26,11 @@ use tally_protocol::{
 use crate::checkpoint::{self, CheckpointError};
 use crate::commit::{Committer, Job};
 use crate::core::{Ledger, StatementPlan};
+use crate::lines::{BoundedLines, Line, MAX_LINE_BYTES};
 use crate::log::{CommandLog, LogError, Logged, LoggedEntry};
 use crate::money::from_minor;
 use crate::program::parse_and_compile;
-use crate::replay::{parse_rejection, tick_command, tick_if_due};
+use crate::replay::{parse_rejection, tick_command, tick_if_due, too_long};
 use crate::shards::{self, Item, Shards, Step};
 use crate::snapshot_stream::{RowSink, Streams};
 use crate::Timestamp;
@@ -524,15 +525,25 @@ impl Engine {
         // Detached: after a failed commit the engine stops at once, even while the reader
         // waits for a line on a terminal or a pipe.
         let reader = std::thread::spawn(move || -> std::io::Result<()> {
-            for (index, line) in input.lines().enumerate() {
-                let line = line?;
+            for (index, line) in BoundedLines::new(input, MAX_LINE_BYTES).enumerate() {
+                let line_number = index as u64 + 1;
+                let line = match line? {
+                    Line::Text(line) => line,
+                    Line::TooLong => {
+                        let rejection = parse_rejection(line_number, &too_long());
+                        if sender.send(Err(Box::new(rejection))).is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                };
                 let trimmed = line.trim();
                 if trimmed.is_empty() || trimmed.starts_with('#') {
                     continue;
                 }
                 // Parsed here, beside the engine thread, which only applies.
                 let parsed = parse_command_line(&line)
-                    .map_err(|error| Box::new(parse_rejection(index as u64 + 1, &error)));
+                    .map_err(|error| Box::new(parse_rejection(line_number, &error)));
                 if sender.send(parsed).is_err() {
                     break;
                 }

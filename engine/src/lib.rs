@@ -11,6 +11,7 @@ pub mod checkpoint;
 mod commit;
 pub mod history;
 pub mod ingest;
+pub mod lines;
 pub mod log;
 pub mod replay;
 pub mod report;

@@ -14,6 +14,7 @@ use tally_protocol::{
 };
 
 use crate::core::Ledger;
+use crate::lines::{BoundedLines, Line, MAX_LINE_BYTES};
 use crate::money::from_minor;
 use crate::program::ProgramErrors;
 use crate::shards::{Item, Shards};
@@ -267,12 +268,19 @@ fn parse_lines(
     sender: std::sync::mpsc::SyncSender<Vec<ParsedLine>>,
 ) -> std::io::Result<()> {
     let mut batch = Vec::with_capacity(PARSE_BATCH_LINES);
-    for (index, line) in input.lines().enumerate() {
-        let line = line?;
+    for (index, line) in BoundedLines::new(input, MAX_LINE_BYTES).enumerate() {
+        let line_number = index as u64 + 1;
+        let line = match line? {
+            Line::Text(line) => line,
+            Line::TooLong => {
+                batch.push((line_number, Err(too_long())));
+                continue;
+            }
+        };
         if line.trim().is_empty() || line.trim_start().starts_with('#') {
             continue;
         }
-        batch.push((index as u64 + 1, parse_command_line(&line)));
+        batch.push((line_number, parse_command_line(&line)));
         if batch.len() == PARSE_BATCH_LINES {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(PARSE_BATCH_LINES));
             if sender.send(full).is_err() {
@@ -321,6 +329,18 @@ pub fn tick_command(merchant: &str, now: Timestamp) -> Command {
 }
 
 /// The rejection of a line that could not be read as a command.
+/// What a line longer than `MAX_LINE_BYTES` is answered with (it is not read).
+pub(crate) fn too_long() -> tally_protocol::ParseError {
+    tally_protocol::ParseError {
+        message: format!(
+            "longer than {} MiB; the line was skipped",
+            MAX_LINE_BYTES >> 20
+        ),
+        merchant: None,
+        key: None,
+    }
+}
+
 pub(crate) fn parse_rejection(
     line_number: u64,
     error: &tally_protocol::ParseError,

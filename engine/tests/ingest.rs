@@ -374,3 +374,56 @@ fn a_statement_is_for_operators_and_names_a_known_member() {
         .collect();
     assert_eq!(reasons, ["unauthorized", "unknown_member", "invalid"]);
 }
+
+/// A line without an end in sight (a stream of garbage, a file cut and glued wrong) is
+/// skipped to its end and answered `invalid`, without being held in memory; the commands
+/// around it apply. `tally replay` reads its input the same way.
+#[test]
+fn a_line_over_the_length_limit_is_rejected_and_the_others_apply() {
+    let scratch = Scratch::new("long-line");
+    let input = scratch.path("orders.jsonl");
+    write_commands(&input, 40);
+    let mut text = std::fs::read_to_string(&input).expect("commands read");
+    let garbage = "x".repeat(tally_engine::lines::MAX_LINE_BYTES + 1);
+    let at = text.match_indices('\n').nth(19).expect("40 lines").0 + 1;
+    text.insert_str(at, &format!("{garbage}\n"));
+    std::fs::write(&input, text).expect("commands written");
+
+    let output = ingest(&scratch, &input, &scratch.path("balances.csv"));
+    let results: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a result is JSON"))
+        .collect();
+    assert_eq!(results.len(), 41);
+    let long = &results[20];
+    assert_eq!(long["reason"], "invalid", "{long}");
+    assert_eq!(long["key"], "line:21", "{long}");
+    assert!(
+        long["message"]
+            .as_str()
+            .unwrap()
+            .contains("longer than 16 MiB"),
+        "{long}"
+    );
+    let others = results.iter().enumerate().filter(|(i, _)| *i != 20);
+    assert!(
+        others.clone().all(|(_, r)| r["status"] == "applied"),
+        "{results:?}"
+    );
+
+    let replayed = run(&[
+        "replay",
+        "--program",
+        path(&scratch.path("demo.toml")),
+        "--input",
+        path(&input),
+        "--results-out",
+        path(&scratch.path("replayed.jsonl")),
+    ]);
+    assert!(replayed.status.success(), "{replayed:?}");
+    let replayed = std::fs::read_to_string(scratch.path("replayed.jsonl")).expect("results");
+    assert!(
+        replayed.contains("line 21: longer than 16 MiB"),
+        "{replayed}"
+    );
+}

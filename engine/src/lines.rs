@@ -1,0 +1,107 @@
+//! Input lines of a bounded length: `tally ingest` and `tally replay` read commands one per
+//! line, and a line without an end (a truncated file, a stream of garbage) must not take all
+//! memory. A line longer than the bound is skipped to its end and reported as such.
+
+use std::io::{self, BufRead, Read};
+
+/// The longest command line read, newline excluded (a program's whole text fits many times).
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// A line read, or the fact that it was too long to read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    Text(String),
+    TooLong,
+}
+
+/// The lines of `input`, as `BufRead::lines` gives them (without `\n` or `\r\n`), but none
+/// longer than `max_bytes`.
+pub struct BoundedLines<R> {
+    input: R,
+    max_bytes: usize,
+}
+
+impl<R: BufRead> BoundedLines<R> {
+    pub fn new(input: R, max_bytes: usize) -> BoundedLines<R> {
+        BoundedLines { input, max_bytes }
+    }
+}
+
+impl<R: BufRead> Iterator for BoundedLines<R> {
+    type Item = io::Result<Line>;
+
+    fn next(&mut self) -> Option<io::Result<Line>> {
+        let mut bytes = Vec::new();
+        let limit = self.max_bytes as u64 + 1;
+        match (&mut self.input).take(limit).read_until(b'\n', &mut bytes) {
+            Err(error) => return Some(Err(error)),
+            Ok(0) => return None,
+            Ok(_) => {}
+        }
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        } else if bytes.len() > self.max_bytes {
+            return Some(self.input.skip_until(b'\n').map(|_| Line::TooLong));
+        }
+        Some(String::from_utf8(bytes).map(Line::Text).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            )
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BoundedLines, Line};
+
+    fn read(input: &str, max_bytes: usize) -> Vec<Line> {
+        BoundedLines::new(input.as_bytes(), max_bytes)
+            .map(|line| line.expect("reads"))
+            .collect()
+    }
+
+    fn text(line: &str) -> Line {
+        Line::Text(line.to_string())
+    }
+
+    #[test]
+    fn reads_lines_as_the_standard_library_does_up_to_the_bound() {
+        let input = "one\r\ntwo\n\nlast";
+        let ours: Vec<Line> = read(input, 100);
+        let std: Vec<Line> = std::io::BufRead::lines(input.as_bytes())
+            .map(|line| Line::Text(line.unwrap()))
+            .collect();
+        assert_eq!(ours, std);
+        assert_eq!(
+            read("four\nfive!\nsix", 4),
+            [text("four"), Line::TooLong, text("six")]
+        );
+        assert_eq!(read("toolong", 4), [Line::TooLong]);
+        assert_eq!(read("", 4), []);
+    }
+
+    #[test]
+    fn a_long_line_is_skipped_through_a_small_buffer() {
+        let long = "x".repeat(100_000);
+        let input = format!("a\n{long}\nb\n");
+        let lines: Vec<Line> = BoundedLines::new(
+            std::io::BufReader::with_capacity(16, input.as_bytes()),
+            1_000,
+        )
+        .map(|line| line.unwrap())
+        .collect();
+        assert_eq!(lines, [text("a"), Line::TooLong, text("b")]);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_an_error() {
+        let mut lines = BoundedLines::new(&b"ok\n\xff\xfe\n"[..], 100);
+        assert_eq!(lines.next().unwrap().unwrap(), text("ok"));
+        assert!(lines.next().unwrap().is_err());
+    }
+}
