@@ -54,6 +54,7 @@ fn apply_rate(names: &[String], commands: &[Command], shards: usize) -> f64 {
         let items = group.iter().map(|command| Item {
             command: command.clone(),
             now: command.at.max(start),
+            json: None,
         });
         if shards == 1 {
             for item in items {

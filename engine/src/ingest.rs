@@ -225,7 +225,9 @@ pub(crate) fn reapply(ledger: &mut Ledger, logged: &Logged) {
 
 /// A line as the reader hands it to the engine: a command, or the rejection of a line that
 /// could not be read.
-type Parsed = Result<Command, Box<CommandResult>>;
+/// A line read: its command and the line itself (which the log keeps as it is), or the
+/// line's rejection.
+type Parsed = Result<(Command, String), Box<CommandResult>>;
 
 /// Encodes and writes results, group by group, in the order the groups became durable.
 fn write_results(
@@ -275,8 +277,11 @@ fn statement_entry(entry: LoggedEntry, minor_units: u32) -> StatementEntry {
 /// its answer.
 fn log_step(step: Step, logged: &mut Vec<Logged>) -> Answer {
     let now = step.now;
-    logged.extend(step.tick.map(|(command, _)| Logged { now, command }));
-    logged.extend(step.logged.map(|command| Logged { now, command }));
+    logged.extend(step.tick.map(|(command, _)| Logged::new(now, command)));
+    logged.extend(
+        step.logged
+            .map(|(command, json)| Logged { now, command, json }),
+    );
     Answer::Ready(step.result)
 }
 
@@ -304,6 +309,8 @@ pub struct Engine {
     /// A group's commands in order, emptied after each group and kept with its room: a
     /// fresh buffer of a few megabytes each group was new memory each time.
     group_commands: Vec<Command>,
+    /// The same for the lines those commands came as (`tally ingest`).
+    group_lines: Vec<Option<String>>,
 }
 
 impl Engine {
@@ -382,6 +389,7 @@ impl Engine {
             snapshots: Streams::default(),
             shards: Shards::new(shards::default_count()),
             group_commands: Vec::new(),
+            group_lines: Vec::new(),
         };
         Ok((engine, recovery))
     }
@@ -510,7 +518,7 @@ impl Engine {
             if let Status::Rejected { message, .. } = &result.status {
                 return Err(IngestError::Program(message.clone()));
             }
-            group.push(Logged { now, command });
+            group.push(Logged::new(now, command));
         }
         Ok(())
     }
@@ -542,8 +550,11 @@ impl Engine {
                     continue;
                 }
                 // Parsed here, beside the engine thread, which only applies.
-                let parsed = parse_command_line(&line)
-                    .map_err(|error| Box::new(parse_rejection(line_number, &error)));
+                let parsed = match parse_command_line(&line) {
+                    Ok(command) if trimmed.len() == line.len() => Ok((command, line)),
+                    Ok(command) => Ok((command, trimmed.to_string())),
+                    Err(error) => Err(Box::new(parse_rejection(line_number, &error))),
+                };
                 if sender.send(parsed).is_err() {
                     break;
                 }
@@ -643,7 +654,9 @@ impl Engine {
         }
         let count = commands.len();
         let sharded_before = self.shards.sharded_groups();
-        let mut answers = self.apply_commands(&mut commands, logged).into_iter();
+        let mut answers = self
+            .apply_commands(&mut commands, &mut Vec::new(), logged)
+            .into_iter();
         self.group_commands = commands;
         let replies = sizes
             .into_iter()
@@ -664,29 +677,36 @@ impl Engine {
     fn apply_parsed(&mut self, group: &mut Vec<Parsed>, logged: &mut Vec<Logged>) -> Vec<Answer> {
         let mut answers = Vec::with_capacity(group.len());
         let mut commands = std::mem::take(&mut self.group_commands);
+        let mut lines = std::mem::take(&mut self.group_lines);
         for parsed in group.drain(..) {
             match parsed {
-                Ok(command) => {
+                Ok((command, line)) => {
                     commands.push(command);
+                    lines.push(Some(line));
                     answers.push(None);
                 }
                 Err(rejection) => answers.push(Some(Answer::Ready(Arc::from(rejection)))),
             }
         }
-        let mut applied = self.apply_commands(&mut commands, logged).into_iter();
+        let mut applied = self
+            .apply_commands(&mut commands, &mut lines, logged)
+            .into_iter();
         self.group_commands = commands;
+        self.group_lines = lines;
         answers
             .into_iter()
             .map(|answer| answer.unwrap_or_else(|| applied.next().expect("an answer each")))
             .collect()
     }
 
-    /// Applies commands in order, emptying `commands`: on their merchants' shards when that
+    /// Applies commands in order, emptying `commands` (and `lines`, each command's JSON as it
+    /// came in, when it came as JSON; empty otherwise): on their merchants' shards when that
     /// can pay, else here, one after the other. Either way the state, the answers and the
     /// log are the same.
     fn apply_commands(
         &mut self,
         commands: &mut Vec<Command>,
+        lines: &mut Vec<Option<String>>,
         logged: &mut Vec<Logged>,
     ) -> Vec<Answer> {
         // Statements, snapshots' copy-on-touch and programs waiting for a first time all
@@ -697,17 +717,19 @@ impl Engine {
             && !commands
                 .iter()
                 .any(|command| matches!(command.body, Body::Statement(_)));
+        let mut lines = lines.drain(..);
         if !sharded {
             return commands
                 .drain(..)
-                .map(|command| self.apply_command(command, logged))
+                .map(|command| self.apply_command(command, lines.next().flatten(), logged))
                 .collect();
         }
         let items = commands
             .drain(..)
             .map(|command| {
                 let now = self.time_for(command.at);
-                Item { command, now }
+                let json = lines.next().flatten();
+                Item { command, now, json }
             })
             .collect();
         let steps = self.shards.apply(&mut self.ledger, items);
@@ -861,7 +883,12 @@ impl Engine {
         Ok(())
     }
 
-    fn apply_command(&mut self, command: Command, logged: &mut Vec<Logged>) -> Answer {
+    fn apply_command(
+        &mut self,
+        command: Command,
+        json: Option<String>,
+        logged: &mut Vec<Logged>,
+    ) -> Answer {
         if let Body::Statement(_) = command.body {
             return match self.ledger.statement_plan(&command) {
                 Ok(plan) => Answer::Statement(Box::new((command, plan))),
@@ -883,7 +910,7 @@ impl Engine {
         if !self.snapshots.is_idle() {
             self.capture_for_snapshots(&command, now);
         }
-        let step = shards::step(&mut self.ledger, Item { command, now });
+        let step = shards::step(&mut self.ledger, Item { command, now, json });
         if !self.snapshots.is_idle() {
             let written = &self.ledger.entries()[entries_before..];
             self.snapshots.after(&self.ledger, written);
@@ -938,7 +965,7 @@ impl Engine {
 
     fn tick_if_due(&mut self, merchant: &str, now: Timestamp, logged: &mut Vec<Logged>) {
         if let Some((tick, _)) = tick_if_due(&mut self.ledger, merchant, now) {
-            logged.push(Logged { now, command: tick });
+            logged.push(Logged::new(now, tick));
         }
     }
 

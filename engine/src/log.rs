@@ -39,11 +39,33 @@ pub fn position_text(position: Option<u64>) -> String {
 }
 
 /// One logged command and the engine time it was applied at.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Logged {
     pub now: Timestamp,
     pub command: Command,
+    /// The command's JSON as it came in (a `tally ingest` line, which parsed to `command`):
+    /// written to the log as it is rather than encoded again. `None`: encoded from `command`.
+    pub json: Option<String>,
 }
+
+impl Logged {
+    pub fn new(now: Timestamp, command: Command) -> Logged {
+        Logged {
+            now,
+            command,
+            json: None,
+        }
+    }
+}
+
+/// The same command at the same time: how its JSON was spelled does not matter.
+impl PartialEq for Logged {
+    fn eq(&self, other: &Logged) -> bool {
+        self.now == other.now && self.command == other.command
+    }
+}
+
+impl Eq for Logged {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -522,7 +544,10 @@ fn encode_into(records: &[Logged], bytes: &mut Vec<u8>) -> usize {
         // The JSON is written in place; its length goes before it once known.
         let length_at = bytes.len();
         bytes.extend_from_slice(&[0; 4]);
-        record.command.write_json(bytes);
+        match &record.json {
+            Some(json) => bytes.extend_from_slice(json.as_bytes()),
+            None => record.command.write_json(bytes),
+        }
         let length = u32::try_from(bytes.len() - length_at - 4).expect("a command under 4 GiB");
         bytes[length_at..length_at + 4].copy_from_slice(&length.to_le_bytes());
         if taken > 0 && bytes.len() + CHECKSUM_BYTES > MAX_BATCH_BYTES {
@@ -579,7 +604,7 @@ pub fn decode(batch: u64, bytes: &[u8]) -> Result<Vec<Logged>, LogError> {
             parse_command_line(text).map_err(|e| corrupt(&format!("command {index}: {e}")))?;
         let now = chrono::DateTime::from_timestamp_micros(micros)
             .ok_or_else(|| corrupt(&format!("command {index}: bad time")))?;
-        records.push(Logged { now, command });
+        records.push(Logged::new(now, command));
     }
     if at != body.len() {
         return Err(corrupt("bytes after the last command"));
@@ -595,10 +620,7 @@ mod tests {
     fn records(count: usize) -> Vec<Logged> {
         Workload::new(WorkloadConfig::demo(100))
             .take(count)
-            .map(|command| Logged {
-                now: command.at,
-                command,
-            })
+            .map(|command| Logged::new(command.at, command))
             .collect()
     }
 
@@ -716,6 +738,32 @@ mod tests {
         let alone = batches[100];
         assert_eq!(batches.iter().filter(|&&b| b == alone).count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A command that came as a JSON line is logged as that line, however it was spelled,
+    /// and reads back as the same command.
+    #[test]
+    fn a_command_is_logged_as_the_line_it_came_as() {
+        let mut written = records(3);
+        let canonical = written[1].command.to_json_line();
+        let value: serde_json::Value = serde_json::from_str(&canonical).unwrap();
+        // Another spelling of the same command: keys in another order, spaces.
+        let object = value.as_object().unwrap();
+        let respelled = format!(
+            "{{ {} }}",
+            object
+                .iter()
+                .rev()
+                .map(|(key, value)| format!("{key:?} : {value}"))
+                .collect::<Vec<_>>()
+                .join(" , ")
+        );
+        assert_ne!(respelled, canonical);
+        written[1].json = Some(respelled.clone());
+        let bytes = encode(&written);
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains(&respelled) && !text.contains(&canonical));
+        assert_eq!(decode(0, &bytes).unwrap(), written);
     }
 
     #[test]

@@ -195,7 +195,11 @@ impl Replayer {
             .into_iter()
             .map(|command| {
                 let now = self.advance_clock(command.at);
-                Item { command, now }
+                Item {
+                    command,
+                    now,
+                    json: None,
+                }
             })
             .collect();
         let mut steps = self.shards.apply(&mut self.ledger, items).into_iter();

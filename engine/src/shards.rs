@@ -39,6 +39,8 @@ pub fn default_count() -> usize {
 pub struct Item {
     pub command: Command,
     pub now: Timestamp,
+    /// The command's JSON as it came in, if it came as JSON (`log::Logged::json`).
+    pub json: Option<String>,
 }
 
 /// What applying one command did.
@@ -47,8 +49,9 @@ pub struct Step {
     /// and its result.
     pub tick: Option<(Command, Arc<CommandResult>)>,
     pub result: Arc<CommandResult>,
-    /// The command, when it changed the state and so goes to the log.
-    pub logged: Option<Command>,
+    /// The command (and its JSON as it came in), when it changed the state and so goes to
+    /// the log.
+    pub logged: Option<(Command, Option<String>)>,
     pub now: Timestamp,
     /// Entries the tick and the command wrote, in the order written.
     pub entries: usize,
@@ -56,7 +59,7 @@ pub struct Step {
 
 /// Applies one command: the tick due for its merchant first, then the command.
 pub fn step(ledger: &mut Ledger, item: Item) -> Step {
-    let Item { command, now } = item;
+    let Item { command, now, json } = item;
     let entries_before = ledger.entries().len();
     let tick = tick_if_due(ledger, &command.merchant, now);
     let entries_before_command = ledger.entries().len();
@@ -64,7 +67,7 @@ pub fn step(ledger: &mut Ledger, item: Item) -> Step {
     // Only what changed the state is logged: rejections, duplicates and queries are not.
     let query = matches!(command.kind(), CommandKind::Quote | CommandKind::Balance);
     let logged = if matches!(result.status, Status::Applied(_)) && !query {
-        Some(command)
+        Some((command, json))
     } else {
         assert_eq!(
             ledger.entries().len(),
