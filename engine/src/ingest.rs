@@ -225,9 +225,25 @@ pub(crate) fn reapply(ledger: &mut Ledger, logged: &Logged) {
 
 /// A line as the reader hands it to the engine: a command, or the rejection of a line that
 /// could not be read.
-/// A line read: its command and the line itself (which the log keeps as it is), or the
-/// line's rejection.
-type Parsed = Result<(Command, String), Box<CommandResult>>;
+/// A line read: its command and the line itself if the log is to keep it as it is
+/// (`kept_line`), or the line's rejection.
+type Parsed = Result<(Command, Option<String>), Box<CommandResult>>;
+
+/// Lines up to this long go to the log as they were read; longer ones (rare: orders of
+/// hundreds of lines, padding) are encoded again from their command, so that lines read ahead
+/// and waiting for the log hold at most this much each beyond their commands.
+pub const KEPT_LINE_MAX_BYTES: usize = 4096;
+
+fn kept_line(line: String) -> Option<String> {
+    let trimmed = line.trim();
+    if trimmed.len() > KEPT_LINE_MAX_BYTES {
+        None
+    } else if trimmed.len() == line.len() {
+        Some(line)
+    } else {
+        Some(trimmed.to_string())
+    }
+}
 
 /// Encodes and writes results, group by group, in the order the groups became durable.
 fn write_results(
@@ -551,8 +567,7 @@ impl Engine {
                 }
                 // Parsed here, beside the engine thread, which only applies.
                 let parsed = match parse_command_line(&line) {
-                    Ok(command) if trimmed.len() == line.len() => Ok((command, line)),
-                    Ok(command) => Ok((command, trimmed.to_string())),
+                    Ok(command) => Ok((command, kept_line(line))),
                     Err(error) => Err(Box::new(parse_rejection(line_number, &error))),
                 };
                 if sender.send(parsed).is_err() {
@@ -682,7 +697,7 @@ impl Engine {
             match parsed {
                 Ok((command, line)) => {
                     commands.push(command);
-                    lines.push(Some(line));
+                    lines.push(line);
                     answers.push(None);
                 }
                 Err(rejection) => answers.push(Some(Answer::Ready(Arc::from(rejection)))),
@@ -1062,5 +1077,18 @@ impl Engine {
             }
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{kept_line, KEPT_LINE_MAX_BYTES};
+
+    #[test]
+    fn a_line_is_kept_for_the_log_trimmed_unless_it_is_long() {
+        assert_eq!(kept_line("{}".into()).as_deref(), Some("{}"));
+        assert_eq!(kept_line("  {} \t".into()).as_deref(), Some("{}"));
+        let long = format!("{{{}}}", " ".repeat(KEPT_LINE_MAX_BYTES));
+        assert_eq!(kept_line(long), None);
     }
 }
