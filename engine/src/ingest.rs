@@ -37,6 +37,8 @@ use crate::Timestamp;
 
 /// The most commands applied and committed as one group.
 pub const MAX_GROUP_COMMANDS: usize = 4096;
+/// The results writer keeps a buffer of up to this size from one group to the next.
+const RESULTS_TEXT_KEPT_BYTES: usize = 16 << 20;
 /// Lines read ahead of the engine: bounds memory when the input is faster than the disk.
 pub const MAX_LINES_READ_AHEAD: usize = 16_384;
 /// Durable groups whose results wait for the writer: bounds memory when the output is slow.
@@ -250,11 +252,16 @@ fn write_results(
     durable: &Receiver<Vec<Arc<CommandResult>>>,
     output: &mut impl Write,
 ) -> Result<(), IngestError> {
+    // One group's lines, written at once; the buffer is kept for the next group.
+    let mut text = Vec::new();
     for group in durable {
         for result in &group {
-            writeln!(output, "{}", result.to_json_line()).map_err(IngestError::Output)?;
+            result.write_json(&mut text);
+            text.push(b'\n');
         }
+        output.write_all(&text).map_err(IngestError::Output)?;
         output.flush().map_err(IngestError::Output)?;
+        text = crate::emptied(text, RESULTS_TEXT_KEPT_BYTES);
     }
     Ok(())
 }

@@ -395,9 +395,13 @@ fn replay(
         None => None,
     };
     let mut write_error = None;
+    let mut line = Vec::new();
     let mut out = |result: &CommandResult| {
         if let Some(file) = results.as_mut() {
-            if let Err(error) = writeln!(file, "{}", result.to_json_line()) {
+            line.clear();
+            result.write_json(&mut line);
+            line.push(b'\n');
+            if let Err(error) = file.write_all(&line) {
                 write_error.get_or_insert(error);
             }
         }

@@ -95,6 +95,12 @@ impl CommandResult {
     pub fn to_json_line(&self) -> String {
         serde_json::to_string(self).expect("results always serialise")
     }
+
+    /// Appends the result's JSON line (without the newline) to `out`: writers of many
+    /// results reuse one buffer instead of a string each.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, self).expect("results always serialise")
+    }
 }
 
 #[derive(
