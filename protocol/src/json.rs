@@ -280,6 +280,20 @@ pub(crate) fn parse_id(text: &str) -> Result<u128, String> {
     u128::from_str_radix(&digits, 16).map_err(|_| format!("`id` must be hex, got {:?}", text))
 }
 
+/// The earliest and latest event times a command may carry: far enough apart for any real
+/// order or import, far enough inside the calendar's limits that date arithmetic (time zones,
+/// expiry, month ends) never leaves it.
+pub static EARLIEST_AT: std::sync::LazyLock<Timestamp> = std::sync::LazyLock::new(|| {
+    chrono::DateTime::parse_from_rfc3339("1900-01-01T00:00:00Z")
+        .expect("a valid time")
+        .to_utc()
+});
+pub static LATEST_AT: std::sync::LazyLock<Timestamp> = std::sync::LazyLock::new(|| {
+    chrono::DateTime::parse_from_rfc3339("9999-12-31T23:59:59Z")
+        .expect("a valid time")
+        .to_utc()
+});
+
 fn non_empty(field: &str, value: &str) -> Result<(), String> {
     if value.trim().is_empty() {
         return Err(format!("`{field}` must not be empty"));
@@ -326,14 +340,20 @@ impl TryFrom<Parts> for Command {
             .at
             .ok_or_else(|| fail("every command needs its event time `at`".into()))?;
         let body = only_body(&mut json.bodies).map_err(fail)?;
-        Ok(Command {
+        let command = Command {
             merchant: json.merchant,
             origin,
             key,
             at,
             program_version: json.program_version,
             body,
-        })
+        };
+        command.check_envelope().map_err(|message| ParseError {
+            message,
+            merchant: Some(command.merchant.clone()),
+            key: Some(command.key.clone()),
+        })?;
+        Ok(command)
     }
 }
 
@@ -404,6 +424,33 @@ impl Command {
         String::from_utf8(line).expect("JSON is UTF-8")
     }
 
+    /// The checks every command's envelope passes, however it arrived (a JSON line, a
+    /// network frame): the merchant and the key's names and `txn` of 1 to 128 characters,
+    /// not blank, and `at` within `EARLIEST_AT..=LATEST_AT`. A command the engine logs must
+    /// read back from its JSON, which makes these checks again. (The origin is checked where
+    /// it is set: a JSON line names it, a frame's is replaced by its certificate's.)
+    pub fn check_envelope(&self) -> Result<(), String> {
+        non_empty("merchant", &self.merchant)?;
+        match &self.key {
+            IdemKey::Terminal { terminal, txn } => {
+                non_empty("terminal", terminal)?;
+                non_empty("txn", txn)?;
+            }
+            IdemKey::Admin { admin, txn } => {
+                non_empty("admin", admin)?;
+                non_empty("txn", txn)?;
+            }
+            IdemKey::Id(_) => {}
+        }
+        if self.at < *EARLIEST_AT || self.at > *LATEST_AT {
+            return Err(format!(
+                "`at` {} is outside the years 1900 to 9999",
+                self.at.to_rfc3339()
+            ));
+        }
+        Ok(())
+    }
+
     /// Appends the command's JSON line (without the newline) to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         serde_json::to_writer(out, &JsonLine(self)).expect("commands always serialise")
@@ -457,6 +504,28 @@ mod tests {
         assert_eq!(command.kind(), CommandKind::Purchase);
         let again = parse_command_line(&command.to_json_line()).unwrap();
         assert_eq!(command, again);
+    }
+
+    /// Times far outside any order's would break the calendar arithmetic behind rules and
+    /// expiry: the years 1900 to 9999 are read, nothing outside.
+    #[test]
+    fn refuses_event_times_outside_the_years_1900_to_9999() {
+        for at in [
+            "-262143-01-01T00:00:00Z",
+            "+262142-12-31T23:59:59Z",
+            "1899-12-31T23:59:59Z",
+        ] {
+            let line = PURCHASE.replace("2026-03-01T10:00:00Z", at);
+            let error = parse_command_line(&line).unwrap_err();
+            assert!(
+                error.message.contains("outside the years"),
+                "{at}: {}",
+                error.message
+            );
+        }
+        for at in ["1900-01-01T00:00:00Z", "9999-12-31T23:59:59Z"] {
+            assert!(parse_command_line(&PURCHASE.replace("2026-03-01T10:00:00Z", at)).is_ok());
+        }
     }
 
     #[test]

@@ -117,6 +117,8 @@ pub enum FrameError {
     },
     #[error("the payload is not a valid archive: {0}")]
     Payload(String),
+    #[error("command {index} of the frame: {message}")]
+    InvalidCommand { index: usize, message: String },
 }
 
 impl FrameError {
@@ -277,6 +279,11 @@ pub fn decode_request(payload: &[u8], limits: &Limits) -> Result<Vec<Command>, F
     }
     let request = rkyv::deserialize::<RequestPayload, rkyv::rancor::Error>(archived)
         .map_err(payload_error)?;
+    for (index, command) in request.commands.iter().enumerate() {
+        command
+            .check_envelope()
+            .map_err(|message| FrameError::InvalidCommand { index, message })?;
+    }
     Ok(request.commands)
 }
 

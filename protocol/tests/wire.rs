@@ -7,7 +7,7 @@ use tally_protocol::wire::{
     decode_frame, decode_header, encode_error, encode_request, encode_results, Frame, FrameError,
     Limits, HEADER_BYTES,
 };
-use tally_protocol::{parse_command_line, Command, CommandResult, Reason};
+use tally_protocol::{parse_command_line, Command, CommandResult, IdemKey, Reason};
 
 const COMMANDS_DOC: &str = include_str!("../../docs/commands.md");
 const PROTOCOL_DOC: &str = include_str!("../../docs/protocol.md");
@@ -157,6 +157,34 @@ fn money_and_times_out_of_range_are_refused_after_validation() {
         decode_frame(&frame, &Limits::default()),
         Err(FrameError::Payload(_))
     ));
+}
+
+/// A frame's commands pass the same envelope checks as a JSON line: the engine logs them as
+/// JSON, and recovery reads them back through those checks.
+#[test]
+fn a_command_a_json_line_could_not_carry_is_refused_in_a_frame_too() {
+    let good = documented_commands()[0].clone();
+    let refused = |edit: &dyn Fn(&mut Command)| {
+        let mut command = good.clone();
+        edit(&mut command);
+        let frame = encode_request(1, vec![good.clone(), command]);
+        match decode_frame(&frame, &Limits::default()) {
+            Err(FrameError::InvalidCommand { index: 1, message }) => message,
+            other => panic!("{other:?}"),
+        }
+    };
+    let long_txn = refused(&|c| {
+        c.key = IdemKey::Terminal {
+            terminal: "pos-1".into(),
+            txn: "x".repeat(200),
+        }
+    });
+    assert!(long_txn.contains("txn"), "{long_txn}");
+    let blank = refused(&|c| c.merchant = "  ".into());
+    assert!(blank.contains("merchant"), "{blank}");
+    let far = refused(&|c| c.at = chrono::DateTime::<chrono::Utc>::MIN_UTC);
+    assert!(far.contains("outside the years 1900 to 9999"), "{far}");
+    assert!(decode_frame(&encode_request(1, vec![good.clone()]), &Limits::default()).is_ok());
 }
 
 /// The hex example in `docs/protocol.md` is this frame, byte for byte.

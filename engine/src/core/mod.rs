@@ -763,6 +763,17 @@ fn check_version(merchant: &Merchant, expected: Option<u32>) -> Result<(), Rejec
 
 fn check_time(program: &Program, command: &Command, now: Timestamp) -> Result<(), Rejection> {
     if command.kind() == CommandKind::Tick {
+        // A tick moves the merchant's clock to its time; ahead of the engine's, the engine's
+        // own next tick would find the clock past it.
+        if command.at > now {
+            return reject(
+                Reason::Invalid,
+                format!(
+                    "a tick at {} is ahead of the engine clock {now}",
+                    command.at
+                ),
+            );
+        }
         return Ok(());
     }
     if command.at > now + chrono::TimeDelta::seconds(MAX_FUTURE_SKEW_S) {
@@ -925,6 +936,26 @@ pub(crate) mod tests {
             ledger.apply_shared(&command, command.at);
         }
         ledger
+    }
+
+    /// A tick in an input file (scenarios use them to move time) runs at most up to the
+    /// engine's clock: ahead of it, the engine's own next tick would be refused.
+    #[test]
+    fn a_tick_ahead_of_the_engine_clock_is_refused_and_the_engines_own_still_runs() {
+        let start: Timestamp = "2026-03-01T00:00:00Z".parse().unwrap();
+        let mut ledger = Ledger::new();
+        ledger.install_program(DEMO_PROGRAM, start).unwrap();
+        let merchant = &*ledger.merchants().next().unwrap().name.clone();
+        let far = crate::replay::tick_command(merchant, "2099-01-01T00:00:00Z".parse().unwrap());
+        let refused = ledger.apply_shared(&far, start);
+        assert!(
+            matches!(&refused.status, Status::Rejected { reason: Reason::Invalid, message }
+                if message.contains("ahead of the engine clock")),
+            "{refused:?}"
+        );
+        let later = start + chrono::TimeDelta::days(40);
+        let own = ledger.apply_shared(&crate::replay::tick_command(merchant, later), later);
+        assert!(own.applied().is_some(), "{own:?}");
     }
 
     #[test]
