@@ -55,6 +55,10 @@ pub const MAX_REWARDS_PER_ORDER: usize = 50;
 pub const MAX_QTY_PER_LINE: i64 = 1_000_000;
 /// No order amount may reach this many minor units: products with rates stay inside i128.
 pub const ORDER_MINOR_MAX: i64 = 100_000_000_000;
+/// The most points one rule may give one order, and one reward may cost: each bound on its
+/// own (order size, rate, multiplier) lets their product overflow; this one keeps every sum
+/// of them far inside the ledger's integers.
+pub const MAX_POINTS: i64 = 1_000_000_000_000_000;
 /// Results of this many recent commands per merchant are kept whole for duplicates; older
 /// ones keep their summary (balances, totals, tier) so memory per command stays small.
 pub const RESULTS_KEPT_WHOLE: usize = 65_536;

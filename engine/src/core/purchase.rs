@@ -20,7 +20,9 @@ use super::packed::Packed;
 use super::promotions::{self, OrderFacts, OrderPromotions, PromotionRecord};
 use super::time::expiry_of;
 use super::{finish_member, reject, tiers, Books, Ctx, Merchant, Record, Rejection};
-use super::{MAX_LINES_PER_ORDER, MAX_QTY_PER_LINE, MAX_REWARDS_PER_ORDER, ORDER_MINOR_MAX};
+use super::{
+    MAX_LINES_PER_ORDER, MAX_POINTS, MAX_QTY_PER_LINE, MAX_REWARDS_PER_ORDER, ORDER_MINOR_MAX,
+};
 use crate::money::{div_toward_zero, from_minor, points_value_minor, to_minor, RATE_SCALE};
 use crate::program::{Award, Program, RewardAction, RuleMask};
 
@@ -417,7 +419,7 @@ fn plan<'a>(merchant: &Merchant, ctx: &Ctx, order: &'a Purchase) -> Result<Plan<
         + plan.hold_credit_minor;
     plan.value_minor = plan.lines.iter().map(|line| line.net_minor).sum();
     plan.eligible_minor = plan.value_minor - paid_minor.min(plan.value_minor);
-    earn(program, ctx, order, channel, &mut plan);
+    earn(program, ctx, order, channel, &mut plan)?;
     let promotion_points = promotions::plan_points(
         &merchant.promotions,
         program,
@@ -753,7 +755,20 @@ fn check_limits(
 }
 
 /// Evaluates every earning rule: per rule a floor, shared out over the selected lines.
-fn earn(program: &Program, ctx: &Ctx, order: &Purchase, channel: &str, plan: &mut Plan) {
+fn too_many_points(rule: &str) -> Result<(), Rejection> {
+    reject(
+        Reason::Invalid,
+        format!("rule {rule:?} would give this order more than {MAX_POINTS} points"),
+    )
+}
+
+fn earn(
+    program: &Program,
+    ctx: &Ctx,
+    order: &Purchase,
+    channel: &str,
+    plan: &mut Plan,
+) -> Result<(), Rejection> {
     let multiplier_e4 = i128::from(program.multiplier_e4(plan.tier_before));
     // Rules earn on `eligible / value` of each line; without loyalty payment the ratio is 1
     // and is left out, which keeps the numbers small.
@@ -845,6 +860,9 @@ fn earn(program: &Program, ctx: &Ctx, order: &Purchase, channel: &str, plan: &mu
                         i128::from(points_e4) * multiplier_e4,
                         rate_scale * rate_scale,
                     );
+                    if points > i128::from(MAX_POINTS) {
+                        return too_many_points(&rule.id);
+                    }
                     order_level(plan, rule, needs_lines, points);
                 }
                 continue;
@@ -853,6 +871,9 @@ fn earn(program: &Program, ctx: &Ctx, order: &Purchase, channel: &str, plan: &mu
         };
         if value == 0 {
             continue;
+        }
+        if !is_cashback && numerators.iter().sum::<i128>() / denominator > i128::from(MAX_POINTS) {
+            return too_many_points(&rule.id);
         }
         let total = allocate_into(numerators, denominator, &mut parts);
         record_rule(plan, &rule.id, total, &parts, is_cashback);
@@ -872,6 +893,7 @@ fn earn(program: &Program, ctx: &Ctx, order: &Purchase, channel: &str, plan: &mu
             record_rule(plan, &tier.cashback_rule, total, &parts, true);
         }
     }
+    Ok(())
 }
 
 fn order_level(

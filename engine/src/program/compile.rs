@@ -621,6 +621,11 @@ fn rewards(c: &mut Checker, rewards: &[RewardFile], minor_units: u32) -> FxHashM
         let at = |field: &str| format!("rewards[{i}].{field}");
         c.check(!reward.id.trim().is_empty(), at("id"), "must not be empty");
         c.check(reward.points > 0, at("points"), "must be more than 0");
+        c.check(
+            reward.points <= crate::core::MAX_POINTS,
+            at("points"),
+            "must be at most 1,000,000,000,000,000",
+        );
         let action = match reward.kind {
             RewardKind::FreeProduct => match &reward.sku {
                 Some(sku) if !sku.trim().is_empty() => {
@@ -719,4 +724,24 @@ fn index_selections(
         }
     }
     (skus, categories, all_lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_and_compile;
+    use crate::workload::DEMO_PROGRAM;
+
+    /// Fifty of one reward in an order must not overflow the points they cost.
+    #[test]
+    fn a_reward_costs_at_most_a_quadrillion_points() {
+        let text = DEMO_PROGRAM.replacen("points = 450", "points = 5000000000000000000", 1);
+        assert_ne!(text, DEMO_PROGRAM);
+        let errors = parse_and_compile(&text).unwrap_err().to_string();
+        assert!(
+            errors.contains("rewards[0].points: must be at most 1,000,000,000,000,000"),
+            "{errors}"
+        );
+        let text = DEMO_PROGRAM.replacen("points = 450", "points = 1000000000000000", 1);
+        assert!(parse_and_compile(&text).is_ok());
+    }
 }
