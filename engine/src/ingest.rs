@@ -30,7 +30,10 @@ use crate::lines::{BoundedLines, Line, MAX_LINE_BYTES};
 use crate::log::{CommandLog, LogError, Logged, LoggedEntry};
 use crate::money::from_minor;
 use crate::program::parse_and_compile;
-use crate::replay::{parse_rejection, tick_command, tick_if_due, too_long};
+use crate::replay::{
+    parse_rejection, tick_command, tick_if_due, unreadable, UNREADABLE_NOT_TEXT,
+    UNREADABLE_TOO_LONG,
+};
 use crate::shards::{self, Item, Shards, Step};
 use crate::snapshot_stream::{RowSink, Streams};
 use crate::Timestamp;
@@ -225,8 +228,6 @@ pub(crate) fn reapply(ledger: &mut Ledger, logged: &Logged) {
     );
 }
 
-/// A line as the reader hands it to the engine: a command, or the rejection of a line that
-/// could not be read.
 /// A line read: its command and the line itself if the log is to keep it as it is
 /// (`kept_line`), or the line's rejection.
 type Parsed = Result<(Command, Option<String>), Box<CommandResult>>;
@@ -493,6 +494,20 @@ impl Engine {
                 .ledger
                 .merchant(&program.merchant)
                 .map(|m| m.program().version);
+            // The same program given twice (a file and the built-in demo, say) installs once.
+            if let Some(same) = self
+                .pending_programs
+                .iter()
+                .find(|p| p.merchant == program.merchant && p.version == program.version)
+            {
+                if same.text != *text {
+                    return Err(IngestError::Program(format!(
+                        "two different programs for merchant {} are both version {}",
+                        program.merchant, program.version
+                    )));
+                }
+                continue;
+            }
             if installed.is_none_or(|version| version < program.version) {
                 let (merchant, version) = (program.merchant, program.version);
                 self.pending_programs.push(PendingProgram {
@@ -538,10 +553,15 @@ impl Engine {
                 body: Body::LoadProgram(LoadProgram { program: text }),
             };
             let result = self.ledger.apply_shared(&command, now);
-            if let Status::Rejected { message, .. } = &result.status {
-                return Err(IngestError::Program(message.clone()));
+            match &result.status {
+                Status::Applied(_) => group.push(Logged::new(now, command)),
+                // Installed already under this key: nothing changed, nothing to log (a
+                // logged command must apply again on recovery).
+                Status::Duplicate { .. } => {}
+                Status::Rejected { message, .. } => {
+                    return Err(IngestError::Program(message.clone()))
+                }
             }
-            group.push(Logged::new(now, command));
         }
         Ok(())
     }
@@ -560,8 +580,12 @@ impl Engine {
                 let line_number = index as u64 + 1;
                 let line = match line? {
                     Line::Text(line) => line,
-                    Line::TooLong => {
-                        let rejection = parse_rejection(line_number, &too_long());
+                    unreadable_line => {
+                        let why = match unreadable_line {
+                            Line::TooLong => UNREADABLE_TOO_LONG,
+                            _ => UNREADABLE_NOT_TEXT,
+                        };
+                        let rejection = parse_rejection(line_number, &unreadable(why));
                         if sender.send(Err(Box::new(rejection))).is_err() {
                             break;
                         }

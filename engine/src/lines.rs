@@ -1,17 +1,20 @@
 //! Input lines of a bounded length: `tally ingest` and `tally replay` read commands one per
 //! line, and a line without an end (a truncated file, a stream of garbage) must not take all
-//! memory. A line longer than the bound is skipped to its end and reported as such.
+//! memory. A line longer than the bound is skipped to its end and reported as such, and so is
+//! a line that is not UTF-8: the lines after it are read as usual.
 
 use std::io::{self, BufRead, Read};
 
 /// The longest command line read, newline excluded (a program's whole text fits many times).
 pub const MAX_LINE_BYTES: usize = 16 << 20;
 
-/// A line read, or the fact that it was too long to read.
+/// A line read, or what kept it from being read.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {
     Text(String),
     TooLong,
+    /// Bytes that are not UTF-8 (a binary file, another encoding).
+    NotText,
 }
 
 /// The lines of `input`, as `BufRead::lines` gives them (without `\n` or `\r\n`), but none
@@ -46,12 +49,9 @@ impl<R: BufRead> Iterator for BoundedLines<R> {
         } else if bytes.len() > self.max_bytes {
             return Some(self.input.skip_until(b'\n').map(|_| Line::TooLong));
         }
-        Some(String::from_utf8(bytes).map(Line::Text).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "stream did not contain valid UTF-8",
-            )
-        }))
+        Some(Ok(
+            String::from_utf8(bytes).map_or(Line::NotText, Line::Text)
+        ))
     }
 }
 
@@ -99,9 +99,10 @@ mod tests {
     }
 
     #[test]
-    fn bytes_that_are_not_utf8_are_an_error() {
-        let mut lines = BoundedLines::new(&b"ok\n\xff\xfe\n"[..], 100);
-        assert_eq!(lines.next().unwrap().unwrap(), text("ok"));
-        assert!(lines.next().unwrap().is_err());
+    fn a_line_that_is_not_utf8_is_reported_and_reading_goes_on() {
+        let lines: Vec<Line> = BoundedLines::new(&b"ok\n\xff\xfe\nnext"[..], 100)
+            .map(|line| line.unwrap())
+            .collect();
+        assert_eq!(lines, [text("ok"), Line::NotText, text("next")]);
     }
 }

@@ -277,7 +277,11 @@ fn parse_lines(
         let line = match line? {
             Line::Text(line) => line,
             Line::TooLong => {
-                batch.push((line_number, Err(too_long())));
+                batch.push((line_number, Err(unreadable(UNREADABLE_TOO_LONG))));
+                continue;
+            }
+            Line::NotText => {
+                batch.push((line_number, Err(unreadable(UNREADABLE_NOT_TEXT))));
                 continue;
             }
         };
@@ -333,13 +337,18 @@ pub fn tick_command(merchant: &str, now: Timestamp) -> Command {
 }
 
 /// The rejection of a line that could not be read as a command.
-/// What a line longer than `MAX_LINE_BYTES` is answered with (it is not read).
-pub(crate) fn too_long() -> tally_protocol::ParseError {
+/// Why a line could not be read at all: longer than `MAX_LINE_BYTES`, or not UTF-8.
+pub(crate) const UNREADABLE_TOO_LONG: &str = "longer than 16 MiB; the line was skipped";
+pub(crate) const UNREADABLE_NOT_TEXT: &str = "not UTF-8 text; the line was skipped";
+const _: () = assert!(
+    MAX_LINE_BYTES == 16 << 20,
+    "UNREADABLE_TOO_LONG names the limit"
+);
+
+/// What a line that could not be read is answered with.
+pub(crate) fn unreadable(why: &str) -> tally_protocol::ParseError {
     tally_protocol::ParseError {
-        message: format!(
-            "longer than {} MiB; the line was skipped",
-            MAX_LINE_BYTES >> 20
-        ),
+        message: why.to_string(),
         merchant: None,
         key: None,
     }

@@ -376,10 +376,11 @@ fn a_statement_is_for_operators_and_names_a_known_member() {
 }
 
 /// A line without an end in sight (a stream of garbage, a file cut and glued wrong) is
-/// skipped to its end and answered `invalid`, without being held in memory; the commands
-/// around it apply. `tally replay` reads its input the same way.
+/// skipped to its end and answered `invalid`, without being held in memory, and so is a line
+/// that is not text; the commands around them apply. `tally replay` reads its input the same
+/// way.
 #[test]
-fn a_line_over_the_length_limit_is_rejected_and_the_others_apply() {
+fn lines_too_long_or_not_text_are_rejected_and_the_others_apply() {
     let scratch = Scratch::new("long-line");
     let input = scratch.path("orders.jsonl");
     write_commands(&input, 40);
@@ -387,14 +388,31 @@ fn a_line_over_the_length_limit_is_rejected_and_the_others_apply() {
     let garbage = "x".repeat(tally_engine::lines::MAX_LINE_BYTES + 1);
     let at = text.match_indices('\n').nth(19).expect("40 lines").0 + 1;
     text.insert_str(at, &format!("{garbage}\n"));
-    std::fs::write(&input, text).expect("commands written");
+    // And a line that is not text, ten lines on.
+    let mut bytes = text.into_bytes();
+    let at = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(30)
+        .expect("41 lines")
+        .0
+        + 1;
+    bytes.splice(at..at, b"\xff\xfe\n".iter().copied());
+    std::fs::write(&input, bytes).expect("commands written");
 
     let output = ingest(&scratch, &input, &scratch.path("balances.csv"));
     let results: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|line| serde_json::from_str(line).expect("a result is JSON"))
         .collect();
-    assert_eq!(results.len(), 41);
+    assert_eq!(results.len(), 42);
+    let not_text = &results[31];
+    assert_eq!(not_text["key"], "line:32", "{not_text}");
+    assert!(
+        not_text["message"].as_str().unwrap().contains("not UTF-8"),
+        "{not_text}"
+    );
     let long = &results[20];
     assert_eq!(long["reason"], "invalid", "{long}");
     assert_eq!(long["key"], "line:21", "{long}");
@@ -405,7 +423,10 @@ fn a_line_over_the_length_limit_is_rejected_and_the_others_apply() {
             .contains("longer than 16 MiB"),
         "{long}"
     );
-    let others = results.iter().enumerate().filter(|(i, _)| *i != 20);
+    let others = results
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 20 && *i != 31);
     assert!(
         others.clone().all(|(_, r)| r["status"] == "applied"),
         "{results:?}"
@@ -426,4 +447,46 @@ fn a_line_over_the_length_limit_is_rejected_and_the_others_apply() {
         replayed.contains("line 21: longer than 16 MiB"),
         "{replayed}"
     );
+    assert!(replayed.contains("line 32: not UTF-8"), "{replayed}");
+}
+
+/// The same program given twice installs once, and the data directory recovers after it;
+/// two different programs under one merchant and version are refused with a sentence.
+#[test]
+fn a_program_given_twice_installs_once_and_recovers() {
+    let scratch = Scratch::new("program-twice");
+    let input = scratch.path("orders.jsonl");
+    write_commands(&input, 20);
+    let program = scratch.path("demo.toml");
+    let twice = ["--program", path(&program)];
+    ingest_with(&scratch, &input, &scratch.path("first.csv"), &twice);
+    // Recovery replays the log: a logged install that did not apply again would stop it.
+    let again = ingest_with(&scratch, &input, &scratch.path("second.csv"), &twice);
+    assert!(statuses(&again).iter().all(|s| s == "duplicate"));
+
+    let other = scratch.path("other.toml");
+    std::fs::write(
+        &other,
+        DEMO_PROGRAM.replacen("min_redeem_points = 100", "min_redeem_points = 200", 1),
+    )
+    .expect("program written");
+    let fresh = scratch.path("fresh");
+    let refused = run(&[
+        "ingest",
+        "--data",
+        path(&fresh),
+        "--program",
+        path(&program),
+        "--program",
+        path(&other),
+        "--input",
+        path(&input),
+    ]);
+    assert!(!refused.status.success());
+    let said = stderr_of(&refused);
+    assert!(
+        said.contains("two different programs for merchant demo are both version 1"),
+        "{said}"
+    );
+    assert!(!said.contains("panicked"), "{said}");
 }
