@@ -544,7 +544,7 @@ impl Engine {
             let command = Command {
                 key: IdemKey::Admin {
                     admin: ENGINE_ADMIN.into(),
-                    txn: format!("program-{merchant}-v{version}"),
+                    txn: program_txn(&merchant, version),
                 },
                 merchant,
                 origin: Origin::Admin(ENGINE_ADMIN.into()),
@@ -1111,9 +1111,31 @@ impl Engine {
     }
 }
 
+/// The key of the engine's install of a program given on the command line: readable, and
+/// within the 128 characters every `txn` is held to (a merchant's name may take 128 alone).
+fn program_txn(merchant: &str, version: u32) -> String {
+    let txn = format!("program-{merchant}-v{version}");
+    if txn.len() <= 128 {
+        return txn;
+    }
+    format!(
+        "program-{:032x}-v{version}",
+        xxhash_rust::xxh3::xxh3_128(merchant.as_bytes())
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{kept_line, KEPT_LINE_MAX_BYTES};
+    use super::{kept_line, program_txn, KEPT_LINE_MAX_BYTES};
+
+    #[test]
+    fn a_program_install_key_fits_whatever_the_merchant_name() {
+        assert_eq!(program_txn("demo", 3), "program-demo-v3");
+        let long = "m".repeat(128);
+        let txn = program_txn(&long, u32::MAX);
+        assert!(txn.len() <= 128, "{txn}");
+        assert_ne!(txn, program_txn(&"n".repeat(128), u32::MAX));
+    }
 
     #[test]
     fn a_line_is_kept_for_the_log_trimmed_unless_it_is_long() {
