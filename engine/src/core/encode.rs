@@ -296,35 +296,27 @@ impl ser::SerializeMap for &mut Encoder<'_> {
     }
 }
 
-impl ser::SerializeStruct for &mut Encoder<'_> {
-    type Ok = ();
-    type Error = EncodeError;
-    fn serialize_field<T: ?Sized + Serialize>(
-        &mut self,
-        _key: &'static str,
-        value: &T,
-    ) -> Result<(), EncodeError> {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), EncodeError> {
-        Ok(())
-    }
+/// Every struct is its fields' values, in order: the names are not written.
+macro_rules! fields {
+    ($($trait:ident),*) => {$(
+        impl ser::$trait for &mut Encoder<'_> {
+            type Ok = ();
+            type Error = EncodeError;
+            fn serialize_field<T: ?Sized + Serialize>(
+                &mut self,
+                _key: &'static str,
+                value: &T,
+            ) -> Result<(), EncodeError> {
+                value.serialize(&mut **self)
+            }
+            fn end(self) -> Result<(), EncodeError> {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeStructVariant for &mut Encoder<'_> {
-    type Ok = ();
-    type Error = EncodeError;
-    fn serialize_field<T: ?Sized + Serialize>(
-        &mut self,
-        _key: &'static str,
-        value: &T,
-    ) -> Result<(), EncodeError> {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), EncodeError> {
-        Ok(())
-    }
-}
+fields!(SerializeStruct, SerializeStructVariant);
 
 #[cfg(test)]
 mod tests {
