@@ -526,11 +526,15 @@ fn listed_cards(
         );
     }
     let mut cards = Vec::with_capacity(listed.len());
+    // A list repeats a card: found in one pass (a scan of the list per card was quadratic in
+    // a 100,000-card command).
+    let mut seen = rustc_hash::FxHashSet::default();
+    seen.reserve(listed.len());
     for card in listed {
         let Alias::Card(card) = alias_of(&ctx.program, &Alias::Card(card.clone()))? else {
             unreachable!()
         };
-        if merchant.aliases.contains_key(&Alias::Card(card.clone())) || cards.contains(&card) {
+        if merchant.aliases.contains_key(&Alias::Card(card.clone())) || !seen.insert(card.clone()) {
             return reject(Reason::AliasTaken, format!("card {card} already exists"));
         }
         cards.push(card);
