@@ -26,14 +26,11 @@ use tally_protocol::{
 use crate::checkpoint::{self, CheckpointError};
 use crate::commit::{Committer, Job};
 use crate::core::{Ledger, StatementPlan};
-use crate::lines::{BoundedLines, Line, MAX_LINE_BYTES};
+use crate::lines::{BoundedLines, MAX_LINE_BYTES};
 use crate::log::{CommandLog, LogError, Logged, LoggedEntry};
 use crate::money::from_minor;
 use crate::program::parse_and_compile;
-use crate::replay::{
-    parse_rejection, tick_command, tick_if_due, unreadable, UNREADABLE_NOT_TEXT,
-    UNREADABLE_TOO_LONG,
-};
+use crate::replay::{parse_rejection, tick_command, tick_if_due, unreadable};
 use crate::shards::{self, Item, Shards, Step};
 use crate::snapshot_stream::{RowSink, Streams};
 use crate::Timestamp;
@@ -578,13 +575,9 @@ impl Engine {
         let reader = std::thread::spawn(move || -> std::io::Result<()> {
             for (index, line) in BoundedLines::new(input, MAX_LINE_BYTES).enumerate() {
                 let line_number = index as u64 + 1;
-                let line = match line? {
-                    Line::Text(line) => line,
-                    unreadable_line => {
-                        let why = match unreadable_line {
-                            Line::TooLong => UNREADABLE_TOO_LONG,
-                            _ => UNREADABLE_NOT_TEXT,
-                        };
+                let line = match line?.text() {
+                    Ok(line) => line,
+                    Err(why) => {
                         let rejection = parse_rejection(line_number, &unreadable(why));
                         if sender.send(Err(Box::new(rejection))).is_err() {
                             break;

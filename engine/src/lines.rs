@@ -12,9 +12,26 @@ pub const MAX_LINE_BYTES: usize = 16 << 20;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {
     Text(String),
-    TooLong,
+    /// Longer than the reader's bound, in bytes.
+    TooLong {
+        max_bytes: usize,
+    },
     /// Bytes that are not UTF-8 (a binary file, another encoding).
     NotText,
+}
+
+impl Line {
+    /// The line's text, or why it could not be read: the sentence its rejection gives.
+    pub fn text(self) -> Result<String, String> {
+        match self {
+            Line::Text(text) => Ok(text),
+            Line::TooLong { max_bytes } => Err(format!(
+                "longer than {} MiB; the line was skipped",
+                max_bytes >> 20
+            )),
+            Line::NotText => Err("not UTF-8 text; the line was skipped".into()),
+        }
+    }
 }
 
 /// The lines of `input`, as `BufRead::lines` gives them (without `\n` or `\r\n`), but none
@@ -47,7 +64,12 @@ impl<R: BufRead> Iterator for BoundedLines<R> {
                 bytes.pop();
             }
         } else if bytes.len() > self.max_bytes {
-            return Some(self.input.skip_until(b'\n').map(|_| Line::TooLong));
+            let max_bytes = self.max_bytes;
+            return Some(
+                self.input
+                    .skip_until(b'\n')
+                    .map(|_| Line::TooLong { max_bytes }),
+            );
         }
         Some(Ok(
             String::from_utf8(bytes).map_or(Line::NotText, Line::Text)
@@ -79,9 +101,9 @@ mod tests {
         assert_eq!(ours, std);
         assert_eq!(
             read("four\nfive!\nsix", 4),
-            [text("four"), Line::TooLong, text("six")]
+            [text("four"), Line::TooLong { max_bytes: 4 }, text("six")]
         );
-        assert_eq!(read("toolong", 4), [Line::TooLong]);
+        assert_eq!(read("toolong", 4), [Line::TooLong { max_bytes: 4 }]);
         assert_eq!(read("", 4), []);
     }
 
@@ -95,7 +117,10 @@ mod tests {
         )
         .map(|line| line.unwrap())
         .collect();
-        assert_eq!(lines, [text("a"), Line::TooLong, text("b")]);
+        assert_eq!(
+            lines,
+            [text("a"), Line::TooLong { max_bytes: 1_000 }, text("b")]
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tally_protocol::{
 };
 
 use crate::core::Ledger;
-use crate::lines::{BoundedLines, Line, MAX_LINE_BYTES};
+use crate::lines::{BoundedLines, MAX_LINE_BYTES};
 use crate::money::from_minor;
 use crate::program::ProgramErrors;
 use crate::shards::{Item, Shards};
@@ -274,14 +274,10 @@ fn parse_lines(
     let mut batch = Vec::with_capacity(PARSE_BATCH_LINES);
     for (index, line) in BoundedLines::new(input, MAX_LINE_BYTES).enumerate() {
         let line_number = index as u64 + 1;
-        let line = match line? {
-            Line::Text(line) => line,
-            Line::TooLong => {
-                batch.push((line_number, Err(unreadable(UNREADABLE_TOO_LONG))));
-                continue;
-            }
-            Line::NotText => {
-                batch.push((line_number, Err(unreadable(UNREADABLE_NOT_TEXT))));
+        let line = match line?.text() {
+            Ok(line) => line,
+            Err(why) => {
+                batch.push((line_number, Err(unreadable(why))));
                 continue;
             }
         };
@@ -337,18 +333,10 @@ pub fn tick_command(merchant: &str, now: Timestamp) -> Command {
 }
 
 /// The rejection of a line that could not be read as a command.
-/// Why a line could not be read at all: longer than `MAX_LINE_BYTES`, or not UTF-8.
-pub(crate) const UNREADABLE_TOO_LONG: &str = "longer than 16 MiB; the line was skipped";
-pub(crate) const UNREADABLE_NOT_TEXT: &str = "not UTF-8 text; the line was skipped";
-const _: () = assert!(
-    MAX_LINE_BYTES == 16 << 20,
-    "UNREADABLE_TOO_LONG names the limit"
-);
-
 /// What a line that could not be read is answered with.
-pub(crate) fn unreadable(why: &str) -> tally_protocol::ParseError {
+pub(crate) fn unreadable(why: String) -> tally_protocol::ParseError {
     tally_protocol::ParseError {
-        message: why.to_string(),
+        message: why,
         merchant: None,
         key: None,
     }
