@@ -15,6 +15,7 @@ use tally_protocol::{Applied, Balances, CommandKind, CommandResult, MemberView, 
 
 use super::holds::HoldRecord;
 use super::packed::Packed;
+use super::parted::PartedMap;
 use super::purchase::OrderRecord;
 use super::{promotions, Ledger, Member, Merchant, Receipt, Record, Stored};
 use crate::program::{parse_and_compile, ProgramErrors};
@@ -72,7 +73,7 @@ struct MerchantImageRef<'a> {
     #[serde(skip)]
     members: &'a [Member],
     #[serde(skip)]
-    receipts: &'a FxHashMap<Arc<IdemKey>, Receipt>,
+    receipts: &'a PartedMap<Arc<IdemKey>, Receipt>,
     recent_keys: &'a VecDeque<Arc<IdemKey>>,
     clock: Timestamp,
     next_day_start: Option<Timestamp>,
@@ -428,7 +429,7 @@ fn restore_merchant(image: MerchantImage) -> Result<Merchant, ImageError> {
     })
 }
 
-type Receipts = FxHashMap<Arc<IdemKey>, Receipt>;
+type Receipts = PartedMap<Arc<IdemKey>, Receipt>;
 
 /// The receipts by key, and the keys of those kept whole (sharing the receipts' keys, as a
 /// running ledger does).
@@ -436,7 +437,7 @@ fn receipts_map(
     image: Vec<(IdemKey, Receipt)>,
     recent: Vec<IdemKey>,
 ) -> Result<(Receipts, VecDeque<Arc<IdemKey>>), String> {
-    let mut receipts = FxHashMap::default();
+    let mut receipts = PartedMap::default();
     receipts.reserve(image.len());
     for (key, receipt) in image {
         receipts.insert(Arc::new(key), receipt);
@@ -452,14 +453,14 @@ fn receipts_map(
 }
 
 type MemberIndexes = (
-    FxHashMap<Alias, u32>,
+    PartedMap<Alias, u32>,
     BinaryHeap<std::cmp::Reverse<(Timestamp, u32)>>,
     FxHashMap<(u32, u32), Vec<u32>>,
 );
 
 /// The indexes a merchant keeps over its members: aliases, timers, birthdays.
 fn member_indexes(members: &[Member]) -> Result<MemberIndexes, String> {
-    let mut aliases = FxHashMap::default();
+    let mut aliases = PartedMap::default();
     aliases.reserve(members.iter().map(|m| m.aliases.len()).sum());
     let mut timers = BinaryHeap::new();
     let mut birthdays: FxHashMap<(u32, u32), Vec<u32>> = FxHashMap::default();

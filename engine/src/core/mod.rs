@@ -13,6 +13,7 @@ mod lend;
 mod members;
 mod micros;
 mod packed;
+mod parted;
 mod phone;
 mod promotions;
 mod purchase;
@@ -27,6 +28,8 @@ use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use rustc_hash::FxHashMap;
+
+use parted::PartedMap;
 use serde::{Deserialize, Serialize};
 use tally_protocol::{
     Alias, Applied, BalanceQuery, Balances, Body, Command, CommandKind, CommandResult, EntryKind,
@@ -152,9 +155,9 @@ pub struct Merchant {
     pub name: Arc<str>,
     pub programs: Vec<Arc<Program>>,
     pub members: Vec<Member>,
-    aliases: FxHashMap<Alias, u32>,
+    aliases: PartedMap<Alias, u32>,
     /// Keyed by the same `Arc` the command's entries share: one copy of each key.
-    receipts: FxHashMap<Arc<IdemKey>, Receipt>,
+    receipts: PartedMap<Arc<IdemKey>, Receipt>,
     /// Members with time-driven work, by due time (lazily deleted: see `Member::timer_at`).
     timers: BinaryHeap<std::cmp::Reverse<(Timestamp, u32)>>,
     birthdays: FxHashMap<(u32, u32), Vec<u32>>,
@@ -644,7 +647,7 @@ impl Ledger {
 
 /// The remembered keys, whatever the map's order: a sum of per-key digests (no sort of
 /// millions of keys when recovery checks the state).
-fn receipts_digest(receipts: &FxHashMap<Arc<IdemKey>, Receipt>) -> (usize, u128) {
+fn receipts_digest(receipts: &PartedMap<Arc<IdemKey>, Receipt>) -> (usize, u128) {
     use std::hash::Hash;
     let sum = receipts.keys().fold(0u128, |sum, key| {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
@@ -700,8 +703,8 @@ fn new_merchant(program: Arc<Program>, now: Timestamp) -> Merchant {
         name: Arc::from(program.merchant.as_str()),
         programs: vec![program],
         members: Vec::new(),
-        aliases: FxHashMap::default(),
-        receipts: FxHashMap::default(),
+        aliases: PartedMap::default(),
+        receipts: PartedMap::default(),
         timers: BinaryHeap::new(),
         birthdays: FxHashMap::default(),
         recent_keys: std::collections::VecDeque::new(),

@@ -1,0 +1,190 @@
+//! A hash map kept as many small tables, the key's hash choosing the table.
+//!
+//! A single table of millions of receipts doubles in one insert: it allocates the new table,
+//! which on a fresh page costs the kernel's zeroing, and moves every entry over. At 2,000,000
+//! receipts that held every terminal's answer back for about a second. In parts, each table
+//! grows on its own, a few thousand entries at a time: the same work in total, never in one
+//! pause.
+
+use std::borrow::Borrow;
+use std::hash::{BuildHasher, Hash};
+
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
+
+/// Tables per map: a map of 10,000,000 grows 40,000 entries at a time, and an empty map
+/// costs 8 KiB.
+const PARTS: usize = 256;
+
+pub struct PartedMap<K, V> {
+    parts: Box<[HashTable<(K, V)>]>,
+    len: usize,
+}
+
+impl<K, V> Default for PartedMap<K, V> {
+    fn default() -> Self {
+        PartedMap {
+            parts: (0..PARTS).map(|_| HashTable::new()).collect(),
+            len: 0,
+        }
+    }
+}
+
+fn hash_of<Q: Hash + ?Sized>(key: &Q) -> u64 {
+    FxBuildHasher.hash_one(key)
+}
+
+/// The part of a hash. Not its low bits (a table's slot) nor its top seven (a table's tag):
+/// all of a part's keys share these bits. Multiplying spreads every bit into the top byte.
+fn part_of(hash: u64) -> usize {
+    (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % PARTS
+}
+
+impl<K: Hash + Eq, V> PartedMap<K, V> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Room for `additional` more entries, spread evenly with some slack per part.
+    pub fn reserve(&mut self, additional: usize) {
+        let per_part = additional / PARTS + additional / PARTS / 8 + 16;
+        for part in self.parts.iter_mut() {
+            part.reserve(per_part, |(key, _)| hash_of(key));
+        }
+    }
+
+    pub fn get_key_value<Q>(&self, key: &Q) -> Option<(&K, &V)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = hash_of(key);
+        self.parts[part_of(hash)]
+            .find(hash, |(k, _)| k.borrow() == key)
+            .map(|(k, v)| (k, v))
+    }
+
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.get_key_value(key).map(|(_, value)| value)
+    }
+
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = hash_of(key);
+        self.parts[part_of(hash)]
+            .find_mut(hash, |(k, _)| k.borrow() == key)
+            .map(|(_, value)| value)
+    }
+
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.get_key_value(key).is_some()
+    }
+
+    /// Inserts or replaces; returns the value replaced.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        let hash = hash_of(&key);
+        let part = &mut self.parts[part_of(hash)];
+        if let Some((_, old)) = part.find_mut(hash, |(k, _)| *k == key) {
+            return Some(std::mem::replace(old, value));
+        }
+        part.insert_unique(hash, (key, value), |(k, _)| hash_of(k));
+        self.len += 1;
+        None
+    }
+
+    /// Every entry, part by part: the same order for the same inserts.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.parts
+            .iter()
+            .flat_map(|part| part.iter().map(|(k, v)| (k, v)))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.iter().map(|(key, _)| key)
+    }
+
+    #[cfg(test)]
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.iter().map(|(_, value)| value)
+    }
+}
+
+impl<K: Hash + Eq, V> Extend<(K, V)> for PartedMap<K, V> {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, entries: I) {
+        for (key, value) in entries {
+            self.insert(key, value);
+        }
+    }
+}
+
+impl<K: Hash + Eq, V> FromIterator<(K, V)> for PartedMap<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(entries: I) -> Self {
+        let mut map = PartedMap::default();
+        map.extend(entries);
+        map
+    }
+}
+
+impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for PartedMap<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let entries = self.parts.iter().flat_map(|part| part.iter());
+        f.debug_map().entries(entries.map(|(k, v)| (k, v))).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    proptest! {
+        /// Whatever is inserted, the map answers as a `HashMap` given the same inserts.
+        #[test]
+        fn answers_as_a_hash_map(inserts in proptest::collection::vec((0u32..2000, any::<u16>()), 0..3000)) {
+            let mut parted = PartedMap::default();
+            let mut plain = HashMap::new();
+            for (key, value) in &inserts {
+                prop_assert_eq!(parted.insert(key.to_string(), *value), plain.insert(key.to_string(), *value));
+            }
+            prop_assert_eq!(parted.len(), plain.len());
+            for key in 0u32..2000 {
+                prop_assert_eq!(parted.get(key.to_string().as_str()), plain.get(&key.to_string()));
+            }
+            let mut entries: Vec<_> = parted.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            let mut expected: Vec<_> = plain.into_iter().collect();
+            entries.sort();
+            expected.sort();
+            prop_assert_eq!(entries, expected);
+        }
+    }
+
+    #[test]
+    fn keys_spread_over_every_part() {
+        let mut map = PartedMap::default();
+        map.reserve(100_000);
+        for key in 0u64..100_000 {
+            map.insert(format!("pos-1/{key}"), key);
+        }
+        let sizes: Vec<usize> = map.parts.iter().map(HashTable::len).collect();
+        let mean = 100_000 / PARTS;
+        assert!(
+            sizes.iter().all(|&size| size > mean / 2 && size < mean * 2),
+            "parts of very different sizes: {sizes:?}"
+        );
+        *map.get_mut("pos-1/7").expect("present") = 70;
+        assert_eq!(map.get("pos-1/7"), Some(&70));
+        assert!(!map.contains_key("pos-1/100000"));
+    }
+}
