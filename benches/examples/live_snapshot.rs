@@ -52,7 +52,7 @@ fn main() {
 
     // What the engine thread does per row, alone: the snapshot's cost while serving.
     let started = Instant::now();
-    let built = engine.ledger().snapshot(None).count();
+    let built: usize = engine.ledger().snapshot_blocks(None).map(|b| b.len()).sum();
     let building = started.elapsed();
     println!(
         "{built} rows built on one thread in {:.2} s ({:.2} µs a row)",
@@ -70,6 +70,10 @@ fn main() {
         let (submit, acknowledged, stop) = (submit.clone(), acknowledged.clone(), stop.clone());
         std::thread::spawn(move || feed(workload, &submit, &acknowledged, &stop))
     };
+    let seconds_counted = {
+        let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
+        std::thread::spawn(move || count_each_second(&acknowledged, &stop))
+    };
     let window = Duration::from_secs(seconds);
     std::thread::sleep(Duration::from_secs(1)); // warm up
     let before = rate(&acknowledged, || std::thread::sleep(window));
@@ -79,6 +83,7 @@ fn main() {
     let after = rate(&acknowledged, || std::thread::sleep(window));
     stop.store(true, Ordering::Relaxed);
     feeder.join().expect("the feeder does not panic");
+    let each_second = seconds_counted.join().expect("the counter does not panic");
     drop(submit);
     engine_thread.join().expect("the engine does not panic");
 
@@ -94,6 +99,12 @@ fn main() {
         after.0,
         100.0 * during.0 / ((before.0 + after.0) / 2.0)
     );
+    let thousands: Vec<String> = each_second.iter().map(|n| (n / 1000).to_string()).collect();
+    println!(
+        "purchases acknowledged in each second, thousands: {}; the slowest second: {}",
+        thousands.join(" "),
+        each_second.iter().min().copied().unwrap_or(0)
+    );
     println!("peak memory {} MB", peak_memory_mb());
     let _ = std::fs::remove_file(out);
 }
@@ -106,6 +117,20 @@ fn rate(acknowledged: &AtomicU64, work: impl FnOnce()) -> (f64, Duration) {
     let elapsed = started.elapsed();
     let done = acknowledged.load(Ordering::Relaxed) - count;
     (done as f64 / elapsed.as_secs_f64(), elapsed)
+}
+
+/// Commands acknowledged in each whole second until told to stop: a pause of the engine
+/// shows as a slow second.
+fn count_each_second(acknowledged: &AtomicU64, stop: &AtomicBool) -> Vec<u64> {
+    let mut counts = Vec::new();
+    let mut last = acknowledged.load(Ordering::Relaxed);
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = acknowledged.load(Ordering::Relaxed);
+        counts.push(now - last);
+        last = now;
+    }
+    counts
 }
 
 /// An engine holding `members` issued cards and `purchases` purchases on them.
@@ -199,6 +224,7 @@ fn snapshot(submit: &SyncSender<Submission>, out: &Path) -> u64 {
     written
 }
 
+#[allow(clippy::float_arithmetic)] // seconds for display only
 fn write_chunks(chunks: &Receiver<SnapshotRows>, out: &Path) -> u64 {
     let first = chunks.recv().expect("rows");
     let position = first.log_position;
@@ -212,13 +238,31 @@ fn write_chunks(chunks: &Receiver<SnapshotRows>, out: &Path) -> u64 {
         chunk
     });
     let all = std::iter::once(first).chain(later);
-    let rows = all.flat_map(|chunk| chunk.rows);
-    let written = write(rows, position, Format::Parquet, out).expect("written");
+    let blocks = all.map(|chunk| chunk.rows);
+    let cpu_before = thread_cpu_s();
+    let written = write(blocks, position, Format::Parquet, out).expect("written");
     println!(
-        "the Parquet writer waited {:.2} s for rows",
-        waited.as_secs_f64()
+        "the Parquet writer waited {:.2} s for rows and used {:.2} s of CPU",
+        waited.as_secs_f64(),
+        thread_cpu_s() - cpu_before
     );
     written
+}
+
+/// CPU time of the calling thread so far, in seconds (Linux; 0 elsewhere).
+#[allow(clippy::float_arithmetic)] // seconds for display only
+fn thread_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th
+    // and 13th, in clock ticks of 1/100 s.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|field| field.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
 }
 
 /// The process's peak resident memory (Linux), in MB.

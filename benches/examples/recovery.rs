@@ -55,7 +55,7 @@ fn main() {
             let out = Path::new(&dir).join(name);
             let started = Instant::now();
             let rows = write(
-                engine.ledger().snapshot(None),
+                engine.ledger().snapshot_blocks(None),
                 engine.last_batch(),
                 Format::of_path(&out),
                 &out,

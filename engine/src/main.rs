@@ -600,7 +600,7 @@ fn snapshot(
         let log = tally_engine::log::CommandLog::open(&data.join("log.redb"))?;
         let past = tally_engine::history::ledger_as_of(data, &log, at)?;
         let rows = write(
-            past.ledger.snapshot(merchant),
+            past.ledger.snapshot_blocks(merchant),
             past.log_position,
             format,
             out,
@@ -617,7 +617,12 @@ fn snapshot(
     let (engine, recovery) = Engine::open(data, Clock::Event)?;
     eprintln!("{}", recovered(data, &recovery));
     let position = engine.last_batch();
-    let rows = write(engine.ledger().snapshot(merchant), position, format, out)?;
+    let rows = write(
+        engine.ledger().snapshot_blocks(merchant),
+        position,
+        format,
+        out,
+    )?;
     let at = position_text(position);
     eprintln!("{rows} members as of {at} written to {}", out.display());
     std::mem::forget(engine);
@@ -715,8 +720,8 @@ fn write_chunks(
             last = chunk.last;
             rows_sent = chunk.rows_sent;
         });
-    let rows = chunks.flat_map(|chunk| chunk.rows);
-    let written = tally_engine::snapshot::write(rows, position, format, out)?;
+    let blocks = chunks.map(|chunk| chunk.rows);
+    let written = tally_engine::snapshot::write(blocks, position, format, out)?;
     anyhow::ensure!(
         last && written == rows_sent,
         "the snapshot ended early: {written} rows of {rows_sent}"

@@ -16,7 +16,7 @@ use parquet::schema::parser::parse_message_type;
 use parquet::schema::types::{ColumnPath, SchemaDescriptor};
 
 use crate::money::from_minor;
-use tally_protocol::SnapshotRow;
+use tally_protocol::{RowBlock, RowRef};
 
 /// Rows per Parquet row group: what is held in memory while writing.
 const ROWS_PER_GROUP: usize = 65_536;
@@ -49,54 +49,61 @@ pub enum SnapshotError {
 
 pub const CSV_HEADER: &str = "log_position,merchant,member,aliases,points,available,pending,held,credit,credit_held,tier,window_points_earned,window_amount_spent,window_orders,expiring_30d,expiring_60d,expiring_90d";
 
-/// Writes the rows; returns how many. `position` is the last log batch they include.
+/// Writes the blocks' rows; returns how many. `position` is the last log batch they include.
 pub fn write(
-    rows: impl Iterator<Item = SnapshotRow>,
+    blocks: impl Iterator<Item = RowBlock>,
     position: Option<u64>,
     format: Format,
     path: &Path,
 ) -> Result<u64, SnapshotError> {
     let file = std::fs::File::create(path)?;
     match format {
-        Format::Csv => write_csv(rows, position, std::io::BufWriter::new(file)),
-        Format::Parquet => write_parquet(rows, position, file),
+        Format::Csv => write_csv(blocks, position, std::io::BufWriter::new(file)),
+        Format::Parquet => write_parquet(blocks, position, file),
     }
 }
 
 fn write_csv(
-    rows: impl Iterator<Item = SnapshotRow>,
+    blocks: impl Iterator<Item = RowBlock>,
     position: Option<u64>,
     mut out: impl Write,
 ) -> Result<u64, SnapshotError> {
     let position = position.map_or(String::new(), |p| p.to_string());
     writeln!(out, "{CSV_HEADER}")?;
     let mut count = 0;
-    for row in rows {
-        let money = |minor| from_minor(minor, row.minor_units);
-        writeln!(
-            out,
-            "{position},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
-            row.merchant,
-            row.member,
-            row.aliases,
-            row.points,
-            row.available,
-            row.pending,
-            row.held,
-            money(row.credit_minor),
-            money(row.credit_held_minor),
-            row.tier.as_deref().unwrap_or(""),
-            row.window_points_earned,
-            money(row.window_amount_spent_minor),
-            row.window_orders,
-            row.expiring[0],
-            row.expiring[1],
-            row.expiring[2],
-        )?;
-        count += 1;
+    for block in blocks {
+        for row in block.iter() {
+            write_csv_row(&mut out, &position, &row)?;
+            count += 1;
+        }
     }
     out.flush()?;
     Ok(count)
+}
+
+fn write_csv_row(out: &mut impl Write, position: &str, row: &RowRef<'_>) -> std::io::Result<()> {
+    let n = &row.numbers;
+    let money = |minor| from_minor(minor, n.minor_units);
+    writeln!(
+        out,
+        "{position},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+        row.merchant,
+        n.member,
+        row.aliases,
+        n.points,
+        n.available,
+        n.pending,
+        n.held,
+        money(n.credit_minor),
+        money(n.credit_held_minor),
+        row.tier.unwrap_or(""),
+        n.window_points_earned,
+        money(n.window_amount_spent_minor),
+        n.window_orders,
+        n.expiring[0],
+        n.expiring[1],
+        n.expiring[2],
+    )
 }
 
 const PARQUET_SCHEMA: &str = "
@@ -148,29 +155,30 @@ impl Columns {
         }
     }
 
-    fn push(&mut self, row: SnapshotRow) {
-        let scale = 10i64.pow(PARQUET_MONEY_SCALE - row.minor_units.min(PARQUET_MONEY_SCALE));
+    fn push(&mut self, row: &RowRef<'_>) {
+        let n = &row.numbers;
+        let scale = 10i64.pow(PARQUET_MONEY_SCALE - n.minor_units.min(PARQUET_MONEY_SCALE));
         let values = [
-            row.member as i64,
-            row.points,
-            row.available,
-            row.pending,
-            row.held,
-            row.credit_minor * scale,
-            row.credit_held_minor * scale,
-            row.window_points_earned,
-            row.window_amount_spent_minor * scale,
-            row.window_orders,
-            row.expiring[0],
-            row.expiring[1],
-            row.expiring[2],
+            n.member as i64,
+            n.points,
+            n.available,
+            n.pending,
+            n.held,
+            n.credit_minor * scale,
+            n.credit_held_minor * scale,
+            n.window_points_earned,
+            n.window_amount_spent_minor * scale,
+            n.window_orders,
+            n.expiring[0],
+            n.expiring[1],
+            n.expiring[2],
         ];
         for (column, value) in self.integers.iter_mut().zip(values) {
             column.push(value);
         }
-        self.merchant.push(&row.merchant);
-        self.aliases.push(&row.aliases);
-        match &row.tier {
+        self.merchant.push(row.merchant);
+        self.aliases.push(row.aliases);
+        match row.tier {
             Some(tier) => {
                 self.tier.push(tier);
                 self.tier_defined.push(1);
@@ -243,7 +251,7 @@ impl Unique {
 }
 
 fn write_parquet(
-    rows: impl Iterator<Item = SnapshotRow>,
+    blocks: impl Iterator<Item = RowBlock>,
     position: Option<u64>,
     file: std::fs::File,
 ) -> Result<u64, SnapshotError> {
@@ -252,14 +260,13 @@ fn write_parquet(
     let mut writer = SerializedFileWriter::new(file, schema, Arc::new(properties))?;
     let mut count = 0u64;
     let mut columns = Columns::new();
-    for row in rows {
-        columns.push(row);
-        if columns.rows == ROWS_PER_GROUP {
-            count += write_group(
-                &mut writer,
-                std::mem::replace(&mut columns, Columns::new()),
-                position,
-            )?;
+    for block in blocks {
+        for row in block.iter() {
+            columns.push(&row);
+            if columns.rows == ROWS_PER_GROUP {
+                let full = std::mem::replace(&mut columns, Columns::new());
+                count += write_group(&mut writer, full, position)?;
+            }
         }
     }
     if columns.rows > 0 || count == 0 {

@@ -127,7 +127,10 @@ async fn a_snapshot_during_purchases_equals_the_entries_up_to_its_position() {
 
     let last = chunks.last().expect("at least one chunk");
     assert!(last.last, "the last chunk says so");
-    let rows: Vec<&SnapshotRow> = chunks.iter().flat_map(|c| &c.rows).collect();
+    let rows: Vec<SnapshotRow> = chunks
+        .iter()
+        .flat_map(|c| c.rows.iter().map(|row| row.to_row()))
+        .collect();
     assert_eq!(rows.len() as u64, last.rows_sent);
     assert_eq!(rows.len() as u64, MEMBERS, "every member, once");
     let position = (last.log_position, last.last_entry_seq);
@@ -192,7 +195,7 @@ async fn only_an_operator_of_the_merchant_gets_a_snapshot() {
     let mut merchants = Vec::new();
     let result = ops
         .snapshot(snapshot_command("*", true), |chunk| {
-            merchants.extend(chunk.rows.into_iter().map(|r| r.merchant))
+            merchants.extend(chunk.rows.iter().map(|r| r.merchant.to_string()))
         })
         .await
         .expect("answered");

@@ -26,7 +26,7 @@ pub use result::{
     MemberView, PromotionApplied, PromotionLine, PromotionNotApplied, PunchCard, RuleEarning,
     StatementEntry, StatementPage, Status, TickSummary, TierChange, Wallet,
 };
-pub use snapshot::{SnapshotRow, SnapshotRows};
+pub use snapshot::{RowBlock, RowNumbers, RowRef, SnapshotRow, SnapshotRows};
 
 /// Money as it crosses the boundary: an exact decimal in the merchant's currency.
 pub use rust_decimal::Decimal;

@@ -24,8 +24,9 @@ use crate::Timestamp;
 pub const MAGIC: [u8; 4] = *b"TALY";
 /// The application protocol both ends name in the TLS handshake (ALPN).
 pub const ALPN: &[u8] = b"tally/1";
-/// The only version this build speaks; a frame of another version is refused.
-pub const VERSION: u8 = 1;
+/// The only version this build speaks; a frame of another version is refused. 2: rows
+/// frames carry blocks of rows (`RowBlock`).
+pub const VERSION: u8 = 2;
 /// magic (4) + version (1) + kind (1) + reserved (2) + request id (8) + payload length (4).
 pub const HEADER_BYTES: usize = 20;
 /// Default largest payload accepted, in bytes.
@@ -248,7 +249,10 @@ pub fn encode_rows(request_id: u64, rows: &SnapshotRows) -> Vec<u8> {
 /// Validates a rows payload.
 pub fn decode_rows(payload: &[u8]) -> Result<SnapshotRows, FrameError> {
     let buffer = aligned(payload);
-    rkyv::from_bytes::<SnapshotRows, rkyv::rancor::Error>(&buffer).map_err(payload_error)
+    let rows =
+        rkyv::from_bytes::<SnapshotRows, rkyv::rancor::Error>(&buffer).map_err(payload_error)?;
+    rows.rows.check().map_err(FrameError::Payload)?;
+    Ok(rows)
 }
 
 /// Copies a payload into a buffer aligned for the archive (a network buffer is not).

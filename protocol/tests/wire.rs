@@ -87,8 +87,8 @@ fn each_malformed_frame_gets_its_error() {
     };
     assert_eq!(with(&|b| b[0] = b'X'), Err(FrameError::BadMagic));
     assert_eq!(
-        with(&|b| b[4] = 2),
-        Err(FrameError::UnsupportedVersion { found: 2 })
+        with(&|b| b[4] = 1),
+        Err(FrameError::UnsupportedVersion { found: 1 })
     );
     assert_eq!(
         with(&|b| b[5] = 9),

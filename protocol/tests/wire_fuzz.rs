@@ -62,7 +62,10 @@ fn snapshot_rows() -> SnapshotRows {
     SnapshotRows {
         log_position: Some(41),
         last_entry_seq: 1234,
-        rows: vec![row(1, Some("gold")), row(2, None)],
+        rows: [row(1, Some("gold")), row(2, None)]
+            .iter()
+            .map(SnapshotRow::as_ref)
+            .collect(),
         last: true,
         rows_sent: 2,
     }

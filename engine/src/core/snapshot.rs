@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use chrono::{Datelike, TimeDelta};
 use rustc_hash::FxHashSet;
-use tally_protocol::{Alias, Body, Command, MemberRef, SnapshotRow};
+use tally_protocol::{Alias, Body, Command, MemberRef, RowBlock, RowNumbers, RowRef, SnapshotRow};
 
 use super::member::{Member, Totals};
 use super::members::{alias_of, resolve, Who};
@@ -27,21 +27,30 @@ const MAX_BIRTHDAY_DAYS_NAMED: u32 = 400;
 /// Days ahead for which a snapshot sums the points about to expire.
 pub const EXPIRING_WITHIN_DAYS: [i64; 3] = [30, 60, 90];
 
+/// Rows per block of a snapshot taken in one go.
+const ROWS_PER_BLOCK: usize = 8192;
+
 impl Ledger {
     /// Every member of every merchant (or of one), by merchant and member id, as of the
-    /// last applied command.
+    /// last applied command, in blocks of rows.
+    pub fn snapshot_blocks<'a>(
+        &'a self,
+        merchant: Option<&'a str>,
+    ) -> impl Iterator<Item = RowBlock> + 'a {
+        let mut cursor = self.snapshot_cursor(merchant);
+        std::iter::from_fn(move || {
+            let block = self.snapshot_next(&mut cursor, ROWS_PER_BLOCK);
+            (!block.is_empty()).then_some(block)
+        })
+    }
+
+    /// `snapshot_blocks`, a row at a time.
     pub fn snapshot<'a>(
         &'a self,
         merchant: Option<&'a str>,
     ) -> impl Iterator<Item = SnapshotRow> + 'a {
-        self.merchants()
-            .filter(move |m| merchant.is_none_or(|name| &*m.name == name))
-            .flat_map(|m| {
-                let context = RowContext::of(m);
-                m.members
-                    .iter()
-                    .map(move |member| member_row(&context, member))
-            })
+        self.snapshot_blocks(merchant)
+            .flat_map(|block| block.iter().map(|row| row.to_row()).collect::<Vec<_>>())
     }
 }
 
@@ -70,14 +79,38 @@ impl RowContext {
     }
 }
 
+/// Adds the member's row to a block: no allocation of its own.
+fn push_row(block: &mut RowBlock, context: &RowContext, member: &Member) {
+    let tier = tier_name(context, member);
+    let numbers = row_numbers(context, member);
+    block.push_with(&context.merchant, tier, numbers, |text| {
+        write_aliases(text, &member.aliases)
+    });
+}
+
+/// The member's row on its own (a row captured before a change).
 fn member_row(context: &RowContext, member: &Member) -> SnapshotRow {
+    let mut aliases = String::new();
+    write_aliases(&mut aliases, &member.aliases);
+    RowRef {
+        merchant: &context.merchant,
+        aliases: &aliases,
+        tier: tier_name(context, member),
+        numbers: row_numbers(context, member),
+    }
+    .to_row()
+}
+
+fn tier_name<'a>(context: &'a RowContext, member: &Member) -> Option<&'a str> {
+    member.tier.map(|index| &*context.program.tiers[index].id)
+}
+
+fn row_numbers(context: &RowContext, member: &Member) -> RowNumbers {
     let program = &*context.program;
     // Totals over the window of the member's tier (the lowest tier's when it has none).
     let window = window_totals(program, member, context.month);
-    SnapshotRow {
-        merchant: String::from(&*context.merchant),
+    RowNumbers {
         member: member.id,
-        aliases: aliases_text(&member.aliases),
         points: member.points,
         available: member.available_points(),
         pending: member.pending_points,
@@ -85,10 +118,6 @@ fn member_row(context: &RowContext, member: &Member) -> SnapshotRow {
         credit_minor: member.credit_minor,
         credit_held_minor: member.held_credit_minor,
         minor_units: program.minor_units,
-        // Not `to_string`: through `Display`, it formatted every tier name.
-        tier: member
-            .tier
-            .map(|index| String::from(&*program.tiers[index].id)),
         window_points_earned: window.points_earned,
         window_amount_spent_minor: window.amount_spent_minor,
         window_orders: window.orders,
@@ -96,16 +125,10 @@ fn member_row(context: &RowContext, member: &Member) -> SnapshotRow {
     }
 }
 
-/// Phones as they are, cards as `card:<number>`, joined by `;`: one allocation, as a
-/// streamed snapshot builds a row per member on the engine thread.
-fn aliases_text(aliases: &[Alias]) -> String {
-    let length = aliases.iter().map(|alias| match alias {
-        Alias::Phone(phone) => phone.len() + 1,
-        Alias::Card(card) => card.len() + 6,
-    });
-    let mut text = String::with_capacity(length.sum());
-    for alias in aliases {
-        if !text.is_empty() {
+/// Phones as they are, cards as `card:<number>`, joined by `;`, appended to `text`.
+fn write_aliases(text: &mut String, aliases: &[Alias]) {
+    for (index, alias) in aliases.iter().enumerate() {
+        if index > 0 {
             text.push(';');
         }
         match alias {
@@ -116,7 +139,6 @@ fn aliases_text(aliases: &[Alias]) -> String {
             }
         }
     }
-    text
 }
 
 fn window_totals(program: &Program, member: &Member, month: i32) -> Totals {
@@ -225,11 +247,13 @@ impl Ledger {
     }
 
     /// The next rows, at most `max_rows`: captured ones first, then the walk's.
-    pub fn snapshot_next(&self, cursor: &mut SnapshotCursor, max_rows: usize) -> Vec<SnapshotRow> {
+    pub fn snapshot_next(&self, cursor: &mut SnapshotCursor, max_rows: usize) -> RowBlock {
         let from_captured = cursor.captured.len().min(max_rows);
-        // A chunk's room at once: rows are large, and growing the vector copied them over.
-        let mut rows = Vec::with_capacity(max_rows.min(cursor.rows_left()));
-        rows.extend(cursor.captured.drain(..from_captured));
+        // A chunk's room at once: growing the block copied its rows over.
+        let mut rows = RowBlock::with_capacity(max_rows.min(cursor.rows_left()));
+        for row in cursor.captured.drain(..from_captured) {
+            rows.push(row.as_ref());
+        }
         for walked in &mut cursor.merchants {
             let Some(merchant) = self.merchants.get(&*walked.row.merchant) else {
                 unreachable!("merchants are never removed")
@@ -240,7 +264,7 @@ impl Ledger {
                 // A captured member's row went out with the captured ones.
                 if !walked.captured.remove(&index) {
                     let member = &merchant.members[index as usize];
-                    rows.push(member_row(&walked.row, member));
+                    push_row(&mut rows, &walked.row, member);
                 }
             }
         }
@@ -498,7 +522,12 @@ mod tests {
         for (index, command) in after.iter().enumerate() {
             apply_capturing(&mut ledger, &mut cursor, command);
             if index % 25 == 0 {
-                rows.extend(ledger.snapshot_next(&mut cursor, 1));
+                rows.extend(
+                    ledger
+                        .snapshot_next(&mut cursor, 1)
+                        .iter()
+                        .map(|row| row.to_row()),
+                );
             }
         }
         assert!(
@@ -506,7 +535,12 @@ mod tests {
             "the walk was still going when commands stopped"
         );
         while !cursor.is_done() {
-            rows.extend(ledger.snapshot_next(&mut cursor, 64));
+            rows.extend(
+                ledger
+                    .snapshot_next(&mut cursor, 64)
+                    .iter()
+                    .map(|row| row.to_row()),
+            );
         }
         rows.sort_by(|a, b| (&a.merchant, a.member).cmp(&(&b.merchant, b.member)));
         assert_eq!(rows.len(), expected.len());
