@@ -953,6 +953,8 @@ impl Engine {
         if !self.snapshots.is_idle() {
             let written = &self.ledger.entries()[entries_before..];
             self.snapshots.after(&self.ledger, written);
+            // Between commands too: a group under load is far longer than a chunk's interval.
+            self.snapshots.pump(&self.ledger, true);
         }
         log_step(step, logged)
     }

@@ -1,11 +1,12 @@
 //! Snapshots of a running engine, streamed to an operator while commands go on applying.
 //!
 //! A snapshot request waits until the group it came in is durable and nothing after it is
-//! applied; then its cursor starts (`core::SnapshotCursor`) at that log position. Between groups, and while the engine is
-//! idle, each snapshot hands its next chunk of rows to its connection if the connection has
-//! room (never waiting for it); before a command changes a member no chunk has shown yet,
-//! that member's row is captured as it is still. So the rows are the state at one position,
-//! the engine pauses for one chunk at a time, and a slow reader only holds its own rows.
+//! applied; then its cursor starts (`core::SnapshotCursor`) at that log position. Between
+//! commands and groups, and while the engine is idle, each snapshot hands its next chunk of
+//! rows to its connection if the connection has room (never waiting for it); before a
+//! command changes a member no chunk has shown yet, that member's row is captured as it is
+//! still. So the rows are the state at one position, the engine pauses for one chunk at a
+//! time, and a slow reader only holds its own rows.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +26,14 @@ pub const ROWS_PER_CHUNK: usize = 8192;
 pub const ENGINE_TIME_SHARE_PERCENT: u32 = 20;
 /// The longest the engine hands rows over between two groups.
 pub const MAX_PAUSE: Duration = Duration::from_millis(50);
+/// While commands wait, a snapshot gets a chunk at most this often (about 1.4 million rows a
+/// second), between commands as well as between groups. Its reader's work (framing, a
+/// Parquet writer, often on the same machine) then takes a steady part of the cores instead
+/// of bursts of a whole one: 10,000,000 members in about 8 s, ingestion going on at about
+/// 80% (`docs/performance.md`).
+pub const CHUNK_INTERVAL_UNDER_LOAD: Duration = Duration::from_millis(6);
+/// Chunks a snapshot may catch up at once under load, after a long group.
+const CHUNKS_CAUGHT_UP_MAX: u32 = 16;
 /// Snapshots streaming at once; more wait for one to finish.
 pub const MAX_STREAMS: usize = 4;
 
@@ -51,6 +60,8 @@ struct Stream {
     rows_sent: u64,
     /// A chunk the connection had no room for.
     unsent: Option<SnapshotRows>,
+    /// Under load, its next chunk goes no earlier than this.
+    next_chunk_at: Instant,
     sink: Box<dyn RowSink>,
     reply: Box<dyn FnOnce(Vec<Arc<CommandResult>>) + Send>,
     /// A change the cursor did not foresee: the rows can no longer be trusted.
@@ -139,12 +150,15 @@ impl Streams {
         }
     }
 
-    /// Between groups: offers each started snapshot chunks while its reader has room (under
-    /// load, within the snapshots' share of the engine's time, at least one), and answers the
-    /// finished ones. Returns whether any rows moved. Rows not shown yet are as they were at
-    /// the snapshot's start (a command captures them before changing them), so this may run
-    /// while the ledger is ahead of the log.
+    /// Between commands or groups: offers each started snapshot chunks while its reader has
+    /// room (under load, those due by `CHUNK_INTERVAL_UNDER_LOAD`, within the snapshots'
+    /// share of the engine's time), and answers the finished ones. Returns whether any rows
+    /// moved. Rows not shown yet are as they were at the snapshot's start (a command captures
+    /// them before changing them), so this may run while the ledger is ahead of the log.
     pub fn pump(&mut self, ledger: &Ledger, under_load: bool) -> bool {
+        if self.active.is_empty() {
+            return false;
+        }
         let started = Instant::now();
         let since = *self.streaming_since.get_or_insert(started);
         let allowance = match under_load {
@@ -152,29 +166,45 @@ impl Streams {
             false => MAX_PAUSE,
         }
         .min(MAX_PAUSE);
-        let moved = self.pump_within(ledger, started, allowance);
+        // Under load with the share used up: nothing until the share grows again.
+        let moved = (!under_load || !allowance.is_zero())
+            && self.pump_within(ledger, started, allowance, under_load);
         self.busy += started.elapsed();
-        if self.is_idle() {
+        if self.active.is_empty() {
             (self.streaming_since, self.busy) = (None, Duration::ZERO);
         }
         moved
     }
 
-    fn pump_within(&mut self, ledger: &Ledger, started: Instant, allowance: Duration) -> bool {
+    fn pump_within(
+        &mut self,
+        ledger: &Ledger,
+        started: Instant,
+        allowance: Duration,
+        under_load: bool,
+    ) -> bool {
         let mut moved = false;
         let mut index = 0;
         while index < self.active.len() {
             let stream = &mut self.active[index];
-            // Chunks until the reader is full or the time is used: a group under load takes
-            // far longer than a chunk, so one chunk per group would pace it by the groups.
-            let mut step = stream.step(ledger, self.rows_per_chunk);
-            while matches!(step, Step::Sent) && started.elapsed() < allowance {
-                moved = true;
+            // Chunks until the reader is full, the time is used or (under load) none is due.
+            let mut step = Step::NotDue;
+            while !under_load || stream.next_chunk_at <= started {
                 step = stream.step(ledger, self.rows_per_chunk);
+                if !matches!(step, Step::Sent) {
+                    break;
+                }
+                moved = true;
+                if under_load {
+                    stream.paced(started);
+                }
+                if started.elapsed() >= allowance {
+                    break;
+                }
             }
             match step {
                 Step::Sent => moved = true,
-                Step::Waiting => {}
+                Step::Waiting | Step::NotDue => {}
                 Step::Closed => {
                     drop(self.active.swap_remove(index));
                     continue;
@@ -237,6 +267,7 @@ impl Streams {
             last_entry_seq: ledger.last_entry_seq(),
             rows_sent: 0,
             unsent: None,
+            next_chunk_at: Instant::now(),
             sink,
             reply,
             broken: false,
@@ -254,11 +285,21 @@ impl Streams {
 enum Step {
     Sent,
     Waiting,
+    /// Under load, not yet time for another chunk.
+    NotDue,
     Closed,
     Done,
 }
 
 impl Stream {
+    /// A chunk went under load: the next is due an interval later (a few may catch up).
+    fn paced(&mut self, now: Instant) {
+        let earliest = now
+            .checked_sub(CHUNK_INTERVAL_UNDER_LOAD * CHUNKS_CAUGHT_UP_MAX)
+            .unwrap_or(now);
+        self.next_chunk_at = self.next_chunk_at.max(earliest) + CHUNK_INTERVAL_UNDER_LOAD;
+    }
+
     fn step(&mut self, ledger: &Ledger, rows_per_chunk: usize) -> Step {
         if self.broken {
             return Step::Done;
