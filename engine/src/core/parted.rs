@@ -9,6 +9,7 @@
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 
+use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 
@@ -95,12 +96,15 @@ impl<K: Hash + Eq, V> PartedMap<K, V> {
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         let hash = hash_of(&key);
         let part = &mut self.parts[part_of(hash)];
-        if let Some((_, old)) = part.find_mut(hash, |(k, _)| *k == key) {
-            return Some(std::mem::replace(old, value));
+        // One probe for both cases.
+        match part.entry(hash, |(k, _)| *k == key, |(k, _)| hash_of(k)) {
+            Entry::Occupied(mut found) => Some(std::mem::replace(&mut found.get_mut().1, value)),
+            Entry::Vacant(vacant) => {
+                vacant.insert((key, value));
+                self.len += 1;
+                None
+            }
         }
-        part.insert_unique(hash, (key, value), |(k, _)| hash_of(k));
-        self.len += 1;
-        None
     }
 
     /// Every entry, part by part: the same order for the same inserts.
