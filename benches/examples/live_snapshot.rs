@@ -4,7 +4,10 @@
 //! to a Parquet file written on a thread of its own. Prints the snapshot's time and the
 //! engine's throughput during it, and before and after it without one.
 //!
-//! `cargo run --release -p tally-benches --example live_snapshot -- DIR [members] [purchases] [seconds]`
+//! `cargo run --release -p tally-benches --example live_snapshot -- DIR [members] [purchases] [seconds] [rounds]`
+//!
+//! With several rounds, each snapshot is followed by a window without one, and the median of
+//! the rounds is printed too.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,13 +34,14 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(
         args.next()
-            .expect("usage: live_snapshot DIR [members] [purchases] [seconds]"),
+            .expect("usage: live_snapshot DIR [members] [purchases] [seconds] [rounds]"),
     );
     let number =
         |text: Option<String>, default: u64| text.map_or(default, |t| t.parse().expect("a number"));
     let members = number(args.next(), 1_000_000);
     let purchases = number(args.next(), members / 2);
     let seconds = number(args.next(), 5);
+    let rounds = number(args.next(), 1).max(1) as usize;
     let data = dir.join("live-snapshot");
     let _ = std::fs::remove_dir_all(&data);
 
@@ -76,11 +80,15 @@ fn main() {
     };
     let window = Duration::from_secs(seconds);
     std::thread::sleep(Duration::from_secs(1)); // warm up
-    let before = rate(&acknowledged, || std::thread::sleep(window));
+                                                // Windows without a snapshot on either side of each one: the rate drifts as the state
+                                                // grows, and from window to window on a shared machine.
+    let mut without = vec![rate(&acknowledged, || std::thread::sleep(window))];
     let out = dir.join("live-snapshot.parquet");
-    let mut rows = 0;
-    let during = rate(&acknowledged, || rows = snapshot(&submit, &out));
-    let after = rate(&acknowledged, || std::thread::sleep(window));
+    let (mut rows, mut during) = (0, Vec::new());
+    for _ in 0..rounds {
+        during.push(rate(&acknowledged, || rows = snapshot(&submit, &out)));
+        without.push(rate(&acknowledged, || std::thread::sleep(window)));
+    }
     stop.store(true, Ordering::Relaxed);
     feeder.join().expect("the feeder does not panic");
     let each_second = seconds_counted.join().expect("the counter does not panic");
@@ -88,16 +96,26 @@ fn main() {
     engine_thread.join().expect("the engine does not panic");
 
     let file_mb = std::fs::metadata(&out).map_or(0, |m| m.len()) >> 20;
+    let mut shares = Vec::new();
+    for (round, (rate_during, took)) in during.iter().enumerate() {
+        let (before, after) = (without[round].0, without[round + 1].0);
+        let share = 100.0 * rate_during / ((before + after) / 2.0);
+        shares.push(share);
+        println!(
+            "snapshot {} of {rows} members to Parquet ({file_mb} MB) while serving: {:.2} s; \
+             purchases/s {before:.0} before, {rate_during:.0} during, {after:.0} after: \
+             {share:.0}% of the mean without",
+            round + 1,
+            took.as_secs_f64(),
+        );
+    }
+    shares.sort_by(f64::total_cmp);
+    let mut times: Vec<f64> = during.iter().map(|(_, took)| took.as_secs_f64()).collect();
+    times.sort_by(f64::total_cmp);
     println!(
-        "snapshot of {rows} members to Parquet ({file_mb} MB) while serving: {:.2} s",
-        during.1.as_secs_f64()
-    );
-    println!(
-        "purchases/s: {:.0} before, {:.0} during the snapshot, {:.0} after: {:.0}% of the mean without",
-        before.0,
-        during.0,
-        after.0,
-        100.0 * during.0 / ((before.0 + after.0) / 2.0)
+        "median of {rounds}: snapshot {:.2} s, throughput during it {:.0}% of the mean without",
+        times[times.len() / 2],
+        shares[shares.len() / 2]
     );
     let thousands: Vec<String> = each_second.iter().map(|n| (n / 1000).to_string()).collect();
     println!(
