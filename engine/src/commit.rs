@@ -5,10 +5,10 @@
 //! next, and answers a group only after that wait. A failed commit ends the thread; the
 //! engine learns of it from `wait` and stops acknowledging.
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tally_protocol::CommandResult;
 
@@ -107,6 +107,30 @@ impl Committer {
             .done
             .recv()
             .expect("the committer answers every group it takes");
+        self.take_answer(answer)
+    }
+
+    /// `wait`, for at most `timeout`: `None` if the group is not durable yet.
+    pub fn wait_for(&mut self, timeout: Duration) -> Option<Result<Option<Instant>, LogError>> {
+        if !self.outstanding {
+            return Some(Ok(None));
+        }
+        match self.done.recv_timeout(timeout) {
+            Ok(answer) => {
+                self.outstanding = false;
+                Some(self.take_answer(answer))
+            }
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                unreachable!("the committer answers every group it takes")
+            }
+        }
+    }
+
+    fn take_answer(
+        &mut self,
+        answer: Result<(Instant, Job), LogError>,
+    ) -> Result<Option<Instant>, LogError> {
         let (durable_at, spare) = answer?;
         self.spare = spare;
         Ok(Some(durable_at))

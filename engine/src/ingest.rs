@@ -160,6 +160,9 @@ enum Wait {
 /// An idle engine with snapshots streaming looks for commands this often while every
 /// snapshot's reader is full.
 const SNAPSHOT_IDLE_WAIT: Duration = Duration::from_millis(1);
+/// While a snapshot streams, the engine waiting for a commit looks this often whether a
+/// chunk is due.
+const COMMIT_POLL_WHILE_STREAMING: Duration = Duration::from_millis(1);
 
 /// What the input has for the engine now.
 enum Next<G> {
@@ -885,11 +888,25 @@ impl Engine {
         let Some(answers) = in_flight.take() else {
             return Ok(true);
         };
-        let committer = self.committer.as_mut().expect("the pipeline is running");
-        let durable_at = committer.wait()?;
+        let durable_at = self.wait_for_commit()?;
         // Nothing is being written now: compaction does not wait for the committer.
         self.collect_checkpoint(false)?;
         release(self, answers, durable_at)
+    }
+
+    /// Waits for the group in the committer's hands to be durable. Meanwhile the engine
+    /// thread has nothing to do: streaming snapshots send the chunks that fall due.
+    fn wait_for_commit(&mut self) -> Result<Option<Instant>, IngestError> {
+        loop {
+            let committer = self.committer.as_mut().expect("the pipeline is running");
+            if !self.snapshots.is_streaming() {
+                return Ok(committer.wait()?);
+            }
+            if let Some(durable) = committer.wait_for(COMMIT_POLL_WHILE_STREAMING) {
+                return Ok(durable?);
+            }
+            self.snapshots.pump(&self.ledger, true);
+        }
     }
 
     /// Answers of a durable group.

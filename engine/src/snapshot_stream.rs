@@ -97,6 +97,11 @@ impl Streams {
         self.rows_per_chunk = rows;
     }
 
+    /// Some snapshot has started and is sending rows.
+    pub fn is_streaming(&self) -> bool {
+        !self.active.is_empty()
+    }
+
     pub fn is_idle(&self) -> bool {
         self.waiting.is_empty() && self.active.is_empty()
     }
