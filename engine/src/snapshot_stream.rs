@@ -29,7 +29,7 @@ pub const MAX_PAUSE: Duration = Duration::from_millis(50);
 /// While commands wait, a snapshot gets a chunk at most this often (about 1.4 million rows a
 /// second), between commands as well as between groups. Its reader's work (framing, a
 /// Parquet writer, often on the same machine) then takes a steady part of the cores instead
-/// of bursts of a whole one: 10,000,000 members in about 8 s, ingestion going on at about
+/// of bursts of a whole one: 10,000,000 members in about 7.5 s, ingestion going on at about
 /// 80% (`docs/performance.md`).
 pub const CHUNK_INTERVAL_UNDER_LOAD: Duration = Duration::from_millis(6);
 /// Chunks a snapshot may catch up at once under load, after a long group.
