@@ -132,18 +132,9 @@ impl<K: Hash + Eq, V> Extend<(K, V)> for PartedMap<K, V> {
     }
 }
 
-impl<K: Hash + Eq, V> FromIterator<(K, V)> for PartedMap<K, V> {
-    fn from_iter<I: IntoIterator<Item = (K, V)>>(entries: I) -> Self {
-        let mut map = PartedMap::default();
-        map.extend(entries);
-        map
-    }
-}
-
-impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for PartedMap<K, V> {
+impl<K: Hash + Eq + std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for PartedMap<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let entries = self.parts.iter().flat_map(|part| part.iter());
-        f.debug_map().entries(entries.map(|(k, v)| (k, v))).finish()
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
