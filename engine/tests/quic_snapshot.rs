@@ -143,7 +143,10 @@ async fn a_snapshot_during_purchases_equals_the_entries_up_to_its_position() {
     let at_snapshot = balances_from_entries(&log, last.last_entry_seq);
     let snapshot: BTreeMap<u64, (i64, i64)> = rows
         .iter()
-        .map(|row| (row.member, (row.points, row.credit_minor)))
+        .map(|row| {
+            let n = &row.numbers;
+            (n.member, (n.points, n.credit_minor))
+        })
         .collect();
     assert_eq!(
         snapshot, at_snapshot,

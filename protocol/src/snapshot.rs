@@ -1,26 +1,15 @@
 //! A balance snapshot streamed over the wire: rows of members, all as of one log position.
 
-/// One member as a snapshot shows it. Money is in minor units of the merchant's currency
-/// (`minor_units` decimal places), as the engine keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+/// One member as a snapshot shows it, owning its texts (a `RowRef` borrows them from a
+/// block). Money is in minor units of the merchant's currency (`minor_units` decimal
+/// places), as the engine keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotRow {
     pub merchant: String,
-    pub member: u64,
     /// Phones as E.164, cards as `card:<number>`, joined by `;`.
     pub aliases: String,
-    pub points: i64,
-    pub available: i64,
-    pub pending: i64,
-    pub held: i64,
-    pub credit_minor: i64,
-    pub credit_held_minor: i64,
-    pub minor_units: u32,
     pub tier: Option<String>,
-    pub window_points_earned: i64,
-    pub window_amount_spent_minor: i64,
-    pub window_orders: i64,
-    /// Points in lots that expire within 30, 60 and 90 days of the merchant's clock.
-    pub expiring: [i64; 3],
+    pub numbers: RowNumbers,
 }
 
 /// The numbers of one row: everything but its texts.
@@ -39,6 +28,7 @@ pub struct RowNumbers {
     pub window_points_earned: i64,
     pub window_amount_spent_minor: i64,
     pub window_orders: i64,
+    /// Points in lots that expire within 30, 60 and 90 days of the merchant's clock.
     pub expiring: [i64; 3],
 }
 
@@ -53,23 +43,11 @@ pub struct RowRef<'a> {
 
 impl RowRef<'_> {
     pub fn to_row(&self) -> SnapshotRow {
-        let n = &self.numbers;
         SnapshotRow {
             merchant: self.merchant.to_string(),
-            member: n.member,
             aliases: self.aliases.to_string(),
-            points: n.points,
-            available: n.available,
-            pending: n.pending,
-            held: n.held,
-            credit_minor: n.credit_minor,
-            credit_held_minor: n.credit_held_minor,
-            minor_units: n.minor_units,
             tier: self.tier.map(str::to_string),
-            window_points_earned: n.window_points_earned,
-            window_amount_spent_minor: n.window_amount_spent_minor,
-            window_orders: n.window_orders,
-            expiring: n.expiring,
+            numbers: self.numbers,
         }
     }
 }
@@ -80,20 +58,7 @@ impl SnapshotRow {
             merchant: &self.merchant,
             aliases: &self.aliases,
             tier: self.tier.as_deref(),
-            numbers: RowNumbers {
-                member: self.member,
-                points: self.points,
-                available: self.available,
-                pending: self.pending,
-                held: self.held,
-                credit_minor: self.credit_minor,
-                credit_held_minor: self.credit_held_minor,
-                minor_units: self.minor_units,
-                window_points_earned: self.window_points_earned,
-                window_amount_spent_minor: self.window_amount_spent_minor,
-                window_orders: self.window_orders,
-                expiring: self.expiring,
-            },
+            numbers: self.numbers,
         }
     }
 }

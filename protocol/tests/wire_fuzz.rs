@@ -11,7 +11,7 @@ use tally_protocol::wire::{
     decode_frame, encode_error, encode_request, encode_results, encode_rows, Frame, Limits,
     HEADER_BYTES,
 };
-use tally_protocol::{parse_command_line, CommandResult, Reason, SnapshotRow, SnapshotRows};
+use tally_protocol::{parse_command_line, CommandResult, Reason, RowNumbers, RowRef, SnapshotRows};
 
 const COMMANDS_DOC: &str = include_str!("../../docs/commands.md");
 
@@ -42,30 +42,29 @@ fn corpus() -> Vec<Vec<u8>> {
 }
 
 fn snapshot_rows() -> SnapshotRows {
-    let row = |member: u64, tier: Option<&str>| SnapshotRow {
-        merchant: "demo".into(),
-        member,
-        aliases: "+15550100;card:1234567890".into(),
-        points: 1200,
-        available: 900,
-        pending: 300,
-        held: 0,
-        credit_minor: 1250,
-        credit_held_minor: 0,
-        minor_units: 2,
-        tier: tier.map(str::to_string),
-        window_points_earned: 1500,
-        window_amount_spent_minor: 123_456,
-        window_orders: 7,
-        expiring: [0, 100, 250],
+    let row = |member: u64, tier: Option<&'static str>| RowRef {
+        merchant: "demo",
+        aliases: "+15550100;card:1234567890",
+        tier,
+        numbers: RowNumbers {
+            member,
+            points: 1200,
+            available: 900,
+            pending: 300,
+            held: 0,
+            credit_minor: 1250,
+            credit_held_minor: 0,
+            minor_units: 2,
+            window_points_earned: 1500,
+            window_amount_spent_minor: 123_456,
+            window_orders: 7,
+            expiring: [0, 100, 250],
+        },
     };
     SnapshotRows {
         log_position: Some(41),
         last_entry_seq: 1234,
-        rows: [row(1, Some("gold")), row(2, None)]
-            .iter()
-            .map(SnapshotRow::as_ref)
-            .collect(),
+        rows: [row(1, Some("gold")), row(2, None)].into_iter().collect(),
         last: true,
         rows_sent: 2,
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use chrono::{Datelike, TimeDelta};
 use rustc_hash::FxHashSet;
-use tally_protocol::{Alias, Body, Command, MemberRef, RowBlock, RowNumbers, RowRef, SnapshotRow};
+use tally_protocol::{Alias, Body, Command, MemberRef, RowBlock, RowNumbers, SnapshotRow};
 
 use super::member::{Member, Totals};
 use super::members::{alias_of, resolve, Who};
@@ -92,13 +92,12 @@ fn push_row(block: &mut RowBlock, context: &RowContext, member: &Member) {
 fn member_row(context: &RowContext, member: &Member) -> SnapshotRow {
     let mut aliases = String::new();
     write_aliases(&mut aliases, &member.aliases);
-    RowRef {
-        merchant: &context.merchant,
-        aliases: &aliases,
-        tier: tier_name(context, member),
+    SnapshotRow {
+        merchant: context.merchant.to_string(),
+        aliases,
+        tier: tier_name(context, member).map(str::to_string),
         numbers: row_numbers(context, member),
     }
-    .to_row()
 }
 
 fn tier_name<'a>(context: &'a RowContext, member: &Member) -> Option<&'a str> {
@@ -542,7 +541,7 @@ mod tests {
                     .map(|row| row.to_row()),
             );
         }
-        rows.sort_by(|a, b| (&a.merchant, a.member).cmp(&(&b.merchant, b.member)));
+        rows.sort_by(|a, b| (&a.merchant, a.numbers.member).cmp(&(&b.merchant, b.numbers.member)));
         assert_eq!(rows.len(), expected.len());
         assert_eq!(rows, expected);
         let now: Vec<SnapshotRow> = ledger.snapshot(None).collect();
