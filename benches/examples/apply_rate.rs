@@ -7,7 +7,10 @@
 
 use std::time::Instant;
 
-use tally_benches::{commands, demo_program_with_promotions, populated, populated_with, purchases};
+use tally_benches::{
+    commands, demo_program_with_promotions, memory_mb, populated, populated_with, purchases,
+    thread_cpu_s,
+};
 use tally_engine::replay::Replayer;
 use tally_engine::workload::Workload;
 use tally_protocol::Command;
@@ -31,14 +34,18 @@ fn main() {
     };
     let batch = commands(&mut Workload::new(config), count);
     eprintln!("set-up {:.1} s", set_up.elapsed().as_secs_f64());
+    let (user_before, system_before) = thread_cpu_s();
     let started = Instant::now();
     apply_all(&mut replayer, &batch);
     let elapsed = started.elapsed();
+    let (user_after, system_after) = thread_cpu_s();
     assert_eq!(replayer.stats.rejected, 0);
     println!(
-        "{count} purchases in {:.3} s: {:.0} purchases/s",
+        "{count} purchases in {:.3} s: {:.0} purchases/s ({:.2} s user, {:.2} s system)",
         elapsed.as_secs_f64(),
-        count as f64 / elapsed.as_secs_f64()
+        count as f64 / elapsed.as_secs_f64(),
+        user_after - user_before,
+        system_after - system_before
     );
 }
 
@@ -51,9 +58,10 @@ fn apply_all(replayer: &mut Replayer, batch: &[Command]) {
         replayer.apply(command, &mut |_| {});
         if (i + 1) % 50_000 == 0 {
             eprintln!(
-                "  {:>8}: {:.0}/s",
+                "  {:>8}: {:.0}/s, resident {} MB",
                 i + 1,
-                50_000.0 / chunk_started.elapsed().as_secs_f64()
+                50_000.0 / chunk_started.elapsed().as_secs_f64(),
+                memory_mb("VmRSS")
             );
             chunk_started = Instant::now();
         }

@@ -15,6 +15,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tally_benches::{memory_mb, thread_cpu_s};
 use tally_engine::ingest::{Clock, Engine, Submission};
 use tally_engine::snapshot::{write, Format};
 use tally_engine::snapshot_stream::{Offer, RowSink};
@@ -51,7 +52,7 @@ fn main() {
     println!(
         "{members} cards issued and {purchases} purchases applied in {:.1} s; peak memory {} MB",
         started.elapsed().as_secs_f64(),
-        peak_memory_mb()
+        memory_mb("VmHWM")
     );
 
     // What the engine thread does per row, alone: the snapshot's cost while serving.
@@ -123,7 +124,7 @@ fn main() {
         thousands.join(" "),
         each_second.iter().min().copied().unwrap_or(0)
     );
-    println!("peak memory {} MB", peak_memory_mb());
+    println!("peak memory {} MB", memory_mb("VmHWM"));
     let _ = std::fs::remove_file(out);
 }
 
@@ -243,6 +244,11 @@ fn snapshot(submit: &SyncSender<Submission>, out: &Path) -> u64 {
 }
 
 #[allow(clippy::float_arithmetic)] // seconds for display only
+fn cpu_s((user, system): (f64, f64)) -> f64 {
+    user + system
+}
+
+#[allow(clippy::float_arithmetic)] // seconds for display only
 fn write_chunks(chunks: &Receiver<SnapshotRows>, out: &Path) -> u64 {
     let first = chunks.recv().expect("rows");
     let position = first.log_position;
@@ -262,33 +268,7 @@ fn write_chunks(chunks: &Receiver<SnapshotRows>, out: &Path) -> u64 {
     println!(
         "the Parquet writer waited {:.2} s for rows and used {:.2} s of CPU",
         waited.as_secs_f64(),
-        thread_cpu_s() - cpu_before
+        cpu_s(thread_cpu_s()) - cpu_s(cpu_before)
     );
     written
-}
-
-/// CPU time of the calling thread so far, in seconds (Linux; 0 elsewhere).
-#[allow(clippy::float_arithmetic)] // seconds for display only
-fn thread_cpu_s() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime and stime are the 12th
-    // and 13th, in clock ticks of 1/100 s.
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let ticks: u64 = after_name
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|field| field.parse::<u64>().ok())
-        .sum();
-    ticks as f64 / 100.0
-}
-
-/// The process's peak resident memory (Linux), in MB.
-fn peak_memory_mb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb >> 10)
 }

@@ -133,6 +133,32 @@ pub fn balanced_names(merchants: usize) -> Vec<String> {
     first.into_iter().chain(second).collect()
 }
 
+/// CPU time of the calling thread so far, in seconds of user and of system time (Linux;
+/// zeros elsewhere). System time is mostly the kernel handing out fresh memory.
+#[allow(clippy::float_arithmetic)] // seconds for display only
+pub fn thread_cpu_s() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th
+    // and 13th, in clock ticks of 1/100 s.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let mut ticks = after_name
+        .split_whitespace()
+        .skip(11)
+        .map(|field| field.parse::<u64>().unwrap_or(0) as f64 / 100.0);
+    (ticks.next().unwrap_or(0.0), ticks.next().unwrap_or(0.0))
+}
+
+/// A line of the process's memory status (Linux), in MB: `VmRSS` (resident now) or `VmHWM`
+/// (peak).
+pub fn memory_mb(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb >> 10)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
