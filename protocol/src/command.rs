@@ -1,3 +1,4 @@
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
@@ -300,7 +301,6 @@ pub struct TxnRef {
     Clone,
     PartialEq,
     Eq,
-    Hash,
     Serialize,
     Deserialize,
     rkyv::Archive,
@@ -329,7 +329,6 @@ pub struct Line {
     Default,
     PartialEq,
     Eq,
-    Hash,
     Serialize,
     Deserialize,
     rkyv::Archive,
@@ -343,6 +342,61 @@ pub struct Payment {
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
     #[rkyv(with = crate::wire::AsDecimal)]
     pub credit: Decimal,
+}
+
+// `Line` and `Payment` hash as `derive(Hash)` would, field by field in order, but their
+// amounts through `hash_decimal`: an order has a dozen amounts, and the idempotency digest
+// of every command hashes them all.
+impl Hash for Line {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.sku.hash(state);
+        self.category.hash(state);
+        self.qty.hash(state);
+        hash_decimal(&self.unit_price, state);
+        hash_decimal(&self.discount, state);
+    }
+}
+
+impl Hash for Payment {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.points.hash(state);
+        hash_decimal(&self.credit, state);
+    }
+}
+
+/// Feeds `state` the bytes `Decimal`'s own `Hash` does (the four 32-bit words of the
+/// normalised value: low, middle, high, flags), in one write, working in 64 bits when the
+/// mantissa fits: `Decimal::normalize` divides a 96-bit number by ten for every trailing zero.
+#[allow(
+    clippy::host_endian_bytes,
+    reason = "the same bytes as `u32::hash`, which digests kept in checkpoints came from"
+)]
+fn hash_decimal<H: Hasher>(value: &Decimal, state: &mut H) {
+    let mantissa = value.mantissa().unsigned_abs();
+    let Ok(mut small) = u64::try_from(mantissa) else {
+        return value.hash(state);
+    };
+    let mut words = [0u32; 4];
+    // Zero of any scale or sign normalises to all-zero words.
+    if small != 0 {
+        let mut scale = value.scale();
+        while scale > 0 && small % 10 == 0 {
+            small /= 10;
+            scale -= 1;
+        }
+        let sign = if value.is_sign_negative() {
+            1u32 << 31
+        } else {
+            0
+        };
+        words = [small as u32, (small >> 32) as u32, 0, sign | scale << 16];
+    }
+    // One write of the sixteen bytes the four `u32::hash` calls would write in turn.
+    let mut bytes = [0u8; 16];
+    for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    state.write(&bytes);
 }
 
 fn is_zero_i64(value: &i64) -> bool {
@@ -799,4 +853,107 @@ pub struct Tag {
     pub add: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::{Hash, Hasher};
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use rust_decimal::Decimal;
+
+    use super::{hash_decimal, Line, Payment};
+
+    /// The bytes a `Hash` writes.
+    #[derive(Default)]
+    struct Written(Vec<u8>);
+
+    impl Hasher for Written {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.extend_from_slice(bytes);
+        }
+
+        fn finish(&self) -> u64 {
+            0
+        }
+    }
+
+    fn written(hash: impl FnOnce(&mut Written)) -> Vec<u8> {
+        let mut state = Written::default();
+        hash(&mut state);
+        state.0
+    }
+
+    /// `Line` and `Payment` as `derive(Hash)` had them: digests kept in checkpoints came
+    /// from these.
+    #[derive(Hash)]
+    struct DerivedLine<'a>(
+        &'a Arc<str>,
+        &'a Option<Arc<str>>,
+        i64,
+        &'a Decimal,
+        &'a Decimal,
+    );
+
+    #[derive(Hash)]
+    struct DerivedPayment<'a>(i64, &'a Decimal);
+
+    fn decimal() -> impl Strategy<Value = Decimal> {
+        let mantissa = prop_oneof![
+            -1_000_000i128..1_000_000,
+            any::<i64>().prop_map(i128::from),
+            -(1i128 << 95)..(1i128 << 95),
+        ];
+        (mantissa, 0u32..=28).prop_map(|(m, scale)| Decimal::from_i128_with_scale(m, scale))
+    }
+
+    proptest! {
+        #[test]
+        fn decimals_hash_as_decimal_does(value in decimal()) {
+            prop_assert_eq!(
+                written(|s| hash_decimal(&value, s)),
+                written(|s| value.hash(s))
+            );
+        }
+
+        #[test]
+        fn lines_and_payments_hash_as_derived(
+            qty in any::<i64>(),
+            unit_price in decimal(),
+            discount in decimal(),
+            category in proptest::option::of("[a-z]{0,6}"),
+        ) {
+            let line = Line {
+                sku: Arc::from("BEANS-1KG"),
+                category: category.map(Arc::from),
+                qty,
+                unit_price,
+                discount,
+            };
+            let derived = DerivedLine(&line.sku, &line.category, qty, &unit_price, &discount);
+            prop_assert_eq!(written(|s| line.hash(s)), written(|s| derived.hash(s)));
+            let payment = Payment { points: qty, credit: discount };
+            let derived = DerivedPayment(qty, &discount);
+            prop_assert_eq!(written(|s| payment.hash(s)), written(|s| derived.hash(s)));
+        }
+    }
+
+    #[test]
+    fn zero_and_trailing_zeros_hash_as_decimal_does() {
+        for text in [
+            "0", "-0", "0.000", "-0.00", "24.00", "-24.000", "1e-28", "100",
+        ] {
+            let value: Decimal = if let Some(exponent) = text.strip_prefix("1e-") {
+                Decimal::new(1, exponent.parse().unwrap())
+            } else {
+                text.parse().unwrap()
+            };
+            assert_eq!(
+                written(|s| hash_decimal(&value, s)),
+                written(|s| value.hash(s)),
+                "{text}"
+            );
+        }
+    }
 }

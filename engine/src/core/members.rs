@@ -8,7 +8,7 @@ use tally_protocol::{
 };
 
 use super::member::{Member, Totals};
-use super::time::{expiry_of, local_weekday_minute, month_index, schedule_boundaries};
+use super::time::{expiry_of, month_index, schedule_boundaries};
 use super::{
     finish_member, normalize_phone, reject, tiers, Books, Ctx, Merchant, Rejection,
     MAX_CARDS_PER_COMMAND, ORDER_MINOR_MAX,
@@ -119,13 +119,10 @@ fn add_member(merchant: &mut Merchant, enrolled_at: Option<Timestamp>, aliases: 
     index
 }
 
-/// Does a rule's filter hold for this member at `at`? Order filters are checked by the caller.
-pub fn filter_holds(
-    program: &Program,
-    filter: &Filter,
-    tier: Option<usize>,
-    at: Timestamp,
-) -> bool {
+/// Does a rule's filter hold for this member at the command's instant (`ctx.at`)? Order
+/// filters are checked by the caller.
+pub fn filter_holds(ctx: &Ctx, filter: &Filter, tier: Option<usize>) -> bool {
+    let at = ctx.at;
     if filter.valid_from.is_some_and(|from| at < from) || filter.valid_to.is_some_and(|to| at >= to)
     {
         return false;
@@ -136,7 +133,7 @@ pub fn filter_holds(
     if filter.weekdays == 0 && filter.hours.is_none() {
         return true;
     }
-    let (weekday, minute) = local_weekday_minute(program, at);
+    let (weekday, minute) = ctx.at_weekday_minute();
     let day_ok = filter.weekdays == 0 || filter.weekdays & (1 << weekday) != 0;
     let hour_ok = filter.hours.is_none_or(|(from, to)| {
         if from < to {
@@ -232,7 +229,7 @@ pub fn award_event(
             rule.limit_per_member
         };
         if limit.is_some_and(|limit| member.event_count(&rule.id) >= limit)
-            || !filter_holds(&program, &rule.filter, tier, ctx.at)
+            || !filter_holds(ctx, &rule.filter, tier)
         {
             continue;
         }

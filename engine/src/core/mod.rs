@@ -229,6 +229,8 @@ pub(crate) struct Ctx {
     /// times, and a time zone lookup costs more than the tier check that needs it.
     at_month: OnceCell<i32>,
     now_month: OnceCell<i32>,
+    /// The local weekday and minute of `at`, which every rule with days or hours asks for.
+    at_weekday_minute: OnceCell<(u32, u32)>,
 }
 
 impl Ctx {
@@ -249,6 +251,7 @@ impl Ctx {
             program,
             at_month: OnceCell::new(),
             now_month: OnceCell::new(),
+            at_weekday_minute: OnceCell::new(),
         }
     }
 
@@ -271,6 +274,13 @@ impl Ctx {
         *self
             .at_month
             .get_or_init(|| time::month_index(&self.program, self.at))
+    }
+
+    /// `time::local_weekday_minute` of `at`.
+    pub fn at_weekday_minute(&self) -> (u32, u32) {
+        *self
+            .at_weekday_minute
+            .get_or_init(|| time::local_weekday_minute(&self.program, self.at))
     }
 
     /// `time::month_index` of `now`.
@@ -738,9 +748,39 @@ fn fingerprint(command: &Command) -> u128 {
 /// The bytes a value's `Hash` writes, collected.
 struct HashBytes(Vec<u8>);
 
+// The fixed-size writes are spelled out so that each copies a constant number of bytes in
+// line instead of calling `memcpy` for a few bytes; the bytes are the defaults' own.
+#[allow(
+    clippy::host_endian_bytes,
+    reason = "the bytes `Hasher`'s default methods write, which digests kept in checkpoints came from"
+)]
 impl std::hash::Hasher for HashBytes {
     fn write(&mut self, bytes: &[u8]) {
         self.0.extend_from_slice(bytes);
+    }
+
+    fn write_u8(&mut self, value: u8) {
+        self.0.push(value);
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.0.extend_from_slice(&value.to_ne_bytes());
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0.extend_from_slice(&value.to_ne_bytes());
+    }
+
+    fn write_i64(&mut self, value: i64) {
+        self.0.extend_from_slice(&value.to_ne_bytes());
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.0.extend_from_slice(&value.to_ne_bytes());
+    }
+
+    fn write_isize(&mut self, value: isize) {
+        self.0.extend_from_slice(&value.to_ne_bytes());
     }
 
     fn finish(&self) -> u64 {

@@ -21,7 +21,6 @@ use tally_protocol::{
 
 use super::members::{resolve, Who};
 use super::purchase::{allocate, PlanLine};
-use super::time::local_weekday_minute;
 use super::{finish_member, reject, Ctx, Merchant, Rejection};
 use crate::money::{from_minor, RATE_SCALE};
 use crate::program::promotions::{
@@ -208,16 +207,13 @@ struct Facts<'a> {
     member: Option<u32>,
     orders_before: i64,
     tags: &'a [String],
-    local: std::cell::OnceCell<(u32, u32)>,
     program: &'a Program,
-    at: crate::Timestamp,
+    ctx: &'a Ctx,
 }
 
 impl Facts<'_> {
     fn weekday_minute(&self) -> (u32, u32) {
-        *self
-            .local
-            .get_or_init(|| local_weekday_minute(self.program, self.at))
+        self.ctx.at_weekday_minute()
     }
 }
 
@@ -252,9 +248,8 @@ pub(super) fn plan_discounts(
         member,
         orders_before: member_data.map_or(0, |m| m.counters.lifetime.orders),
         tags: member_data.map_or(&[], |m| m.tags.as_slice()),
-        local: std::cell::OnceCell::new(),
         program,
-        at: ctx.at,
+        ctx,
     };
     for candidate in candidates {
         let promotion = &program.promotions.list[candidate.promotion as usize];
@@ -458,7 +453,7 @@ fn consider(
             Some(skip)
         }
     };
-    if !promotion.running_at(f.at) {
+    if !promotion.running_at(f.ctx.at) {
         return Err(report((Reason::PromotionExpired, None)));
     }
     if let Some(condition) = promotion_filter(f, promotion) {

@@ -805,7 +805,7 @@ fn earn(
             || filter
                 .min_total_minor
                 .is_some_and(|min| plan.total_minor < min)
-            || !filter_holds(program, filter, plan.tier_before, ctx.at)
+            || !filter_holds(ctx, filter, plan.tier_before)
         {
             continue;
         }
