@@ -23,27 +23,33 @@ pub fn populated_with(program: &str, members: u64, config: &WorkloadConfig) -> R
     while issued < members {
         let count = CARDS_PER_COMMAND.min(members - issued);
         batch += 1;
-        let command = Command {
-            merchant: config.merchant.clone(),
-            origin: Origin::Admin("bench".into()),
-            key: IdemKey::Admin {
-                admin: "bench".into(),
-                txn: format!("cards-{batch}"),
-            },
-            at,
-            program_version: None,
-            body: Body::IssueCards(IssueCards {
-                count: count as u32,
-                prefix: Some("C".into()),
-                cards: Vec::new(),
-            }),
-        };
+        let command = issue_cards(&config.merchant, batch, count as u32, at);
         replayer.apply(&command, &mut |result| {
             assert!(result.applied().is_some(), "{result:?}")
         });
         issued += count;
     }
     replayer
+}
+
+/// An operator's `issue_cards` of `count` cards numbered on from the merchant's last
+/// (`C0000000001…`), the `batch`-th of a run.
+pub fn issue_cards(merchant: &str, batch: u64, count: u32, at: tally_engine::Timestamp) -> Command {
+    Command {
+        merchant: merchant.to_string(),
+        origin: Origin::Admin("bench".into()),
+        key: IdemKey::Admin {
+            admin: "bench".into(),
+            txn: format!("cards-{batch}"),
+        },
+        at,
+        program_version: None,
+        body: Body::IssueCards(IssueCards {
+            count,
+            prefix: Some("C".into()),
+            cards: Vec::new(),
+        }),
+    }
 }
 
 /// The benchmark workload: 5-line purchases by `members` Zipf-distributed members.

@@ -958,7 +958,7 @@ fn digest_and_members(replayer: &Replayer) -> (u128, Vec<tally_engine::core::Mem
     let members = replayer
         .ledger()
         .merchant("demo")
-        .map(|m| m.members.clone())
+        .map(|m| m.members.iter().cloned().collect())
         .unwrap_or_default();
     (replayer.ledger().digest(), members)
 }

@@ -668,7 +668,8 @@ impl Builder {
     ) -> Option<(&'static str, IdemKey, Option<u64>)> {
         let mut open = Vec::new();
         for merchant in [DEMO, CLAMP] {
-            for member in ledger.merchant(merchant).map_or(&[][..], |m| &m.members) {
+            let members = ledger.merchant(merchant).map(|m| m.members.iter());
+            for member in members.into_iter().flatten() {
                 for hold in member.open_holds.iter().filter(|h| h.deadline > now) {
                     open.push((hold.deadline, merchant, hold.key.clone(), Some(member.id)));
                 }
@@ -1213,7 +1214,7 @@ impl Checked {
     fn members(&self, merchant: &str) -> Vec<Member> {
         self.ledger
             .merchant(merchant)
-            .map(|m| m.members.clone())
+            .map(|m| m.members.iter().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -1899,7 +1900,7 @@ impl Plain {
             .map(|m| {
                 self.ledger
                     .merchant(m)
-                    .map(|m| m.members.clone())
+                    .map(|m| m.members.iter().cloned().collect())
                     .unwrap_or_default()
             })
             .collect()

@@ -458,10 +458,8 @@ mod tests {
         assert_eq!(ours(&image), bincode_of(&image));
         for merchant in ledger.merchants() {
             assert!(!merchant.members.is_empty());
-            assert_eq!(
-                ours(&merchant.members[..]),
-                bincode_of(&merchant.members[..])
-            );
+            let members: Vec<_> = merchant.members.iter().collect();
+            assert_eq!(ours(&members), bincode_of(&members));
             let receipts: Vec<_> = merchant.receipts.iter().collect();
             assert_eq!(ours(&receipts), bincode_of(&receipts));
         }

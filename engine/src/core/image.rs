@@ -17,7 +17,7 @@ use super::holds::HoldRecord;
 use super::packed::Packed;
 use super::parted::PartedMap;
 use super::purchase::OrderRecord;
-use super::{promotions, Ledger, Member, Merchant, Receipt, Record, Stored};
+use super::{promotions, Chunked, Ledger, Member, Merchant, Receipt, Record, Stored};
 use crate::program::{parse_and_compile, ProgramErrors};
 use crate::Timestamp;
 
@@ -34,7 +34,7 @@ struct MerchantImage {
     programs: Vec<String>,
     /// Members and receipts travel in parts of their own (see `encode`), decoded in parallel.
     #[serde(skip)]
-    members: Vec<Member>,
+    members: Chunked<Member>,
     #[serde(skip)]
     receipts: Vec<(IdemKey, Receipt)>,
     /// Keys of the receipts still kept whole, oldest first.
@@ -71,7 +71,7 @@ struct MerchantImageRef<'a> {
     name: &'a str,
     programs: Vec<&'a str>,
     #[serde(skip)]
-    members: &'a [Member],
+    members: &'a Chunked<Member>,
     #[serde(skip)]
     receipts: &'a PartedMap<Arc<IdemKey>, Receipt>,
     recent_keys: &'a VecDeque<Arc<IdemKey>>,
@@ -127,7 +127,7 @@ impl LedgerImageRef<'_> {
         let mut jobs = Vec::new();
         for (index, merchant) in self.merchants.iter().enumerate() {
             let index = index as u32;
-            for chunk in merchant.members.chunks(MEMBERS_PER_PART) {
+            for chunk in merchant.members.slices(MEMBERS_PER_PART) {
                 jobs.push((index, PartJob::Members(chunk)));
             }
             for chunk in receipts[index as usize].chunks(RECEIPTS_PER_PART) {
@@ -459,7 +459,7 @@ type MemberIndexes = (
 );
 
 /// The indexes a merchant keeps over its members: aliases, timers, birthdays.
-fn member_indexes(members: &[Member]) -> Result<MemberIndexes, String> {
+fn member_indexes(members: &Chunked<Member>) -> Result<MemberIndexes, String> {
     let mut aliases = PartedMap::default();
     aliases.reserve(members.iter().map(|m| m.aliases.len()).sum());
     let mut timers = BinaryHeap::new();

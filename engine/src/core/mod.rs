@@ -5,6 +5,7 @@
 //! runtime drains into its log); balances, entries and lots are checked against each other
 //! after every command.
 
+mod chunked;
 pub(crate) mod encode;
 mod holds;
 mod image;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 use rustc_hash::FxHashMap;
 
+pub use chunked::Chunked;
 use parted::PartedMap;
 use serde::{Deserialize, Serialize};
 use tally_protocol::{
@@ -154,7 +156,7 @@ impl Stored {
 pub struct Merchant {
     pub name: Arc<str>,
     pub programs: Vec<Arc<Program>>,
-    pub members: Vec<Member>,
+    pub members: Chunked<Member>,
     aliases: PartedMap<Alias, u32>,
     /// Keyed by the same `Arc` the command's entries share: one copy of each key.
     receipts: PartedMap<Arc<IdemKey>, Receipt>,
@@ -712,7 +714,7 @@ fn new_merchant(program: Arc<Program>, now: Timestamp) -> Merchant {
     let mut merchant = Merchant {
         name: Arc::from(program.merchant.as_str()),
         programs: vec![program],
-        members: Vec::new(),
+        members: Chunked::default(),
         aliases: PartedMap::default(),
         receipts: PartedMap::default(),
         timers: BinaryHeap::new(),
