@@ -8,8 +8,8 @@
 use std::time::Instant;
 
 use tally_benches::{
-    commands, demo_program_with_promotions, memory_mb, populated, populated_with, purchases,
-    thread_cpu_s,
+    commands, demo_program_with_promotions, memory_mb, number_args, populated, populated_with,
+    purchases, thread_cpu_s,
 };
 use tally_engine::replay::Replayer;
 use tally_engine::workload::Workload;
@@ -20,9 +20,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     tally_engine::allocator::tune();
-    let mut args = std::env::args()
-        .skip(1)
-        .map(|a| a.parse::<u64>().expect("a number"));
+    let mut args = number_args::<u64>();
     let members = args.next().unwrap_or(1_000_000);
     let count = args.next().unwrap_or(1_000_000);
     let promotions = args.next();

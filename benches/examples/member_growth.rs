@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use tally_benches::{issue_cards, memory_mb};
+use tally_benches::{issue_cards, memory_mb, number_args};
 use tally_engine::replay::Replayer;
 use tally_engine::workload::{WorkloadConfig, DEMO_PROGRAM};
 
@@ -16,9 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     tally_engine::allocator::tune();
-    let mut args = std::env::args()
-        .skip(1)
-        .map(|a| a.parse::<u64>().expect("a number"));
+    let mut args = number_args::<u64>();
     let members = args.next().unwrap_or(2_500_000);
     let per_command = args.next().unwrap_or(1_000);
     let config = WorkloadConfig::purchases_only(members);

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use tally_benches::balanced_names;
+use tally_benches::{balanced_names, number_args};
 use tally_engine::core::Ledger;
 use tally_engine::ingest::MAX_GROUP_COMMANDS;
 use tally_engine::shards::{step, Item, Shards};
@@ -22,9 +22,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     tally_engine::allocator::tune();
-    let mut args = std::env::args()
-        .skip(1)
-        .map(|a| a.parse::<usize>().expect("a number"));
+    let mut args = number_args::<usize>();
     let merchants = args.next().unwrap_or(4);
     let count = args.next().unwrap_or(400_000);
     let shards = args.next().unwrap_or(2);

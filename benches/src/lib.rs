@@ -139,6 +139,14 @@ pub fn balanced_names(merchants: usize) -> Vec<String> {
     first.into_iter().chain(second).collect()
 }
 
+/// The program's arguments as numbers, in order (a benchmark's sizes).
+pub fn number_args<T: std::str::FromStr>() -> impl Iterator<Item = T> {
+    std::env::args().skip(1).map(|arg| {
+        arg.parse()
+            .unwrap_or_else(|_| panic!("{arg:?} is not a number"))
+    })
+}
+
 /// CPU time of the calling thread so far, in seconds of user and of system time (Linux;
 /// zeros elsewhere). System time is mostly the kernel handing out fresh memory.
 #[allow(clippy::float_arithmetic)] // seconds for display only

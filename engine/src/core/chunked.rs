@@ -140,22 +140,10 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Chunked<T> {
 
 #[cfg(test)]
 mod tests {
-    use std::hash::{Hash, Hasher};
+    use std::hash::Hash;
 
+    use super::super::HashBytes;
     use super::{Chunked, CHUNK_LEN};
-
-    #[derive(Default)]
-    struct Written(Vec<u8>);
-
-    impl Hasher for Written {
-        fn write(&mut self, bytes: &[u8]) {
-            self.0.extend_from_slice(bytes);
-        }
-
-        fn finish(&self) -> u64 {
-            0
-        }
-    }
 
     fn filled(len: usize) -> Chunked<u64> {
         let mut chunked = Chunked::default();
@@ -218,7 +206,7 @@ mod tests {
     fn hashes_as_the_same_elements_in_a_vector() {
         let chunked = filled(CHUNK_LEN + 3);
         let vector: Vec<u64> = chunked.iter().copied().collect();
-        let (mut ours, mut theirs) = (Written::default(), Written::default());
+        let (mut ours, mut theirs) = (HashBytes(Vec::new()), HashBytes(Vec::new()));
         chunked.hash(&mut ours);
         vector.hash(&mut theirs);
         assert_eq!(ours.0, theirs.0);
