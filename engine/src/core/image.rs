@@ -2,7 +2,7 @@
 //! rebuilt from the members (alias index, timer queue, birthday index) is rebuilt rather
 //! than stored, so an image holds each fact once.
 
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -454,7 +454,7 @@ fn receipts_map(
 
 type MemberIndexes = (
     PartedMap<Alias, u32>,
-    BinaryHeap<std::cmp::Reverse<(Timestamp, u32)>>,
+    BTreeSet<(Timestamp, u32)>,
     FxHashMap<(u32, u32), Vec<u32>>,
 );
 
@@ -462,7 +462,7 @@ type MemberIndexes = (
 fn member_indexes(members: &Chunked<Member>) -> Result<MemberIndexes, String> {
     let mut aliases = PartedMap::default();
     aliases.reserve(members.iter().map(|m| m.aliases.len()).sum());
-    let mut timers = BinaryHeap::new();
+    let mut timers = Vec::new();
     let mut birthdays: FxHashMap<(u32, u32), Vec<u32>> = FxHashMap::default();
     for (index, member) in members.iter().enumerate() {
         let index = index as u32;
@@ -472,13 +472,14 @@ fn member_indexes(members: &Chunked<Member>) -> Result<MemberIndexes, String> {
             }
         }
         if let Some(due) = member.timer_at {
-            timers.push(std::cmp::Reverse((due, index)));
+            timers.push((due, index));
         }
         if let Some(birthday) = member.birthday {
             birthdays.entry(birthday).or_default().push(index);
         }
     }
-    Ok((aliases, timers, birthdays))
+    // Sorted and built in one pass, not inserted one by one.
+    Ok((aliases, BTreeSet::from_iter(timers), birthdays))
 }
 
 /// An older remembered result: what `Applied::clone_summary` keeps (balances, totals, tier),

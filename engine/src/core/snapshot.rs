@@ -380,19 +380,8 @@ fn touched_by_tick(merchant: &Merchant, at: Timestamp) -> Touched {
         return Touched::Every;
     }
     let mut indexes = Vec::new();
-    // The heap's array: a node is due no earlier than its parent, so only due subtrees are
-    // visited.
-    let heap = merchant.timers.as_slice();
-    let mut stack = vec![0usize];
-    while let Some(node) = stack.pop() {
-        let Some(std::cmp::Reverse((due, index))) = heap.get(node) else {
-            continue;
-        };
-        if *due <= at {
-            indexes.push(*index);
-            stack.extend([2 * node + 1, 2 * node + 2]);
-        }
-    }
+    let due = merchant.timers.iter().take_while(|(due, _)| *due <= at);
+    indexes.extend(due.map(|(_, index)| *index));
     if let Some(start) = merchant.next_day_start.filter(|start| *start <= at) {
         let program = merchant.program();
         let (mut day, last) = (local_date(program, start), local_date(program, at));

@@ -2,8 +2,6 @@
 //! that does all time-driven work (pending release, expiry, hold lapse, birthday bonuses,
 //! tier re-evaluation) in time order, each piece at its own due time.
 
-use std::cmp::Reverse;
-
 use chrono::{Datelike, NaiveDate, TimeZone, Timelike};
 use tally_protocol::{Applied, EntryKind, Reason, TickSummary, Wallet};
 
@@ -78,7 +76,7 @@ pub fn schedule_boundaries(merchant: &mut Merchant) {
 }
 
 pub fn due_at(merchant: &Merchant) -> Option<Timestamp> {
-    let timer = merchant.timers.peek().map(|Reverse((at, _))| *at);
+    let timer = merchant.timers.first().map(|(at, _)| *at);
     [timer, merchant.next_day_start, merchant.next_month_start]
         .into_iter()
         .flatten()
@@ -92,7 +90,7 @@ pub fn register_timer(merchant: &mut Merchant, index: u32) {
     if let Some(due) = due {
         if member.timer_at.is_none_or(|registered| due < registered) {
             member.timer_at = Some(due);
-            merchant.timers.push(Reverse((due, index)));
+            merchant.timers.insert((due, index));
         }
     }
 }
@@ -120,7 +118,7 @@ pub fn tick(merchant: &mut Merchant, books: &mut Books, ctx: &Ctx) -> Result<App
         let step_ctx = ctx.at_instant(due);
         match work {
             Work::Member(index) => {
-                merchant.timers.pop();
+                merchant.timers.pop_first();
                 if merchant.members[index as usize].timer_at == Some(due) {
                     merchant.members[index as usize].timer_at = None;
                     settle_member(merchant, books, &step_ctx, index, &mut summary);
@@ -152,8 +150,8 @@ pub fn tick(merchant: &mut Merchant, books: &mut Books, ctx: &Ctx) -> Result<App
 fn next_work(merchant: &Merchant) -> Option<(Timestamp, Work)> {
     let timer = merchant
         .timers
-        .peek()
-        .map(|Reverse((at, index))| (*at, Work::Member(*index)));
+        .first()
+        .map(|(at, index)| (*at, Work::Member(*index)));
     let day = merchant.next_day_start.map(|at| (at, Work::DayStart));
     let month = merchant.next_month_start.map(|at| (at, Work::MonthStart));
     // Ties: member work first, then birthdays, then tier re-evaluation.
