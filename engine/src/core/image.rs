@@ -230,7 +230,8 @@ enum Decoded {
 impl LedgerImage {
     /// Reads an image written by `LedgerImageRef::encode_segments`, its parts on `threads`
     /// threads;
-    /// `version` is the checkpoint format's (1: receipts before they were kept packed).
+    /// `version` is the checkpoint format's (1: receipts before they were kept packed; 2:
+    /// summaries with amounts in their fixed 16-byte form).
     pub fn decode(bytes: &[u8], threads: usize, version: u16) -> Result<LedgerImage, String> {
         use bincode::Options;
         let mut reader = Reader { bytes, at: 0 };
@@ -289,6 +290,11 @@ fn decode_part(bytes: &[u8], part: &PartAt) -> Result<Decoded, String> {
     let decoder = bounded_bincode(bytes.len());
     Ok(match part.kind {
         PART_MEMBERS => Decoded::Members(decoder.deserialize(bytes).map_err(error)?),
+        _ if part.version == 2 => {
+            let receipts: Vec<(IdemKey, Receipt)> = decoder.deserialize(bytes).map_err(error)?;
+            let upgraded: Result<_, _> = receipts.into_iter().map(upgrade_v2).collect();
+            Decoded::Receipts(upgraded.map_err(error)?)
+        }
         _ if part.version == 1 => {
             let receipts: Vec<(IdemKey, ReceiptV1)> = decoder.deserialize(bytes).map_err(error)?;
             let upgrade = |(key, receipt): (IdemKey, ReceiptV1)| {
@@ -301,6 +307,15 @@ fn decode_part(bytes: &[u8], part: &PartAt) -> Result<Decoded, String> {
         }
         _ => Decoded::Receipts(decoder.deserialize(bytes).map_err(error)?),
     })
+}
+
+/// A receipt of format 2, whose summary's amounts were in their fixed form.
+fn upgrade_v2((key, mut receipt): (IdemKey, Receipt)) -> bincode::Result<(IdemKey, Receipt)> {
+    if let Stored::Summary(packed) = &receipt.result {
+        let summary = Summary::from(packed.decode_as::<SummaryV2>()?);
+        receipt.result = Stored::Summary(Packed::pack(&summary));
+    }
+    Ok((key, receipt))
 }
 
 /// Little-endian fields of the part index, with their places checked.
@@ -491,15 +506,90 @@ pub(crate) struct Summary {
     member: Option<(u64, bool)>,
     points_earned: i64,
     points_redeemed: i64,
+    credit_redeemed: Amount,
+    cashback: Amount,
+    points_written_off: i64,
+    credit_written_off: Amount,
+    /// points, available, pending, held, credit, credit held.
+    balances: Option<(i64, i64, i64, i64, Amount, Amount)>,
+    #[serde(deserialize_with = "super::intern::tiers")]
+    tier: Option<TierImage>,
+    tick: Option<TickSummary>,
+}
+
+/// A summary as checkpoint formats 1 and 2 kept it: amounts in their fixed 16-byte form.
+#[derive(Debug, Deserialize)]
+struct SummaryV2 {
+    command: CommandKind,
+    program_version: u32,
+    member: Option<(u64, bool)>,
+    points_earned: i64,
+    points_redeemed: i64,
     credit_redeemed: DecimalImage,
     cashback: DecimalImage,
     points_written_off: i64,
     credit_written_off: DecimalImage,
-    /// points, available, pending, held, credit, credit held.
     balances: Option<(i64, i64, i64, i64, DecimalImage, DecimalImage)>,
     #[serde(deserialize_with = "super::intern::tiers")]
     tier: Option<TierImage>,
     tick: Option<TickSummary>,
+}
+
+impl From<SummaryV2> for Summary {
+    fn from(old: SummaryV2) -> Summary {
+        let amount = |image| Amount(Decimal::deserialize(image));
+        Summary {
+            command: old.command,
+            program_version: old.program_version,
+            member: old.member,
+            points_earned: old.points_earned,
+            points_redeemed: old.points_redeemed,
+            credit_redeemed: amount(old.credit_redeemed),
+            cashback: amount(old.cashback),
+            points_written_off: old.points_written_off,
+            credit_written_off: amount(old.credit_written_off),
+            balances: old.balances.map(
+                |(points, available, pending, held, credit, credit_held)| {
+                    (
+                        points,
+                        available,
+                        pending,
+                        held,
+                        amount(credit),
+                        amount(credit_held),
+                    )
+                },
+            ),
+            tier: old.tier,
+            tick: old.tick,
+        }
+    }
+}
+
+/// An amount of money in a summary: its magnitude, then its scale with the sign in the top
+/// bit, both variable-length. Two bytes for the usual zero, where the fixed form took sixteen
+/// (five amounts a summary, and a summary for every command kept).
+#[derive(Debug, Clone, Copy)]
+struct Amount(Decimal);
+
+impl Serialize for Amount {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let sign = if self.0.is_sign_negative() { 0x80 } else { 0 };
+        let scale = u8::try_from(self.0.scale()).expect("a decimal's scale is at most 28");
+        (self.0.mantissa().unsigned_abs(), scale | sign).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (magnitude, scale_and_sign) = <(u128, u8)>::deserialize(deserializer)?;
+        let bad = || serde::de::Error::custom("an amount out of a decimal's range");
+        let signed = i128::try_from(magnitude).map_err(|_| bad())?;
+        let mut value = Decimal::try_from_i128_with_scale(signed, u32::from(scale_and_sign & 0x7f))
+            .map_err(|_| bad())?;
+        value.set_sign_negative(scale_and_sign & 0x80 != 0);
+        Ok(Amount(value))
+    }
 }
 
 /// Tier before and after.
@@ -516,12 +606,12 @@ impl Summary {
             member: applied.member.as_ref().map(|m| (m.id, m.enrolled)),
             points_earned: applied.points_earned,
             points_redeemed: applied.points_redeemed,
-            credit_redeemed: applied.credit_redeemed.serialize(),
-            cashback: applied.cashback.serialize(),
+            credit_redeemed: Amount(applied.credit_redeemed),
+            cashback: Amount(applied.cashback),
             points_written_off: applied.points_written_off,
-            credit_written_off: applied.credit_written_off.serialize(),
+            credit_written_off: Amount(applied.credit_written_off),
             balances: applied.balances.as_ref().map(|b| {
-                let (credit, held) = (b.credit.serialize(), b.credit_held.serialize());
+                let (credit, held) = (Amount(b.credit), Amount(b.credit_held));
                 (b.points, b.available, b.pending, b.held, credit, held)
             }),
             tier: applied
@@ -541,18 +631,18 @@ impl Summary {
                 .map(|(id, enrolled)| MemberView { id, enrolled }),
             points_earned: self.points_earned,
             points_redeemed: self.points_redeemed,
-            credit_redeemed: Decimal::deserialize(self.credit_redeemed),
-            cashback: Decimal::deserialize(self.cashback),
+            credit_redeemed: self.credit_redeemed.0,
+            cashback: self.cashback.0,
             points_written_off: self.points_written_off,
-            credit_written_off: Decimal::deserialize(self.credit_written_off),
+            credit_written_off: self.credit_written_off.0,
             balances: self.balances.map(
                 |(points, available, pending, held, credit, credit_held)| Balances {
                     points,
                     available,
                     pending,
                     held,
-                    credit: Decimal::deserialize(credit),
-                    credit_held: Decimal::deserialize(credit_held),
+                    credit: credit.0,
+                    credit_held: credit_held.0,
                 },
             ),
             tier: self
@@ -591,7 +681,7 @@ struct ReceiptV1 {
 #[derive(Debug, Deserialize)]
 enum StoredV1 {
     Whole(String),
-    Summary(Box<Summary>),
+    Summary(Box<SummaryV2>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -607,7 +697,9 @@ impl ReceiptV1 {
             fingerprint: self.fingerprint,
             result: match self.result {
                 StoredV1::Whole(json) => whole(&json)?,
-                StoredV1::Summary(summary) => Stored::Summary(Packed::pack(&*summary)),
+                StoredV1::Summary(summary) => {
+                    Stored::Summary(Packed::pack(&Summary::from(*summary)))
+                }
             },
             record: match self.record {
                 RecordV1::None => Record::None,
@@ -648,6 +740,33 @@ impl<'de> Deserialize<'de> for Stored {
 mod tests {
     use super::*;
     use crate::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
+
+    #[test]
+    fn amounts_come_back_exactly_in_a_few_bytes() {
+        use bincode::Options;
+        let mut values: Vec<Decimal> = ["0", "0.00", "12.34", "-5.50", "1234567.891"]
+            .iter()
+            .map(|text| text.parse().unwrap())
+            .collect();
+        let mut negative_zero = Decimal::new(0, 2);
+        negative_zero.set_sign_negative(true);
+        values.extend([
+            negative_zero,
+            Decimal::MAX,
+            Decimal::MIN,
+            Decimal::new(1, 28),
+        ]);
+        for value in values {
+            let mut bytes = Vec::new();
+            super::super::encode::encode_into(&mut bytes, &Amount(value));
+            let back: Amount = state_bincode().deserialize(&bytes).unwrap();
+            // Sign, scale and mantissa: the fixed form, which keeps all three.
+            assert_eq!(back.0.serialize(), value.serialize(), "{value}");
+            if value.mantissa().unsigned_abs() < 128 {
+                assert_eq!(bytes.len(), 2, "{value}");
+            }
+        }
+    }
 
     #[test]
     fn a_summary_answers_as_the_summary_of_the_whole_result() {

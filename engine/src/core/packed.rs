@@ -38,6 +38,12 @@ impl<T: Serialize + DeserializeOwned> Packed<T> {
         self.leading()
     }
 
+    /// The bytes decoded as `P`, an older layout of `T` (a checkpoint's upgrade).
+    pub fn decode_as<P: DeserializeOwned>(&self) -> bincode::Result<P> {
+        use bincode::Options;
+        state_bincode().deserialize(&self.bytes)
+    }
+
     /// The value's leading fields, decoded without the rest: `P` is a prefix of `T`'s layout.
     pub fn leading<P: DeserializeOwned>(&self) -> P {
         use bincode::Options;
