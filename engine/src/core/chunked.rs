@@ -69,10 +69,6 @@ impl<T> Chunked<T> {
         self.chunks.iter().flatten()
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
-        self.chunks.iter_mut().flatten()
-    }
-
     /// The elements in order as slices of at most `length`; none spans two chunks.
     pub fn slices(&self, length: usize) -> impl Iterator<Item = &[T]> {
         self.chunks
@@ -179,7 +175,7 @@ mod tests {
                 chunked[len - 1] = 7;
                 assert_eq!(chunked.iter().last(), Some(&7));
             }
-            chunked.iter_mut().for_each(|value| *value += 1);
+            (&mut chunked).into_iter().for_each(|value| *value += 1);
             assert_eq!(chunked.iter().filter(|&&v| v == 0).count(), 0);
         }
     }
