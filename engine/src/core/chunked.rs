@@ -15,27 +15,25 @@ const CHUNK_BITS: u32 = 16;
 const CHUNK_LEN: usize = 1 << CHUNK_BITS;
 
 pub struct Chunked<T> {
-    /// Every chunk but the last holds exactly `CHUNK_LEN` elements.
+    /// Every chunk but the last holds exactly `CHUNK_LEN` elements, and none is empty.
     chunks: Vec<Vec<T>>,
-    len: usize,
 }
 
 impl<T> Default for Chunked<T> {
     fn default() -> Self {
-        Chunked {
-            chunks: Vec::new(),
-            len: 0,
-        }
+        Chunked { chunks: Vec::new() }
     }
 }
 
 impl<T> Chunked<T> {
     pub fn len(&self) -> usize {
-        self.len
+        self.chunks
+            .last()
+            .map_or(0, |last| (self.chunks.len() - 1) * CHUNK_LEN + last.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.chunks.is_empty()
     }
 
     pub fn push(&mut self, value: T) {
@@ -50,7 +48,6 @@ impl<T> Chunked<T> {
                 self.chunks.push(chunk);
             }
         }
-        self.len += 1;
     }
 
     pub fn get(&self, index: usize) -> Option<&T> {
@@ -66,7 +63,7 @@ impl<T> Chunked<T> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.chunks.iter().flatten()
+        self.into_iter()
     }
 
     /// The elements in order as slices of at most `length`; none spans two chunks.
@@ -81,7 +78,7 @@ impl<T> Index<usize> for Chunked<T> {
     type Output = T;
 
     fn index(&self, index: usize) -> &T {
-        let len = self.len;
+        let len = self.len();
         self.get(index)
             .unwrap_or_else(|| panic!("index {index} past the end ({len})"))
     }
@@ -89,7 +86,7 @@ impl<T> Index<usize> for Chunked<T> {
 
 impl<T> IndexMut<usize> for Chunked<T> {
     fn index_mut(&mut self, index: usize) -> &mut T {
-        let len = self.len;
+        let len = self.len();
         self.get_mut(index)
             .unwrap_or_else(|| panic!("index {index} past the end ({len})"))
     }
@@ -123,7 +120,7 @@ impl<'a, T> IntoIterator for &'a mut Chunked<T> {
 /// digest that checkpoints keep was taken over a `Vec`.
 impl<T: Hash> Hash for Chunked<T> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_usize(self.len);
+        state.write_usize(self.len());
         self.iter().for_each(|value| value.hash(state));
     }
 }
