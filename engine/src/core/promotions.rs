@@ -207,7 +207,6 @@ struct Facts<'a> {
     member: Option<u32>,
     orders_before: i64,
     tags: &'a [String],
-    program: &'a Program,
     ctx: &'a Ctx,
 }
 
@@ -248,7 +247,6 @@ pub(super) fn plan_discounts(
         member,
         orders_before: member_data.map_or(0, |m| m.counters.lifetime.orders),
         tags: member_data.map_or(&[], |m| m.tags.as_slice()),
-        program,
         ctx,
     };
     for candidate in candidates {
@@ -518,7 +516,7 @@ fn promotion_filter(f: &Facts, promotion: &Promotion) -> Option<&'static str> {
     {
         return Some("store");
     }
-    let tier = f.order.tier.map(|t| &f.program.tiers[t].id);
+    let tier = f.order.tier.map(|t| &f.ctx.program.tiers[t].id);
     if !promotion.tiers.is_empty() && !tier.is_some_and(|t| promotion.tiers.contains(t)) {
         return Some("tier");
     }
