@@ -14,7 +14,7 @@ use tally_engine::replay::Replayer;
 use tally_engine::workload::Workload;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tally_engine::allocator::Mimalloc = tally_engine::allocator::Mimalloc;
 
 const MEMBERS: u64 = 1_000_000;
 /// Commands generated up front; more are made (untimed) if a run needs them.

@@ -9,7 +9,7 @@ use tally_engine::checkpoint;
 use tally_engine::ingest::{Clock, Engine};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tally_engine::allocator::Mimalloc = tally_engine::allocator::Mimalloc;
 
 fn main() {
     tally_engine::allocator::tune();

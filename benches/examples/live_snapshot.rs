@@ -23,7 +23,7 @@ use tally_engine::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
 use tally_protocol::{Body, Command, IdemKey, Origin, SnapshotQuery, SnapshotRows};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tally_engine::allocator::Mimalloc = tally_engine::allocator::Mimalloc;
 
 /// Commands per submission, as a busy terminal's frames.
 const COMMANDS_PER_SUBMISSION: usize = 64;

@@ -12,7 +12,7 @@ use tally_engine::replay::Replayer;
 use tally_engine::workload::{WorkloadConfig, DEMO_PROGRAM};
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tally_engine::allocator::Mimalloc = tally_engine::allocator::Mimalloc;
 
 fn main() {
     tally_engine::allocator::tune();

@@ -14,7 +14,7 @@ use tally_protocol::{RowBlock, RowNumbers};
 const BLOCK_ROWS: u64 = 8192;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tally_engine::allocator::Mimalloc = tally_engine::allocator::Mimalloc;
 
 fn main() {
     tally_engine::allocator::tune();

@@ -14,7 +14,7 @@ use tally_engine::snapshot::{write, Format};
 use tally_engine::workload::{card_of_rank, Workload, WorkloadConfig, DEMO_PROGRAM};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tally_engine::allocator::Mimalloc = tally_engine::allocator::Mimalloc;
 
 fn main() {
     tally_engine::allocator::tune();

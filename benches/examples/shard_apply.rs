@@ -18,7 +18,7 @@ use tally_engine::workload::{demo_program_of, interleaved, WorkloadConfig};
 use tally_protocol::Command;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tally_engine::allocator::Mimalloc = tally_engine::allocator::Mimalloc;
 
 fn main() {
     tally_engine::allocator::tune();

@@ -15,7 +15,7 @@ use tally_engine::ingest::{Clock, Engine};
 use tally_engine::workload::{demo_program_of, interleaved, WorkloadConfig};
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tally_engine::allocator::Mimalloc = tally_engine::allocator::Mimalloc;
 
 const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
 /// Each measurement runs about this long.

@@ -22,7 +22,7 @@ mod demo;
 // The core allocates many small, short-lived objects (results, lines); glibc malloc spends
 // a third of the time consolidating them under load, mimalloc does not.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tally_engine::allocator::Mimalloc = tally_engine::allocator::Mimalloc;
 
 #[derive(Parser)]
 #[command(name = "tally", version, about = "A streaming loyalty ledger")]
