@@ -402,15 +402,14 @@ fn encode_entries_into(entries: &[Entry], bytes: &mut Vec<u8>) {
     let mut sequence = serde::Serializer::serialize_seq(&mut serializer, Some(entries.len()))
         .expect("serialising into memory does not fail");
     // A command's entries are consecutive and share its key: its text is made once.
-    let mut command: Option<(&Arc<tally_protocol::IdemKey>, String)> = None;
+    let mut command: Option<&crate::core::ReceiptKey> = None;
+    let mut text = String::new();
     for entry in entries {
-        if command
-            .as_ref()
-            .is_none_or(|(key, _)| !Arc::ptr_eq(key, &entry.command))
-        {
-            command = Some((&entry.command, entry.command.text()));
+        if command.is_none_or(|key| *key != entry.command) {
+            command = Some(&entry.command);
+            text.clear();
+            entry.command.write_text(&mut text);
         }
-        let (_, text) = command.as_ref().expect("set above");
         let record = EntryRecord {
             seq: entry.seq,
             merchant: &entry.merchant,
@@ -419,7 +418,7 @@ fn encode_entries_into(entries: &[Entry], bytes: &mut Vec<u8>) {
             kind: entry.kind,
             amount: entry.amount,
             at_micros: entry.at.timestamp_micros(),
-            command: text,
+            command: &text,
             rule: entry.rule.as_deref(),
             program_version: entry.program_version,
             lots: LotPairs(&entry.lots),

@@ -671,7 +671,8 @@ impl Builder {
             let members = ledger.merchant(merchant).map(|m| m.members.iter());
             for member in members.into_iter().flatten() {
                 for hold in member.open_holds.iter().filter(|h| h.deadline > now) {
-                    open.push((hold.deadline, merchant, hold.key.clone(), Some(member.id)));
+                    let key = hold.key.to_idem_key();
+                    open.push((hold.deadline, merchant, key, Some(member.id)));
                 }
             }
         }
@@ -1627,7 +1628,7 @@ impl Checked {
                     .iter()
                     .filter_map(|open| {
                         self.holds
-                            .get(&(merchant.name.to_string(), open.key.clone()))
+                            .get(&(merchant.name.to_string(), open.key.to_idem_key()))
                     })
                     .fold((0, 0), |(p, c), (hp, hc)| (p + hp, c + hc));
                 if (held, held_credit) != (member.held_points, member.held_credit_minor) {

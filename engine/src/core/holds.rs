@@ -6,9 +6,11 @@ use tally_protocol::{Applied, Capture, EntryKind, Hold, IdemKey, Reason, Release
 
 use super::member::{OpenHold, Slice};
 use super::members::{debit_points, resolve, Who};
-use super::{finish_member, reject, Books, Ctx, Merchant, Record, Rejection};
+use super::{finish_member, reject, Books, Ctx, Merchant, ReceiptKey, Record, Rejection};
 use crate::money::{from_minor, to_minor};
+use hashbrown::Equivalent;
 use serde::{Deserialize, Serialize};
+use std::hash::Hash;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HoldState {
@@ -81,7 +83,7 @@ pub fn hold(
     let deadline = ctx.now + ctx.program.hold_timeout;
     member.open_holds.push(OpenHold {
         deadline,
-        key: (*ctx.key).clone(),
+        key: ctx.key.clone(),
     });
     let tier = member.tier;
     let record = HoldRecord {
@@ -194,7 +196,7 @@ pub fn capture_for_order(
 
 /// Lapses the member's holds whose deadline has passed; returns how many.
 pub fn lapse_due(merchant: &mut Merchant, books: &mut Books, ctx: &Ctx, index: u32) -> u64 {
-    let due: Vec<IdemKey> = merchant.members[index as usize]
+    let due: Vec<ReceiptKey> = merchant.members[index as usize]
         .open_holds
         .iter()
         .filter(|hold| hold.deadline <= ctx.now)
@@ -208,11 +210,11 @@ pub fn lapse_due(merchant: &mut Merchant, books: &mut Books, ctx: &Ctx, index: u
 
 /// Closes an open hold: the reserved amount is released (`release` entries) and the captured
 /// part redeemed (`redemption` entries). Only the part not captured goes back into lots.
-fn close(
+fn close<Key: Hash + Equivalent<ReceiptKey> + ?Sized>(
     merchant: &mut Merchant,
     books: &mut Books,
     ctx: &Ctx,
-    key: &IdemKey,
+    key: &Key,
     state: HoldState,
     points: i64,
     credit: i64,
@@ -228,7 +230,7 @@ fn close(
     hold.state = state;
     let hold = (**hold).clone();
     let member = &mut merchant.members[hold.member as usize];
-    member.open_holds.retain(|open| &open.key != key);
+    member.open_holds.retain(|open| !key.equivalent(&open.key));
     let (captured, kept) = split_slices(&hold.slices, points);
     member.held_points -= hold.points;
     member.restore(&kept);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use tally_protocol::{Alias, IdemKey};
+use tally_protocol::Alias;
 
 use rust_decimal::Decimal;
 use tally_protocol::TierChange;
@@ -17,6 +17,7 @@ use super::holds::HoldRecord;
 use super::packed::Packed;
 use super::parted::PartedMap;
 use super::purchase::OrderRecord;
+use super::receipt_key::ReceiptKey;
 use super::{promotions, Chunked, Ledger, Member, Merchant, Receipt, Record, Stored};
 use crate::program::{parse_and_compile, ProgramErrors};
 use crate::Timestamp;
@@ -36,9 +37,9 @@ struct MerchantImage {
     #[serde(skip)]
     members: Chunked<Member>,
     #[serde(skip)]
-    receipts: Vec<(IdemKey, Receipt)>,
+    receipts: Vec<(ReceiptKey, Receipt)>,
     /// Keys of the receipts still kept whole, oldest first.
-    recent_keys: Vec<IdemKey>,
+    recent_keys: Vec<ReceiptKey>,
     clock: Timestamp,
     next_day_start: Option<Timestamp>,
     next_month_start: Option<Timestamp>,
@@ -73,8 +74,8 @@ struct MerchantImageRef<'a> {
     #[serde(skip)]
     members: &'a Chunked<Member>,
     #[serde(skip)]
-    receipts: &'a PartedMap<Arc<IdemKey>, Receipt>,
-    recent_keys: &'a VecDeque<Arc<IdemKey>>,
+    receipts: &'a PartedMap<ReceiptKey, Receipt>,
+    recent_keys: &'a VecDeque<ReceiptKey>,
     clock: Timestamp,
     next_day_start: Option<Timestamp>,
     next_month_start: Option<Timestamp>,
@@ -108,7 +109,7 @@ pub fn bounded_bincode(bytes: usize) -> impl bincode::Options {
 /// One part of an image to encode: a merchant's members or receipts, by slice.
 enum PartJob<'a> {
     Members(&'a [Member]),
-    Receipts(&'a [(&'a IdemKey, &'a Receipt)]),
+    Receipts(&'a [(&'a ReceiptKey, &'a Receipt)]),
 }
 
 impl LedgerImageRef<'_> {
@@ -119,10 +120,10 @@ impl LedgerImageRef<'_> {
     /// that wait is shared out. Segment `i` is written into `buffers[i]` where there is one
     /// (the previous checkpoint's, whose memory is already touched).
     pub fn encode_segments(&self, threads: usize, buffers: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
-        let receipts: Vec<Vec<(&IdemKey, &Receipt)>> = self
+        let receipts: Vec<Vec<(&ReceiptKey, &Receipt)>> = self
             .merchants
             .iter()
-            .map(|m| m.receipts.iter().map(|(k, r)| (&**k, r)).collect())
+            .map(|m| m.receipts.iter().collect())
             .collect();
         let mut jobs = Vec::new();
         for (index, merchant) in self.merchants.iter().enumerate() {
@@ -224,7 +225,7 @@ struct PartAt {
 
 enum Decoded {
     Members(Vec<Member>),
-    Receipts(Vec<(IdemKey, Receipt)>),
+    Receipts(Vec<(ReceiptKey, Receipt)>),
 }
 
 impl LedgerImage {
@@ -291,13 +292,14 @@ fn decode_part(bytes: &[u8], part: &PartAt) -> Result<Decoded, String> {
     Ok(match part.kind {
         PART_MEMBERS => Decoded::Members(decoder.deserialize(bytes).map_err(error)?),
         _ if part.version == 2 => {
-            let receipts: Vec<(IdemKey, Receipt)> = decoder.deserialize(bytes).map_err(error)?;
+            let receipts: Vec<(ReceiptKey, Receipt)> = decoder.deserialize(bytes).map_err(error)?;
             let upgraded: Result<_, _> = receipts.into_iter().map(upgrade_v2).collect();
             Decoded::Receipts(upgraded.map_err(error)?)
         }
         _ if part.version == 1 => {
-            let receipts: Vec<(IdemKey, ReceiptV1)> = decoder.deserialize(bytes).map_err(error)?;
-            let upgrade = |(key, receipt): (IdemKey, ReceiptV1)| {
+            let receipts: Vec<(ReceiptKey, ReceiptV1)> =
+                decoder.deserialize(bytes).map_err(error)?;
+            let upgrade = |(key, receipt): (ReceiptKey, ReceiptV1)| {
                 receipt
                     .upgrade::<bincode::Error>()
                     .map(|receipt| (key, receipt))
@@ -310,7 +312,7 @@ fn decode_part(bytes: &[u8], part: &PartAt) -> Result<Decoded, String> {
 }
 
 /// A receipt of format 2, whose summary's amounts were in their fixed form.
-fn upgrade_v2((key, mut receipt): (IdemKey, Receipt)) -> bincode::Result<(IdemKey, Receipt)> {
+fn upgrade_v2((key, mut receipt): (ReceiptKey, Receipt)) -> bincode::Result<(ReceiptKey, Receipt)> {
     if let Stored::Summary(packed) = &receipt.result {
         let summary = Summary::from(packed.decode_as::<SummaryV2>()?);
         receipt.result = Stored::Summary(Packed::pack(&summary));
@@ -444,27 +446,22 @@ fn restore_merchant(image: MerchantImage) -> Result<Merchant, ImageError> {
     })
 }
 
-type Receipts = PartedMap<Arc<IdemKey>, Receipt>;
+type Receipts = PartedMap<ReceiptKey, Receipt>;
 
-/// The receipts by key, and the keys of those kept whole (sharing the receipts' keys, as a
-/// running ledger does).
+/// The receipts by key, and the keys of those kept whole, each of which has a receipt.
 fn receipts_map(
-    image: Vec<(IdemKey, Receipt)>,
-    recent: Vec<IdemKey>,
-) -> Result<(Receipts, VecDeque<Arc<IdemKey>>), String> {
+    image: Vec<(ReceiptKey, Receipt)>,
+    recent: Vec<ReceiptKey>,
+) -> Result<(Receipts, VecDeque<ReceiptKey>), String> {
     let mut receipts = PartedMap::default();
     receipts.reserve(image.len());
     for (key, receipt) in image {
-        receipts.insert(Arc::new(key), receipt);
+        receipts.insert(key, receipt);
     }
-    let mut recent_keys = VecDeque::with_capacity(recent.len());
-    for key in recent {
-        let (shared, _) = receipts
-            .get_key_value(&key)
-            .ok_or_else(|| format!("recent key {key} has no receipt"))?;
-        recent_keys.push_back(shared.clone());
+    if let Some(key) = recent.iter().find(|key| !receipts.contains_key(*key)) {
+        return Err(format!("recent key {key} has no receipt"));
     }
-    Ok((receipts, recent_keys))
+    Ok((receipts, VecDeque::from(recent)))
 }
 
 type MemberIndexes = (

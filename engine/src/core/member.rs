@@ -6,7 +6,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::micros;
-use tally_protocol::{Alias, IdemKey};
+use super::ReceiptKey;
+use tally_protocol::Alias;
 
 use crate::Timestamp;
 
@@ -112,7 +113,7 @@ impl Counters {
 pub struct OpenHold {
     #[serde(with = "micros")]
     pub deadline: Timestamp,
-    pub key: IdemKey,
+    pub key: ReceiptKey,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

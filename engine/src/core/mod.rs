@@ -18,6 +18,7 @@ mod parted;
 mod phone;
 mod promotions;
 mod purchase;
+mod receipt_key;
 mod returns;
 mod snapshot;
 mod tiers;
@@ -32,6 +33,7 @@ use rustc_hash::FxHashMap;
 
 pub use chunked::Chunked;
 use parted::PartedMap;
+pub use receipt_key::ReceiptKey;
 use serde::{Deserialize, Serialize};
 use tally_protocol::{
     Alias, Applied, BalanceQuery, Balances, Body, Command, CommandKind, CommandResult, EntryKind,
@@ -81,7 +83,7 @@ pub struct Entry {
     pub amount: i64,
     pub at: Timestamp,
     /// The command that caused it.
-    pub command: Arc<IdemKey>,
+    pub command: ReceiptKey,
     pub rule: Option<Arc<str>>,
     pub program_version: u32,
     pub lots: Lots,
@@ -158,15 +160,15 @@ pub struct Merchant {
     pub programs: Vec<Arc<Program>>,
     pub members: Chunked<Member>,
     aliases: PartedMap<Alias, u32>,
-    /// Keyed by the same `Arc` the command's entries share: one copy of each key.
-    receipts: PartedMap<Arc<IdemKey>, Receipt>,
+    /// Searched with the command's `IdemKey` (see `receipt_key`).
+    receipts: PartedMap<ReceiptKey, Receipt>,
     /// Members with time-driven work, by due time (lazily deleted: see `Member::timer_at`).
     /// A tree, not a heap: a heap is one vector, which doubles in one push (134 MB copied at
     /// 8.4 million members with timers); a tree grows a node at a time.
     timers: BTreeSet<(Timestamp, u32)>,
     birthdays: FxHashMap<(u32, u32), Vec<u32>>,
     /// Keys of the most recent remembered commands, oldest first.
-    recent_keys: std::collections::VecDeque<Arc<IdemKey>>,
+    recent_keys: std::collections::VecDeque<ReceiptKey>,
     /// Time-driven work is done up to here.
     pub clock: Timestamp,
     next_day_start: Option<Timestamp>,
@@ -224,7 +226,7 @@ impl Default for Ledger {
 #[derive(Clone)]
 pub(crate) struct Ctx {
     pub merchant: Arc<str>,
-    pub key: Arc<IdemKey>,
+    pub key: ReceiptKey,
     pub origin: Origin,
     pub at: Timestamp,
     pub now: Timestamp,
@@ -240,7 +242,7 @@ pub(crate) struct Ctx {
 impl Ctx {
     pub fn new(
         merchant: Arc<str>,
-        key: Arc<IdemKey>,
+        key: ReceiptKey,
         origin: Origin,
         at: Timestamp,
         now: Timestamp,
@@ -557,7 +559,7 @@ impl Ledger {
         check_time(merchant.program(), command, now)?;
         let ctx = Ctx::new(
             merchant.name.clone(),
-            Arc::new(command.key.clone()),
+            ReceiptKey::from(&command.key),
             command.origin.clone(),
             command.at,
             now,
@@ -624,7 +626,7 @@ impl Ledger {
         };
         let evicted = remember(
             &mut merchant,
-            Arc::new(command.key.clone()),
+            ReceiptKey::from(&command.key),
             receipt,
             self.results_kept_whole,
         );
@@ -661,7 +663,7 @@ impl Ledger {
 
 /// The remembered keys, whatever the map's order: a sum of per-key digests (no sort of
 /// millions of keys when recovery checks the state).
-fn receipts_digest(receipts: &PartedMap<Arc<IdemKey>, Receipt>) -> (usize, u128) {
+fn receipts_digest(receipts: &PartedMap<ReceiptKey, Receipt>) -> (usize, u128) {
     use std::hash::Hash;
     let sum = receipts.keys().fold(0u128, |sum, key| {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
@@ -685,7 +687,7 @@ impl Ledger {
 #[must_use = "an evicted result is freed by the caller, off the apply path"]
 fn remember(
     merchant: &mut Merchant,
-    key: Arc<IdemKey>,
+    key: ReceiptKey,
     receipt: Receipt,
     kept_whole: usize,
 ) -> Option<Arc<CommandResult>> {

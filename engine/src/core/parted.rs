@@ -6,11 +6,10 @@
 //! grows on its own, a few thousand entries at a time: the same work in total, never in one
 //! pause.
 
-use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 
 use hashbrown::hash_table::Entry;
-use hashbrown::HashTable;
+use hashbrown::{Equivalent, HashTable};
 use rustc_hash::FxBuildHasher;
 
 /// Tables per map: a map of 10,000,000 grows 40,000 entries at a time, and an empty map
@@ -56,38 +55,34 @@ impl<K: Hash + Eq, V> PartedMap<K, V> {
 
     pub fn get_key_value<Q>(&self, key: &Q) -> Option<(&K, &V)>
     where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + Equivalent<K> + ?Sized,
     {
         let hash = hash_of(key);
         self.parts[part_of(hash)]
-            .find(hash, |(k, _)| k.borrow() == key)
+            .find(hash, |(k, _)| key.equivalent(k))
             .map(|(k, v)| (k, v))
     }
 
     pub fn get<Q>(&self, key: &Q) -> Option<&V>
     where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + Equivalent<K> + ?Sized,
     {
         self.get_key_value(key).map(|(_, value)| value)
     }
 
     pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
     where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + Equivalent<K> + ?Sized,
     {
         let hash = hash_of(key);
         self.parts[part_of(hash)]
-            .find_mut(hash, |(k, _)| k.borrow() == key)
+            .find_mut(hash, |(k, _)| key.equivalent(k))
             .map(|(_, value)| value)
     }
 
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + Equivalent<K> + ?Sized,
     {
         self.get_key_value(key).is_some()
     }
