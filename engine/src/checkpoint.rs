@@ -403,7 +403,8 @@ mod tests {
     }
 
     /// `tests/data/checkpoint-v1` was written by the engine before order records and
-    /// summaries were packed, `checkpoint-v2` before summaries' amounts were compact, both
+    /// summaries were packed, `checkpoint-v2` before summaries' amounts were compact,
+    /// `checkpoint-v3` before order records named rules and SKUs by number, all three
     /// from the ledger `busy_ledger_of` builds here: 700 demo commands on 60 members, 50
     /// results kept whole.
     #[test]
@@ -414,6 +415,11 @@ mod tests {
     #[test]
     fn a_version_2_checkpoint_restores_a_ledger_that_goes_on_the_same() {
         an_older_checkpoint_restores_a_ledger_that_goes_on_the_same("checkpoint-v2");
+    }
+
+    #[test]
+    fn a_version_3_checkpoint_restores_a_ledger_that_goes_on_the_same() {
+        an_older_checkpoint_restores_a_ledger_that_goes_on_the_same("checkpoint-v3");
     }
 
     /// Restores the file and applies the same commands to it and to the ledger it came from
