@@ -13,10 +13,11 @@ use crate::core::{interning, Ledger, LedgerImage};
 use crate::Timestamp;
 
 const MAGIC: [u8; 4] = *b"TLYC";
-/// Version 3 keeps the amounts of result summaries as magnitude and scale (a few bytes
-/// instead of sixteen); version 2 kept order records and result summaries packed
-/// (`core::packed`); versions 1 and 2 are still read.
-const FORMAT_VERSION: u16 = 3;
+/// Version 4 adds each merchant's name table, and order records name rules, SKUs and
+/// promotions by number in it; version 3 keeps the amounts of result summaries as magnitude
+/// and scale (a few bytes instead of sixteen); version 2 kept order records and result
+/// summaries packed (`core::packed`); versions 1 to 3 are still read.
+const FORMAT_VERSION: u16 = 4;
 const OLDEST_READ_VERSION: u16 = 1;
 /// Magic, format version, last batch, engine time, body length.
 const HEADER_BYTES: usize = 4 + 2 + 8 + 8 + 8;

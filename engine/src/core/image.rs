@@ -14,9 +14,10 @@ use tally_protocol::TierChange;
 use tally_protocol::{Applied, Balances, CommandKind, CommandResult, MemberView, TickSummary};
 
 use super::holds::HoldRecord;
+use super::intern::NameTable;
 use super::packed::Packed;
 use super::parted::PartedMap;
-use super::purchase::OrderRecord;
+use super::purchase::{OrderRecord, PackedOrder};
 use super::receipt_key::ReceiptKey;
 use super::{promotions, Chunked, Ledger, Member, Merchant, Receipt, Record, Stored};
 use crate::program::{parse_and_compile, ProgramErrors};
@@ -24,6 +25,19 @@ use crate::Timestamp;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LedgerImage {
+    next_entry_seq: u64,
+    merchants: Vec<MerchantImage>,
+    /// Each merchant's `NameTable`, in the merchants' order (format 4 on).
+    #[serde(deserialize_with = "super::intern::name_lists")]
+    names: Vec<Vec<Arc<str>>>,
+    /// Read from format 3 or older: order records have their names written out.
+    #[serde(skip)]
+    names_written_out: bool,
+}
+
+/// The head of formats 1 to 3, before the name tables.
+#[derive(Deserialize)]
+struct LedgerImageV3 {
     next_entry_seq: u64,
     merchants: Vec<MerchantImage>,
 }
@@ -65,6 +79,7 @@ pub enum ImageError {
 pub struct LedgerImageRef<'a> {
     next_entry_seq: u64,
     merchants: Vec<MerchantImageRef<'a>>,
+    names: Vec<&'a [Arc<str>]>,
 }
 
 #[derive(Debug, Serialize)]
@@ -237,9 +252,22 @@ impl LedgerImage {
         use bincode::Options;
         let mut reader = Reader { bytes, at: 0 };
         let head = reader.take_sized()?;
-        let mut image: LedgerImage = bounded_bincode(head.len())
-            .deserialize(head)
-            .map_err(|e| format!("the head does not decode: {e}"))?;
+        let head_error = |e: bincode::Error| format!("the head does not decode: {e}");
+        let mut image: LedgerImage = if version <= 3 {
+            let old: LedgerImageV3 = bounded_bincode(head.len())
+                .deserialize(head)
+                .map_err(head_error)?;
+            LedgerImage {
+                next_entry_seq: old.next_entry_seq,
+                merchants: old.merchants,
+                names: Vec::new(),
+                names_written_out: true,
+            }
+        } else {
+            bounded_bincode(head.len())
+                .deserialize(head)
+                .map_err(head_error)?
+        };
         let count = reader.u64()?;
         let mut parts = Vec::new();
         for _ in 0..count {
@@ -370,6 +398,7 @@ impl Ledger {
         LedgerImageRef {
             next_entry_seq: self.next_entry_seq,
             merchants: self.merchants.values().map(merchant_image).collect(),
+            names: self.merchants.values().map(|m| m.names.names()).collect(),
         }
     }
 
@@ -378,8 +407,18 @@ impl Ledger {
     pub fn from_image(image: LedgerImage) -> Result<Ledger, ImageError> {
         let mut ledger = Ledger::new();
         ledger.next_entry_seq = image.next_entry_seq;
+        let mut names = image.names.into_iter();
         for merchant in image.merchants {
-            let merchant = restore_merchant(merchant)?;
+            let table = match names.next() {
+                Some(list) => NameTable::from_names(list),
+                None if image.names_written_out => Ok(NameTable::default()),
+                None => Err("no name table".to_string()),
+            };
+            let table = table.map_err(|what| ImageError::Inconsistent {
+                merchant: merchant.name.clone(),
+                what,
+            })?;
+            let merchant = restore_merchant(merchant, table, image.names_written_out)?;
             ledger.merchants.insert(merchant.name.to_string(), merchant);
         }
         Ok(ledger)
@@ -401,7 +440,13 @@ fn merchant_image(merchant: &Merchant) -> MerchantImageRef<'_> {
     }
 }
 
-fn restore_merchant(image: MerchantImage) -> Result<Merchant, ImageError> {
+/// The merchant; `renumber`: its order records have their names written out (formats 1 to
+/// 3) and are numbered into `names` here.
+fn restore_merchant(
+    image: MerchantImage,
+    mut names: NameTable,
+    renumber: bool,
+) -> Result<Merchant, ImageError> {
     let inconsistent = |what: String| ImageError::Inconsistent {
         merchant: image.name.clone(),
         what,
@@ -427,7 +472,10 @@ fn restore_merchant(image: MerchantImage) -> Result<Merchant, ImageError> {
             .expect("building the receipts' map does not panic");
         (receipts, indexes)
     });
-    let (receipts, recent_keys) = receipts.map_err(inconsistent)?;
+    let (mut receipts, recent_keys) = receipts.map_err(inconsistent)?;
+    if renumber {
+        number_order_names(&mut receipts, &mut names).map_err(inconsistent)?;
+    }
     let (aliases, timers, birthdays) = indexes.map_err(inconsistent)?;
     Ok(Merchant {
         name: Arc::from(image.name.as_str()),
@@ -443,7 +491,20 @@ fn restore_merchant(image: MerchantImage) -> Result<Merchant, ImageError> {
         next_month_start: image.next_month_start,
         next_card: image.next_card,
         promotions: image.promotions,
+        names,
     })
+}
+
+/// Order records as formats 1 to 3 kept them, names written out, numbered into `names`.
+fn number_order_names(receipts: &mut Receipts, names: &mut NameTable) -> Result<(), String> {
+    for receipt in receipts.values_mut() {
+        if let Record::Order(order) = &mut receipt.record {
+            *order = order
+                .renumbered(names)
+                .map_err(|e| format!("an order record does not decode: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 type Receipts = PartedMap<ReceiptKey, Receipt>;
@@ -700,7 +761,9 @@ impl ReceiptV1 {
             },
             record: match self.record {
                 RecordV1::None => Record::None,
-                RecordV1::Order(order) => Record::Order(Packed::pack(&*order)),
+                RecordV1::Order(order) => {
+                    Record::Order(PackedOrder::with_names_written_out(&order))
+                }
                 RecordV1::Hold(hold) => Record::Hold(hold),
             },
         })

@@ -1,12 +1,144 @@
 //! Shared names while a checkpoint is read: rule ids, SKUs and promotion ids appear in every
 //! order record, and a running ledger holds one `Arc<str>` per name, not one per use. Reading
 //! a checkpoint inside `interning` gives the same sharing (and spares an allocation per use).
+//!
+//! Order records go further: packed, they name rules, SKUs and promotions by number in their
+//! merchant's `NameTable` (half of a record's bytes were names). `numbering` lends the table
+//! to the serde hooks below while one record is packed or unpacked.
 
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use rustc_hash::FxHashSet;
-use serde::{Deserialize, Deserializer};
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::de::Error as _;
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Deserializer, Serializer};
+
+/// A merchant's names by number, in the order they were first used: append only, so a
+/// number once written into a record always means the same name.
+#[derive(Debug, Default, Clone)]
+pub struct NameTable {
+    names: Vec<Arc<str>>,
+    numbers: FxHashMap<Arc<str>, u32>,
+    /// The same numbers by the address of the `Arc`s in `names`: a rule's name is the
+    /// program's own `Arc` in every order, found without hashing its text. Only addresses
+    /// of `Arc`s held here, which no other allocation can take while they are.
+    by_address: FxHashMap<usize, u32>,
+}
+
+impl NameTable {
+    pub fn from_names(names: Vec<Arc<str>>) -> Result<NameTable, String> {
+        let mut table = NameTable::default();
+        for name in names {
+            if table.numbers.contains_key(&name) {
+                return Err(format!("the name {name:?} is listed twice"));
+            }
+            table.number(&name);
+        }
+        Ok(table)
+    }
+
+    pub fn names(&self) -> &[Arc<str>] {
+        &self.names
+    }
+
+    /// The name's number, given it one if it is new.
+    fn number(&mut self, name: &Arc<str>) -> u32 {
+        let address = Arc::as_ptr(name).cast::<u8>() as usize;
+        if let Some(&number) = self.by_address.get(&address) {
+            return number;
+        }
+        if let Some(&number) = self.numbers.get(name) {
+            return number;
+        }
+        let number = u32::try_from(self.names.len()).expect("fewer than 2^32 names");
+        self.names.push(name.clone());
+        self.numbers.insert(name.clone(), number);
+        self.by_address.insert(address, number);
+        number
+    }
+
+    fn name(&self, number: u32) -> Option<&Arc<str>> {
+        self.names.get(number as usize)
+    }
+}
+
+thread_local! {
+    static NUMBERING: RefCell<Option<NameTable>> = const { RefCell::new(None) };
+}
+
+/// Runs `work` (packing or unpacking one order record) with `table` lent to the hooks below.
+pub fn numbering<T>(table: &mut NameTable, work: impl FnOnce() -> T) -> T {
+    let lent = std::mem::take(table);
+    NUMBERING.with_borrow_mut(|slot| *slot = Some(lent));
+    let value = work();
+    *table = NUMBERING
+        .with_borrow_mut(Option::take)
+        .expect("the table lent above");
+    value
+}
+
+/// `serialize_with` for a name an order record keeps: its number while `numbering`, else the
+/// name itself (an order record of format 3 or older, or one in a test).
+pub fn number<S: Serializer>(name: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
+    let number = NUMBERING.with_borrow_mut(|slot| slot.as_mut().map(|table| table.number(name)));
+    match number {
+        Some(number) => serializer.serialize_u32(number),
+        None => serializer.serialize_str(name),
+    }
+}
+
+/// `serialize_with` for a list of names, as `number` writes each.
+pub fn numbers<S: Serializer>(names: &[Arc<str>], serializer: S) -> Result<S::Ok, S::Error> {
+    struct One<'a>(&'a Arc<str>);
+    impl serde::Serialize for One<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            number(self.0, serializer)
+        }
+    }
+    let mut sequence = serializer.serialize_seq(Some(names.len()))?;
+    for name in names {
+        sequence.serialize_element(&One(name))?;
+    }
+    sequence.end()
+}
+
+/// `deserialize_with` for what `number` wrote.
+pub fn numbered<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<str>, D::Error> {
+    if !NUMBERING.with_borrow(Option::is_some) {
+        return name(deserializer);
+    }
+    let number = u32::deserialize(deserializer)?;
+    NUMBERING.with_borrow(|slot| {
+        let table = slot.as_ref().expect("checked above");
+        table
+            .name(number)
+            .cloned()
+            .ok_or_else(|| D::Error::custom(format!("no name numbered {number}")))
+    })
+}
+
+/// `deserialize_with` for what `numbers` wrote.
+pub fn numbered_list<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Arc<str>>, D::Error> {
+    if !NUMBERING.with_borrow(Option::is_some) {
+        return names(deserializer);
+    }
+    let numbers = Vec::<u32>::deserialize(deserializer)?;
+    NUMBERING.with_borrow(|slot| {
+        let table = slot.as_ref().expect("checked above");
+        numbers
+            .into_iter()
+            .map(|number| {
+                table
+                    .name(number)
+                    .cloned()
+                    .ok_or_else(|| D::Error::custom(format!("no name numbered {number}")))
+            })
+            .collect()
+    })
+}
 
 thread_local! {
     static NAMES: RefCell<Option<FxHashSet<Arc<str>>>> = const { RefCell::new(None) };
@@ -47,6 +179,17 @@ pub fn names<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Arc<str>>
     Ok(read.into_iter().map(shared).collect())
 }
 
+/// `deserialize_with` for lists of names (the merchants' name tables).
+pub fn name_lists<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Vec<Arc<str>>>, D::Error> {
+    let read = Vec::<Vec<&'de str>>::deserialize(deserializer)?;
+    Ok(read
+        .into_iter()
+        .map(|list| list.into_iter().map(shared).collect())
+        .collect())
+}
+
 /// `deserialize_with` for counts by name (a member's events).
 pub fn counts<'de, D: Deserializer<'de>>(
     deserializer: D,
@@ -65,4 +208,40 @@ pub fn tiers<'de, D: Deserializer<'de>>(
 ) -> Result<Option<(Option<Arc<str>>, Option<Arc<str>>)>, D::Error> {
     let read = Option::<(Option<&'de str>, Option<&'de str>)>::deserialize(deserializer)?;
     Ok(read.map(|(before, after)| (before.map(shared), after.map(shared))))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::NameTable;
+
+    #[test]
+    fn a_name_keeps_its_number_whichever_arc_brings_it() {
+        let mut table = NameTable::default();
+        let base: Arc<str> = Arc::from("base");
+        let mug: Arc<str> = Arc::from("MUG");
+        assert_eq!(table.number(&base), 0);
+        assert_eq!(table.number(&mug), 1);
+        assert_eq!(table.number(&base), 0);
+        // The same text in other allocations (a SKU parsed from each order), each freed after
+        // use: the next allocation often takes the same address, and is another name.
+        for i in 0..64 {
+            let text = format!("HAT{i:02}");
+            let parsed: Arc<str> = Arc::from("MUG");
+            assert_eq!(table.number(&parsed), 1);
+            drop(parsed);
+            let next: Arc<str> = Arc::from(text.as_str());
+            assert_eq!(table.number(&next), 2 + i);
+        }
+        drop(mug);
+        assert_eq!(table.number(&Arc::from("MUG")), 1);
+        assert_eq!(table.name(1).map(|n| &**n), Some("MUG"));
+        // Read back from its list, a table numbers the same.
+        let mut read = NameTable::from_names(table.names().to_vec()).unwrap();
+        assert_eq!(read.number(&Arc::from("HAT07")), 9);
+        assert_eq!(read.names(), table.names());
+        let twice = vec![Arc::from("a"), Arc::from("a")];
+        assert!(NameTable::from_names(twice).is_err());
+    }
 }

@@ -118,7 +118,7 @@ pub(crate) fn reject<T>(reason: Reason, message: impl Into<String>) -> Result<T,
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Record {
     None,
-    Order(packed::Packed<purchase::OrderRecord>),
+    Order(purchase::PackedOrder),
     Hold(Box<holds::HoldRecord>),
 }
 
@@ -176,6 +176,8 @@ pub struct Merchant {
     next_card: u64,
     /// Per-member uses, punch cards, budgets, assignments and scratch codes.
     promotions: promotions::State,
+    /// The names order records refer to by number.
+    names: intern::NameTable,
 }
 
 impl Merchant {
@@ -729,6 +731,7 @@ fn new_merchant(program: Arc<Program>, now: Timestamp) -> Merchant {
         next_month_start: None,
         next_card: 1,
         promotions: promotions::State::default(),
+        names: intern::NameTable::default(),
     };
     time::schedule_boundaries(&mut merchant);
     merchant

@@ -54,6 +54,11 @@ impl<T: Serialize + DeserializeOwned> Packed<T> {
 }
 
 impl<T> Packed<T> {
+    #[cfg(test)]
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     fn from_bytes(bytes: Box<[u8]>) -> Packed<T> {
         Packed {
             bytes,
@@ -100,6 +105,7 @@ impl<'de, T> Deserialize<'de> for Packed<T> {
 
 #[cfg(test)]
 mod tests {
+    use crate::core::purchase::PackedOrder;
     use crate::core::tests::demo_ledger;
     use crate::core::{Record, RESULTS_KEPT_WHOLE};
 
@@ -107,15 +113,28 @@ mod tests {
     fn an_order_record_packs_whole_and_its_member_reads_alone() {
         let ledger = demo_ledger(40, 400, RESULTS_KEPT_WHOLE);
         let merchant = ledger.merchants.values().next().unwrap();
+        let mut names = merchant.names.clone();
+        let known = names.names().len();
         let mut orders = 0;
         for receipt in merchant.receipts.values() {
             if let Record::Order(packed) = &receipt.record {
-                let record = packed.unpack();
-                assert_eq!(packed.leading::<u32>(), record.member);
-                assert_eq!(super::Packed::pack(&record).bytes, packed.bytes);
+                let record = packed.unpack(&mut names);
+                assert_eq!(packed.member(), record.member);
+                let again = PackedOrder::pack(&mut names, &record);
+                assert_eq!(again.bytes(), packed.bytes());
+                // Names written out, then numbered again: the same bytes.
+                let written_out = PackedOrder::with_names_written_out(&record);
+                assert!(written_out.bytes().len() > packed.bytes().len());
+                let renumbered = written_out.renumbered(&mut names).unwrap();
+                assert_eq!(renumbered.bytes(), packed.bytes());
                 orders += 1;
             }
         }
         assert!(orders > 100, "most commands are purchases: {orders}");
+        assert_eq!(
+            names.names().len(),
+            known,
+            "every name was numbered already"
+        );
     }
 }

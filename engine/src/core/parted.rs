@@ -109,6 +109,12 @@ impl<K: Hash + Eq, V> PartedMap<K, V> {
             .flat_map(|part| part.iter().map(|(k, v)| (k, v)))
     }
 
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.parts
+            .iter_mut()
+            .flat_map(|part| part.iter_mut().map(|(_, v)| v))
+    }
+
     pub fn keys(&self) -> impl Iterator<Item = &K> {
         self.iter().map(|(key, _)| key)
     }

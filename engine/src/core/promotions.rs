@@ -872,9 +872,15 @@ pub(super) fn describe(
 /// What a return needs to know about a promotion an order got.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PromotionRecord {
-    #[serde(deserialize_with = "super::intern::name")]
+    #[serde(
+        serialize_with = "super::intern::number",
+        deserialize_with = "super::intern::numbered"
+    )]
     id: Arc<str>,
-    #[serde(deserialize_with = "super::intern::name")]
+    #[serde(
+        serialize_with = "super::intern::number",
+        deserialize_with = "super::intern::numbered"
+    )]
     rule: Arc<str>,
     points: i64,
     amount_minor: i64,

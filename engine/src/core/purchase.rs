@@ -14,6 +14,7 @@ use tally_protocol::{
 };
 
 use super::holds;
+use super::intern::{self, NameTable};
 use super::member::{Slice, Totals};
 use super::members::{debit_points, filter_holds, materialize, resolve, Who};
 use super::packed::Packed;
@@ -37,7 +38,10 @@ pub struct OrderRecord {
     pub total_minor: i64,
     pub lines: Vec<RecordedLine>,
     /// The rules the order earned from, named once: `LineEarned` refers to them by position.
-    #[serde(deserialize_with = "super::intern::names")]
+    #[serde(
+        serialize_with = "super::intern::numbers",
+        deserialize_with = "super::intern::numbered_list"
+    )]
     pub rules: Vec<Arc<str>>,
     /// Per line and rule: what a return takes back, by the values recorded here.
     pub earnings: Vec<LineEarned>,
@@ -62,9 +66,50 @@ pub struct OrderRecord {
     pub promotions: Vec<PromotionRecord>,
 }
 
+/// An order record, packed, its names numbered in its merchant's `NameTable`: packed and
+/// unpacked only with that table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct PackedOrder(Packed<OrderRecord>);
+
+impl PackedOrder {
+    pub fn pack(names: &mut NameTable, record: &OrderRecord) -> PackedOrder {
+        PackedOrder(intern::numbering(names, || Packed::pack(record)))
+    }
+
+    pub fn unpack(&self, names: &mut NameTable) -> OrderRecord {
+        intern::numbering(names, || self.0.unpack())
+    }
+
+    /// The order's member, the record's first field, read alone.
+    pub fn member(&self) -> u32 {
+        self.0.leading()
+    }
+
+    /// A record as checkpoint formats 1 to 3 kept it, names written out: only to be
+    /// `renumbered` once the merchant's table is at hand.
+    pub fn with_names_written_out(record: &OrderRecord) -> PackedOrder {
+        PackedOrder(Packed::pack(record))
+    }
+
+    /// This record, read as formats 1 to 3 wrote it, with its names numbered into `names`.
+    pub fn renumbered(&self, names: &mut NameTable) -> bincode::Result<PackedOrder> {
+        let record: OrderRecord = self.0.decode_as()?;
+        Ok(PackedOrder::pack(names, &record))
+    }
+
+    #[cfg(test)]
+    pub fn bytes(&self) -> &[u8] {
+        self.0.bytes()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecordedLine {
-    #[serde(deserialize_with = "super::intern::name")]
+    #[serde(
+        serialize_with = "super::intern::number",
+        deserialize_with = "super::intern::numbered"
+    )]
     pub sku: Arc<str>,
     pub qty: i64,
     pub returned: i64,
@@ -78,7 +123,10 @@ pub type LineEarned = (u32, u16, i64, i64);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OrderPoints {
-    #[serde(deserialize_with = "super::intern::name")]
+    #[serde(
+        serialize_with = "super::intern::number",
+        deserialize_with = "super::intern::numbered"
+    )]
     pub rule: Arc<str>,
     pub points: i64,
     pub min_total_minor: Option<i64>,
@@ -264,7 +312,8 @@ pub fn purchase(
         plan.tier_before,
         &mut applied,
     );
-    Ok((applied, Record::Order(Packed::pack(&record))))
+    let packed = PackedOrder::pack(&mut merchant.names, &record);
+    Ok((applied, Record::Order(packed)))
 }
 
 /// Writes the order's accrual entries into one new lot; returns the lot.

@@ -8,9 +8,8 @@ use tally_protocol::{Applied, EntryKind, LineEarning, Reason, Return, RuleEarnin
 
 use super::holds::split_slices;
 use super::member::{Member, Slice, Totals};
-use super::packed::Packed;
 use super::promotions::{self, TakeBack};
-use super::purchase::OrderRecord;
+use super::purchase::{OrderRecord, PackedOrder};
 use super::{finish_member, reject, Books, Ctx, Merchant, Record, Rejection};
 use crate::money::from_minor;
 use crate::program::NegativeBalance;
@@ -54,7 +53,7 @@ pub fn apply_return(
     let Some(Record::Order(packed)) = merchant.receipts.get(&key).map(|r| &r.record) else {
         return reject(Reason::UnknownOrder, format!("no purchase {key}"));
     };
-    let mut record = packed.unpack();
+    let mut record = packed.unpack(&mut merchant.names);
     let plan = plan(&record, ret)?;
     let index = record.member;
     let tier = merchant.members[index as usize].tier;
@@ -84,7 +83,7 @@ pub fn apply_return(
         &mut applied,
     );
     let receipt = merchant.receipts.get_mut(&key).expect("found above");
-    receipt.record = Record::Order(Packed::pack(&record));
+    receipt.record = Record::Order(PackedOrder::pack(&mut merchant.names, &record));
     finish_member(merchant, ctx, index, false, tier, &mut applied);
     Ok(applied)
 }

@@ -332,7 +332,7 @@ pub fn touched(merchant: &Merchant, command: &Command) -> Touched {
             .and_then(|key| merchant.receipts.get(&key).map(|r| &r.record));
         match record {
             // An order record's first field is its member.
-            Some(Record::Order(order)) => Touched::Members(vec![order.leading::<u32>()]),
+            Some(Record::Order(order)) => Touched::Members(vec![order.member()]),
             Some(Record::Hold(hold)) => Touched::Members(vec![hold.member]),
             _ => Touched::Nothing,
         }
