@@ -66,10 +66,7 @@ impl Ledger {
             let history = &mut merchant.members[entry.member as usize - 1].history;
             // A history is ascending: numbers given so far, then the part's provisional ones
             // (above every real number), which are adopted in order, so it stays ascending.
-            let slot = history
-                .binary_search(&entry.seq)
-                .expect("an adopted entry is in its member's history");
-            history[slot] = seq;
+            history.replace(entry.seq, seq);
             entry.seq = seq;
             self.journal.push(entry);
         }

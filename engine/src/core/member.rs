@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::micros;
+use super::seqs::EntrySeqs;
 use super::ReceiptKey;
 use tally_protocol::Alias;
 
@@ -155,7 +156,7 @@ pub struct Member {
     #[serde(with = "micros::option")]
     pub timer_at: Option<Timestamp>,
     /// The numbers of the entries written for this member, oldest first: its statement.
-    pub history: Vec<u64>,
+    pub history: EntrySeqs,
 }
 
 impl Member {
@@ -183,7 +184,7 @@ impl Member {
             last_birthday_year: i32::MIN,
             open_holds: Vec::new(),
             timer_at: None,
-            history: Vec::new(),
+            history: EntrySeqs::default(),
         }
     }
 

@@ -20,6 +20,7 @@ mod promotions;
 mod purchase;
 mod receipt_key;
 mod returns;
+mod seqs;
 mod snapshot;
 mod tiers;
 mod time;
@@ -444,18 +445,12 @@ impl Ledger {
         };
         let history = &merchant.members[index as usize].history;
         let skip = u64::from(query.page) * u64::from(query.per_page);
-        let seqs = history
-            .iter()
-            .rev()
-            .skip(skip.min(history.len() as u64) as usize)
-            .take(query.per_page as usize)
-            .copied()
-            .collect();
+        let seqs = history.newest(skip, query.per_page as usize);
         Ok(StatementPlan {
             member: merchant.members[index as usize].id,
             program_version: merchant.program().version,
             minor_units: merchant.program().minor_units,
-            total_entries: history.len() as u64,
+            total_entries: history.len(),
             seqs,
         })
     }
