@@ -2,15 +2,16 @@
 //! balance at once (a `hold` entry, taking lots like a spend); a capture turns it into a
 //! redemption, a release or a lapse gives it back to the same lots.
 
+use std::hash::Hash;
+
+use hashbrown::Equivalent;
+use serde::{Deserialize, Serialize};
 use tally_protocol::{Applied, Capture, EntryKind, Hold, IdemKey, Reason, Release, Wallet};
 
 use super::member::{OpenHold, Slice};
 use super::members::{debit_points, resolve, Who};
 use super::{finish_member, reject, Books, Ctx, Merchant, ReceiptKey, Record, Rejection};
 use crate::money::{from_minor, to_minor};
-use hashbrown::Equivalent;
-use serde::{Deserialize, Serialize};
-use std::hash::Hash;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HoldState {
