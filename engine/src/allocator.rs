@@ -25,8 +25,9 @@ const PLAIN_ALIGN: usize = 16;
 /// `mi_malloc`, which refills the page; only stricter alignments take the aligned calls.
 pub struct Mimalloc;
 
-fn plain(layout: Layout) -> bool {
-    layout.align() <= PLAIN_ALIGN && layout.align() <= layout.size()
+/// Whether every plain block of `size` bytes is aligned to `align`.
+fn plain(align: usize, size: usize) -> bool {
+    align <= PLAIN_ALIGN && align <= size
 }
 
 #[allow(unsafe_code)]
@@ -36,7 +37,7 @@ fn plain(layout: Layout) -> bool {
 unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if plain(layout) {
+        if plain(layout.align(), layout.size()) {
             unsafe { mi::mi_malloc(layout.size()) }.cast()
         } else {
             unsafe { mi::mi_malloc_aligned(layout.size(), layout.align()) }.cast()
@@ -45,7 +46,7 @@ unsafe impl GlobalAlloc for Mimalloc {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if plain(layout) {
+        if plain(layout.align(), layout.size()) {
             unsafe { mi::mi_zalloc(layout.size()) }.cast()
         } else {
             unsafe { mi::mi_zalloc_aligned(layout.size(), layout.align()) }.cast()
@@ -60,7 +61,7 @@ unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let block = ptr.cast::<c_void>();
-        if layout.align() <= PLAIN_ALIGN && layout.align() <= new_size {
+        if plain(layout.align(), new_size) {
             unsafe { mi::mi_realloc(block, new_size) }.cast()
         } else {
             unsafe { mi::mi_realloc_aligned(block, new_size, layout.align()) }.cast()
