@@ -50,14 +50,19 @@ impl ReceiptKey {
 
     /// The key as text (`terminal/txn`, `admin:name/txn` or 32 hex digits), into `out`.
     pub fn write_text(&self, out: &mut String) {
+        self.write_into(out)
+            .expect("writing to a string does not fail");
+    }
+
+    fn write_into(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
         match self.kind {
             Kind::Terminal => {}
-            Kind::Admin => out.push_str("admin:"),
-            Kind::Id => return out.push_str(&self.text),
+            Kind::Admin => out.write_str("admin:")?,
+            Kind::Id => return out.write_str(&self.text),
         }
-        out.push_str(self.name());
-        out.push('/');
-        out.push_str(self.txn());
+        out.write_str(self.name())?;
+        out.write_char('/')?;
+        out.write_str(self.txn())
     }
 
     /// The key as text, as `IdemKey::text` gives it.
@@ -158,11 +163,7 @@ impl Equivalent<ReceiptKey> for IdemKey {
 
 impl std::fmt::Display for ReceiptKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.kind {
-            Kind::Terminal => write!(f, "{}/{}", self.name(), self.txn()),
-            Kind::Admin => write!(f, "admin:{}/{}", self.name(), self.txn()),
-            Kind::Id => f.write_str(&self.text),
-        }
+        self.write_into(f)
     }
 }
 
