@@ -48,27 +48,8 @@ impl EntrySeqs {
 
     /// Up to `take` numbers, newest first, after skipping the `skip` newest.
     pub fn newest(&self, skip: u64, take: usize) -> Vec<u64> {
-        let mut skip = skip;
-        let mut runs = self.runs.iter().rev();
-        let mut seqs = Vec::with_capacity(take.min(self.len() as usize));
-        for &(first, count) in runs.by_ref() {
-            let count = u64::from(count);
-            if skip >= count {
-                skip -= count;
-                continue;
-            }
-            let last = first + count - 1 - skip;
-            seqs.extend((first..=last).rev().take(take));
-            break;
-        }
-        for &(first, count) in runs {
-            if seqs.len() >= take {
-                break;
-            }
-            let room = take - seqs.len();
-            seqs.extend((first..first + u64::from(count)).rev().take(room));
-        }
-        seqs
+        let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+        self.iter().rev().skip(skip).take(take).collect()
     }
 
     /// Puts `new` in place of `old`, keeping the numbers ascending (a lent part's provisional
