@@ -10,7 +10,6 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
-use serde::de::Error as _;
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serializer};
 
@@ -103,19 +102,21 @@ pub fn numbers<S: Serializer>(names: &[Arc<str>], serializer: S) -> Result<S::Ok
     sequence.end()
 }
 
+/// The name `number` stands for in `table`; a number it never gave is a decoding error.
+fn named<E: serde::de::Error>(table: &NameTable, number: u32) -> Result<Arc<str>, E> {
+    table
+        .name(number)
+        .cloned()
+        .ok_or_else(|| E::custom(format!("no name numbered {number}")))
+}
+
 /// `deserialize_with` for what `number` wrote.
 pub fn numbered<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<str>, D::Error> {
     if !NUMBERING.with_borrow(Option::is_some) {
         return name(deserializer);
     }
     let number = u32::deserialize(deserializer)?;
-    NUMBERING.with_borrow(|slot| {
-        let table = slot.as_ref().expect("checked above");
-        table
-            .name(number)
-            .cloned()
-            .ok_or_else(|| D::Error::custom(format!("no name numbered {number}")))
-    })
+    NUMBERING.with_borrow(|slot| named(slot.as_ref().expect("checked above"), number))
 }
 
 /// `deserialize_with` for what `numbers` wrote.
@@ -130,12 +131,7 @@ pub fn numbered_list<'de, D: Deserializer<'de>>(
         let table = slot.as_ref().expect("checked above");
         numbers
             .into_iter()
-            .map(|number| {
-                table
-                    .name(number)
-                    .cloned()
-                    .ok_or_else(|| D::Error::custom(format!("no name numbered {number}")))
-            })
+            .map(|number| named(table, number))
             .collect()
     })
 }
