@@ -60,7 +60,7 @@ pub enum Origin {
 pub enum IdemKey {
     Terminal { terminal: String, txn: String },
     Admin { admin: String, txn: String },
-    Id(u128),
+    Id(#[rkyv(with = crate::wire::AsHalves)] u128),
 }
 
 impl IdemKey {

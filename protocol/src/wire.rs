@@ -25,8 +25,9 @@ pub const MAGIC: [u8; 4] = *b"TALY";
 /// The application protocol both ends name in the TLS handshake (ALPN).
 pub const ALPN: &[u8] = b"tally/1";
 /// The only version this build speaks; a frame of another version is refused. 2: rows
-/// frames carry blocks of rows (`RowBlock`).
-pub const VERSION: u8 = 2;
+/// frames carry blocks of rows (`RowBlock`). 3: money is four 32-bit words and an id two
+/// 64-bit halves, so that nothing in a command or result is 16-aligned.
+pub const VERSION: u8 = 3;
 /// magic (4) + version (1) + kind (1) + reserved (2) + request id (8) + payload length (4).
 pub const HEADER_BYTES: usize = 20;
 /// Default largest payload accepted, in bytes.
@@ -209,41 +210,79 @@ fn encode_header(kind: FrameKind, request_id: u64, payload_bytes: usize) -> [u8;
     header
 }
 
-fn frame(kind: FrameKind, request_id: u64, payload: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len());
-    bytes.extend_from_slice(&encode_header(kind, request_id, payload.len()));
-    bytes.extend_from_slice(payload);
-    bytes
+/// A frame as its header and its payload, which a writer can send one after the other
+/// without first copying them into one buffer (a results frame is tens of kilobytes).
+pub struct FrameParts {
+    pub header: [u8; HEADER_BYTES],
+    pub payload: AlignedVec,
 }
+
+impl FrameParts {
+    fn new(kind: FrameKind, request_id: u64, payload: AlignedVec) -> FrameParts {
+        FrameParts {
+            header: encode_header(kind, request_id, payload.len()),
+            payload,
+        }
+    }
+
+    /// The whole frame in one buffer.
+    pub fn into_vec(self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(HEADER_BYTES + self.payload.len());
+        bytes.extend_from_slice(&self.header);
+        bytes.extend_from_slice(&self.payload);
+        bytes
+    }
+}
+
+/// About what a result takes in a results payload: the buffer is sized once for the frame
+/// instead of doubling its way up (a demo purchase's result is about 1.1 KB).
+const RESULT_BYTES_GUESS: usize = 1536;
 
 /// A request frame carrying `commands`.
 pub fn encode_request(request_id: u64, commands: Vec<Command>) -> Vec<u8> {
     let payload = RequestPayload { commands };
     let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&payload).expect("commands archive");
-    frame(FrameKind::Request, request_id, &archive)
+    FrameParts::new(FrameKind::Request, request_id, archive).into_vec()
 }
 
 /// A results frame answering request `request_id`.
 pub fn encode_results(request_id: u64, results: Vec<Arc<CommandResult>>) -> Vec<u8> {
+    results_frame(request_id, results).into_vec()
+}
+
+/// A results frame answering request `request_id`, in parts.
+pub fn results_frame(request_id: u64, results: Vec<Arc<CommandResult>>) -> FrameParts {
+    let buffer = AlignedVec::with_capacity(results.len().saturating_mul(RESULT_BYTES_GUESS));
     let payload = ResultsPayload { results };
-    let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&payload).expect("results archive");
-    frame(FrameKind::Results, request_id, &archive)
+    let archive = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&payload, buffer)
+        .expect("results archive");
+    FrameParts::new(FrameKind::Results, request_id, archive)
 }
 
 /// An error frame: request `request_id` was not applied.
 pub fn encode_error(request_id: u64, reason: Reason, message: &str) -> Vec<u8> {
+    error_frame(request_id, reason, message).into_vec()
+}
+
+/// An error frame, in parts.
+pub fn error_frame(request_id: u64, reason: Reason, message: &str) -> FrameParts {
     let payload = ErrorPayload {
         reason,
         message: message.to_string(),
     };
     let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&payload).expect("error archive");
-    frame(FrameKind::Error, request_id, &archive)
+    FrameParts::new(FrameKind::Error, request_id, archive)
 }
 
 /// A rows frame: the next rows of the snapshot request `request_id`.
 pub fn encode_rows(request_id: u64, rows: &SnapshotRows) -> Vec<u8> {
+    rows_frame(request_id, rows).into_vec()
+}
+
+/// A rows frame, in parts.
+pub fn rows_frame(request_id: u64, rows: &SnapshotRows) -> FrameParts {
     let archive = rkyv::to_bytes::<rkyv::rancor::Error>(rows).expect("rows archive");
-    frame(FrameKind::Rows, request_id, &archive)
+    FrameParts::new(FrameKind::Rows, request_id, archive)
 }
 
 /// Validates a rows payload.
@@ -255,11 +294,32 @@ pub fn decode_rows(payload: &[u8]) -> Result<SnapshotRows, FrameError> {
     Ok(rows)
 }
 
-/// Copies a payload into a buffer aligned for the archive (a network buffer is not).
-fn aligned(payload: &[u8]) -> AlignedVec {
+/// A payload at an address aligned for its archive.
+enum Aligned<'a> {
+    /// The payload itself: a buffer the allocator gave for it usually is aligned.
+    Borrowed(&'a [u8]),
+    /// A copy, for a payload at an odd address (inside a larger network buffer).
+    Copied(AlignedVec),
+}
+
+impl std::ops::Deref for Aligned<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Aligned::Borrowed(bytes) => bytes,
+            Aligned::Copied(buffer) => buffer,
+        }
+    }
+}
+
+fn aligned(payload: &[u8]) -> Aligned<'_> {
+    if (payload.as_ptr() as usize) % AlignedVec::<16>::ALIGNMENT == 0 {
+        return Aligned::Borrowed(payload);
+    }
     let mut buffer = AlignedVec::with_capacity(payload.len());
     buffer.extend_from_slice(payload);
-    buffer
+    Aligned::Copied(buffer)
 }
 
 fn payload_error(error: rkyv::rancor::Error) -> FrameError {
@@ -355,16 +415,25 @@ pub fn decode_payload(
     })
 }
 
-/// Money on the wire: the decimal's 96-bit mantissa (as an `i128`) and its scale (0..=28).
-/// Both are checked when read back.
+/// Money on the wire: the decimal's own four 32-bit words (the layout .NET's `decimal` also
+/// uses): the 96-bit magnitude in `lo`, `mid`, `hi`, and `flags` with the scale (0..=28) in
+/// bits 16 to 23 and the sign in bit 31. 16 bytes at an alignment of 4, where an `i128`
+/// mantissa took 32 at 16. The flags are checked when read back.
 #[derive(Debug)]
 pub struct AsDecimal;
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct DecimalParts {
-    pub mantissa: i128,
-    pub scale: u32,
+    pub lo: u32,
+    pub mid: u32,
+    pub hi: u32,
+    pub flags: u32,
 }
+
+const SCALE_SHIFT: u32 = 16;
+const SIGN_BIT: u32 = 1 << 31;
+/// Bits of `flags` that must be zero: all but the scale's byte and the sign.
+const FLAGS_UNUSED: u32 = !(SIGN_BIT | (0xFF << SCALE_SHIFT));
 
 impl ArchiveWith<Decimal> for AsDecimal {
     type Archived = ArchivedDecimalParts;
@@ -376,11 +445,23 @@ impl ArchiveWith<Decimal> for AsDecimal {
 }
 
 fn decimal_parts(decimal: &Decimal) -> DecimalParts {
+    let magnitude = decimal.mantissa().unsigned_abs();
+    let sign = if decimal.is_sign_negative() {
+        SIGN_BIT
+    } else {
+        0
+    };
     DecimalParts {
-        mantissa: decimal.mantissa(),
-        scale: decimal.scale(),
+        lo: magnitude as u32,
+        mid: (magnitude >> 32) as u32,
+        hi: (magnitude >> 64) as u32,
+        flags: sign | (decimal.scale() << SCALE_SHIFT),
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("money's flags {0:#010x} are not a sign and a scale of at most 28")]
+struct BadMoneyFlags(u32);
 
 impl<S: Fallible + ?Sized> SerializeWith<Decimal, S> for AsDecimal {
     fn serialize_with(field: &Decimal, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
@@ -393,8 +474,57 @@ where
     D::Error: Source,
 {
     fn deserialize_with(field: &ArchivedDecimalParts, _: &mut D) -> Result<Decimal, D::Error> {
-        Decimal::try_from_i128_with_scale(field.mantissa.to_native(), field.scale.to_native())
-            .map_err(D::Error::new)
+        let flags = field.flags.to_native();
+        let scale = (flags >> SCALE_SHIFT) & 0xFF;
+        if flags & FLAGS_UNUSED != 0 || scale > Decimal::MAX_SCALE {
+            return Err(D::Error::new(BadMoneyFlags(flags)));
+        }
+        Ok(Decimal::from_parts(
+            field.lo.to_native(),
+            field.mid.to_native(),
+            field.hi.to_native(),
+            flags & SIGN_BIT != 0,
+            scale,
+        ))
+    }
+}
+
+/// A 128-bit id on the wire: two little-endian `u64` halves, low first, so that a command
+/// is 8-aligned (a `u128` would make every command 16-aligned and pad it).
+#[derive(Debug)]
+pub struct AsHalves;
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Halves {
+    pub lo: u64,
+    pub hi: u64,
+}
+
+impl ArchiveWith<u128> for AsHalves {
+    type Archived = ArchivedHalves;
+    type Resolver = HalvesResolver;
+
+    fn resolve_with(field: &u128, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        halves(*field).resolve(resolver, out);
+    }
+}
+
+fn halves(value: u128) -> Halves {
+    Halves {
+        lo: value as u64,
+        hi: (value >> 64) as u64,
+    }
+}
+
+impl<S: Fallible + ?Sized> SerializeWith<u128, S> for AsHalves {
+    fn serialize_with(field: &u128, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        rkyv::Serialize::serialize(&halves(*field), serializer)
+    }
+}
+
+impl<D: Fallible + ?Sized> DeserializeWith<ArchivedHalves, u128, D> for AsHalves {
+    fn deserialize_with(field: &ArchivedHalves, _: &mut D) -> Result<u128, D::Error> {
+        Ok(u128::from(field.hi.to_native()) << 64 | u128::from(field.lo.to_native()))
     }
 }
 

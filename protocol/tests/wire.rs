@@ -7,7 +7,7 @@ use tally_protocol::wire::{
     decode_frame, decode_header, encode_error, encode_request, encode_results, Frame, FrameError,
     Limits, HEADER_BYTES,
 };
-use tally_protocol::{parse_command_line, Command, CommandResult, IdemKey, Reason};
+use tally_protocol::{parse_command_line, Body, Command, CommandResult, IdemKey, Reason};
 
 const COMMANDS_DOC: &str = include_str!("../../docs/commands.md");
 const PROTOCOL_DOC: &str = include_str!("../../docs/protocol.md");
@@ -138,25 +138,40 @@ fn each_malformed_frame_gets_its_error() {
 
 #[test]
 fn money_and_times_out_of_range_are_refused_after_validation() {
-    // A scale over 28 passes the archive's structure check but not the conversion to money.
+    // A scale over 28, or a flag bit that means nothing, passes the archive's structure check
+    // but not the conversion to money.
     let command = parse_command_line(
         r#"{"merchant":"demo","terminal":"t","txn":"1","at":"2026-03-03T13:00:00Z","hold":{"member":{"id":1},"credit":"1.5"}}"#,
     )
     .unwrap();
-    let mut frame = encode_request(1, vec![command]);
-    // The decimal 1.5 is stored as mantissa 15 (i128) and scale 1 (u32): find the scale.
-    let payload = &mut frame[HEADER_BYTES..];
-    let mantissa = 15i128.to_le_bytes();
-    let at = payload
-        .windows(16)
-        .position(|w| w == mantissa)
-        .expect("the mantissa is in the archive");
-    assert_eq!(payload[at + 16..at + 20], 1u32.to_le_bytes());
-    payload[at + 16..at + 20].copy_from_slice(&29u32.to_le_bytes());
+    let frame = encode_request(1, vec![command]);
+    // The decimal 1.5 is stored as the words lo 15, mid 0, hi 0 and flags with scale 1 in
+    // bits 16 to 23: find the flags.
+    let words = [15u32, 0, 0, 1 << 16];
+    let money: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let at = HEADER_BYTES
+        + frame[HEADER_BYTES..]
+            .windows(16)
+            .position(|w| w == money)
+            .expect("the money is in the archive")
+        + 12;
+    let with_flags = |flags: u32| {
+        let mut edited = frame.clone();
+        edited[at..at + 4].copy_from_slice(&flags.to_le_bytes());
+        decode_frame(&edited, &Limits::default())
+    };
+    assert!(matches!(with_flags(29 << 16), Err(FrameError::Payload(_))));
     assert!(matches!(
-        decode_frame(&frame, &Limits::default()),
+        with_flags(1 << 16 | 1),
         Err(FrameError::Payload(_))
     ));
+    let Ok(Frame::Request { commands, .. }) = with_flags(1 << 16 | 1 << 31) else {
+        panic!("the sign bit is money's own");
+    };
+    let Body::Hold(hold) = &commands[0].body else {
+        panic!("{:?}", commands[0].body);
+    };
+    assert_eq!(hold.credit, rust_decimal::Decimal::new(-15, 1));
 }
 
 /// A frame's commands pass the same envelope checks as a JSON line: the engine logs them as

@@ -27,11 +27,12 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
-use tally_protocol::wire::{self, FrameKind, Limits as FrameLimits, HEADER_BYTES};
+use tally_protocol::wire::{self, FrameKind, FrameParts, Limits as FrameLimits, HEADER_BYTES};
 use tally_protocol::{Body, Command, CommandResult, Reason};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
@@ -636,9 +637,8 @@ async fn serve_frame(
         tokio::time::timeout(queue_wait, shared.frame_memory.acquire_many(bytes)).await
     else {
         shared.metrics.requests_overloaded.add(1);
-        let frame =
-            wire::encode_error(request_id, Reason::Overloaded, Reason::Overloaded.message());
-        write_answer(shared, send, &frame).await?;
+        let frame = wire::error_frame(request_id, Reason::Overloaded, Reason::Overloaded.message());
+        write_answer(shared, send, frame).await?;
         return Err(StreamEnd::Done);
     };
     let _memory = FrameBytes::new(memory, &shared.metrics.in_flight_frame_bytes);
@@ -663,12 +663,12 @@ async fn serve_frame(
     drop(payload);
     if is_revoked(shared, &peer.serial) {
         warn!(identity = %peer.identity, serial = %peer.serial, "request refused: certificate revoked");
-        let frame = wire::encode_error(
+        let frame = wire::error_frame(
             request_id,
             Reason::Unauthorized,
             "This terminal's certificate was revoked.",
         );
-        write_answer(shared, send, &frame).await?;
+        write_answer(shared, send, frame).await?;
         // Let the answer arrive before the connection closes.
         let _ = send.finish();
         let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
@@ -682,7 +682,7 @@ async fn serve_frame(
     let started = Instant::now();
     let frame = answer(shared, &peer.identity, request_id, commands).await;
     shared.metrics.request_answered(started.elapsed());
-    write_answer(shared, send, &frame).await
+    write_answer(shared, send, frame).await
 }
 
 /// Answers a frame that is not a valid request with an error frame.
@@ -695,18 +695,23 @@ async fn refuse_frame(
 ) -> Result<(), StreamEnd> {
     shared.metrics.frames_invalid.add(1);
     warn!(identity = %peer.identity, request_id, %error, "frame refused");
-    let frame = wire::encode_error(request_id, error.reason(), &error.to_string());
-    write_answer(shared, send, &frame).await?;
+    let frame = wire::error_frame(request_id, error.reason(), &error.to_string());
+    write_answer(shared, send, frame).await?;
     Err(StreamEnd::Done)
 }
 
+/// Writes a frame without copying its payload: QUIC keeps the buffer until it is acknowledged.
 async fn write_answer(
     shared: &Shared,
     send: &mut SendStream,
-    frame: &[u8],
+    frame: FrameParts,
 ) -> Result<(), StreamEnd> {
     let write_timeout = Duration::from_millis(shared.limits.write_timeout_ms);
-    match tokio::time::timeout(write_timeout, send.write_all(frame)).await {
+    let mut chunks = [
+        Bytes::copy_from_slice(&frame.header),
+        Bytes::from_owner(frame.payload),
+    ];
+    match tokio::time::timeout(write_timeout, send.write_all_chunks(&mut chunks)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(StreamEnd::Done),
         Err(_) => {
@@ -722,7 +727,7 @@ async fn answer(
     identity: &Identity,
     request_id: u64,
     commands: Vec<Command>,
-) -> Vec<u8> {
+) -> FrameParts {
     shared.metrics.requests.add(1);
     shared.metrics.commands.add(commands.len() as u64);
     let mut results: Vec<Option<Arc<CommandResult>>> = vec![None; commands.len()];
@@ -749,7 +754,7 @@ async fn answer(
             }
             Err(message) => {
                 shared.metrics.requests_overloaded.add(1);
-                return wire::encode_error(request_id, Reason::Overloaded, message);
+                return wire::error_frame(request_id, Reason::Overloaded, message);
             }
         }
     }
@@ -758,7 +763,7 @@ async fn answer(
         .map(|result| result.expect("every command has a result"))
         .collect();
     shared.metrics.count_results(&results);
-    wire::encode_results(request_id, results)
+    wire::results_frame(request_id, results)
 }
 
 /// Hands commands to the engine and waits until they are durable. `Err` (a sentence for the

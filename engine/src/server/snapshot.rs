@@ -44,8 +44,8 @@ pub(super) async fn serve(
     if commands.len() != 1 {
         shared.metrics.frames_invalid.add(1);
         let message = "a snapshot request must be the only command in its frame";
-        let frame = wire::encode_error(request_id, Reason::Invalid, message);
-        return write_answer(shared, send, &frame).await;
+        let frame = wire::error_frame(request_id, Reason::Invalid, message);
+        return write_answer(shared, send, frame).await;
     }
     let mut command = commands.pop().expect("one command");
     shared.metrics.requests.add(1);
@@ -55,8 +55,8 @@ pub(super) async fn serve(
         warn!(%identity, merchant = %command.merchant, reason = %refusal.reason, "snapshot refused: {}", refusal.message);
         let results = vec![Arc::new(refusal.result(&command))];
         shared.metrics.count_results(&results);
-        let frame = wire::encode_results(request_id, results);
-        return write_answer(shared, send, &frame).await;
+        let frame = wire::results_frame(request_id, results);
+        return write_answer(shared, send, frame).await;
     }
     let queue_wait = Duration::from_millis(shared.limits.queue_wait_ms);
     let Ok(Ok(_permit)) = tokio::time::timeout(queue_wait, shared.commands.acquire_many(1)).await
@@ -95,6 +95,6 @@ async fn overloaded(
     message: &str,
 ) -> Result<(), StreamEnd> {
     shared.metrics.requests_overloaded.add(1);
-    let frame = wire::encode_error(request_id, Reason::Overloaded, message);
-    write_answer(shared, send, &frame).await
+    let frame = wire::error_frame(request_id, Reason::Overloaded, message);
+    write_answer(shared, send, frame).await
 }
