@@ -187,13 +187,12 @@ fn feed(
     while !stop.load(Ordering::Relaxed) {
         let commands: Vec<Command> = workload.by_ref().take(COMMANDS_PER_SUBMISSION).collect();
         let acknowledged = acknowledged.clone();
-        let submission = Submission {
+        let submission = Submission::new(
             commands,
-            reply: Box::new(move |results| {
+            Box::new(move |results| {
                 acknowledged.fetch_add(results.len() as u64, Ordering::Relaxed);
             }),
-            rows: None,
-        };
+        );
         submit.send(submission).expect("the engine serves");
     }
 }
@@ -225,13 +224,13 @@ fn snapshot(submit: &SyncSender<Submission>, out: &Path) -> u64 {
         body: Body::Snapshot(SnapshotQuery::default()),
     };
     submit
-        .send(Submission {
-            commands: vec![command],
-            reply: Box::new(move |results| {
+        .send(Submission::snapshot(
+            command,
+            Box::new(move |results| {
                 let _ = answer.send(results);
             }),
-            rows: Some(Box::new(ChannelSink(rows))),
-        })
+            Box::new(ChannelSink(rows)),
+        ))
         .expect("the engine serves");
     let written = write_chunks(&chunks, out);
     let result = answered.recv().expect("answered");

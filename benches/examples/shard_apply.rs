@@ -49,11 +49,9 @@ fn apply_rate(names: &[String], commands: &[Command], shards: usize) -> f64 {
     let mut pool = Shards::new(shards);
     let started = Instant::now();
     for group in commands.chunks(MAX_GROUP_COMMANDS) {
-        let items = group.iter().map(|command| Item {
-            command: command.clone(),
-            now: command.at.max(start),
-            json: None,
-        });
+        let items = group
+            .iter()
+            .map(|command| Item::new(command.clone(), command.at.max(start), None));
         if shards == 1 {
             for item in items {
                 step(&mut ledger, item);

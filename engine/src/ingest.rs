@@ -25,7 +25,7 @@ use tally_protocol::{
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::commit::{Committer, Job};
-use crate::core::{Ledger, StatementPlan};
+use crate::core::{Fingerprint, Ledger, StatementPlan};
 use crate::lines::{BoundedLines, MAX_LINE_BYTES};
 use crate::log::{CommandLog, LogError, Logged, LoggedEntry};
 use crate::money::from_minor;
@@ -114,11 +114,53 @@ struct Checkpoints {
 /// Commands submitted together, and what to do with their results once they are durable
 /// (called on the engine thread: it must not block, e.g. it sends to the connection's task).
 pub struct Submission {
-    pub commands: Vec<Command>,
+    pub commands: Vec<Incoming>,
     pub reply: Reply,
     /// Set for a snapshot request (one `snapshot` command): where its rows go, chunk by
     /// chunk, before `reply` gets its result (`snapshot_stream`).
     pub rows: Option<Box<dyn RowSink>>,
+}
+
+impl Submission {
+    /// Commands whose results go to `reply`, made ready on the caller's thread.
+    pub fn new(commands: Vec<Command>, reply: Reply) -> Submission {
+        Submission {
+            commands: commands
+                .into_iter()
+                .map(|command| Incoming::new(command, None))
+                .collect(),
+            reply,
+            rows: None,
+        }
+    }
+
+    /// A snapshot request: its rows go to `rows`, then its result to `reply`.
+    pub fn snapshot(command: Command, reply: Reply, rows: Box<dyn RowSink>) -> Submission {
+        Submission {
+            rows: Some(rows),
+            ..Submission::new(vec![command], reply)
+        }
+    }
+}
+
+/// A command on its way to the engine thread, with what the thread that received it (the
+/// reader, a connection's task) could work out before: the engine thread only applies.
+pub struct Incoming {
+    pub command: Command,
+    /// The command's JSON as it came in, when the log keeps it as it is (`kept_line`).
+    pub json: Option<String>,
+    pub fingerprint: Fingerprint,
+}
+
+impl Incoming {
+    pub fn new(command: Command, json: Option<String>) -> Incoming {
+        let fingerprint = Fingerprint::of(&command);
+        Incoming {
+            command,
+            json,
+            fingerprint,
+        }
+    }
 }
 
 /// Hands a submission's results on once they are durable.
@@ -230,7 +272,7 @@ pub(crate) fn reapply(ledger: &mut Ledger, logged: &Logged) {
 
 /// A line read: its command and the line itself if the log is to keep it as it is
 /// (`kept_line`), or the line's rejection.
-type Parsed = Result<(Command, Option<String>), Box<CommandResult>>;
+type Parsed = Result<Incoming, Box<CommandResult>>;
 
 /// Lines up to this long go to the log as they were read; longer ones (rare: orders of
 /// hundreds of lines, padding) are encoded again from their command, so that lines read ahead
@@ -332,9 +374,7 @@ pub struct Engine {
     shards: Shards,
     /// A group's commands in order, emptied after each group and kept with its room: a
     /// fresh buffer of a few megabytes each group was new memory each time.
-    group_commands: Vec<Command>,
-    /// The same for the lines those commands came as (`tally ingest`).
-    group_lines: Vec<Option<String>>,
+    group_commands: Vec<Incoming>,
 }
 
 impl Engine {
@@ -413,7 +453,6 @@ impl Engine {
             snapshots: Streams::default(),
             shards: Shards::new(shards::default_count()),
             group_commands: Vec::new(),
-            group_lines: Vec::new(),
         };
         Ok((engine, recovery))
     }
@@ -594,7 +633,7 @@ impl Engine {
                 }
                 // Parsed here, beside the engine thread, which only applies.
                 let parsed = match parse_command_line(&line) {
-                    Ok(command) => Ok((command, kept_line(line))),
+                    Ok(command) => Ok(Incoming::new(command, kept_line(line))),
                     Err(error) => Err(Box::new(parse_rejection(line_number, &error))),
                 };
                 if sender.send(parsed).is_err() {
@@ -696,9 +735,7 @@ impl Engine {
         }
         let count = commands.len();
         let sharded_before = self.shards.sharded_groups();
-        let mut answers = self
-            .apply_commands(&mut commands, &mut Vec::new(), logged)
-            .into_iter();
+        let mut answers = self.apply_commands(&mut commands, logged).into_iter();
         self.group_commands = commands;
         let replies = sizes
             .into_iter()
@@ -719,59 +756,60 @@ impl Engine {
     fn apply_parsed(&mut self, group: &mut Vec<Parsed>, logged: &mut Vec<Logged>) -> Vec<Answer> {
         let mut answers = Vec::with_capacity(group.len());
         let mut commands = std::mem::take(&mut self.group_commands);
-        let mut lines = std::mem::take(&mut self.group_lines);
         for parsed in group.drain(..) {
             match parsed {
-                Ok((command, line)) => {
-                    commands.push(command);
-                    lines.push(line);
+                Ok(incoming) => {
+                    commands.push(incoming);
                     answers.push(None);
                 }
                 Err(rejection) => answers.push(Some(Answer::Ready(Arc::from(rejection)))),
             }
         }
-        let mut applied = self
-            .apply_commands(&mut commands, &mut lines, logged)
-            .into_iter();
+        let mut applied = self.apply_commands(&mut commands, logged).into_iter();
         self.group_commands = commands;
-        self.group_lines = lines;
         answers
             .into_iter()
             .map(|answer| answer.unwrap_or_else(|| applied.next().expect("an answer each")))
             .collect()
     }
 
-    /// Applies commands in order, emptying `commands` (and `lines`, each command's JSON as it
-    /// came in, when it came as JSON; empty otherwise): on their merchants' shards when that
+    /// Applies commands in order, emptying `commands`: on their merchants' shards when that
     /// can pay, else here, one after the other. Either way the state, the answers and the
     /// log are the same.
     fn apply_commands(
         &mut self,
-        commands: &mut Vec<Command>,
-        lines: &mut Vec<Option<String>>,
+        commands: &mut Vec<Incoming>,
         logged: &mut Vec<Logged>,
     ) -> Vec<Answer> {
         // Statements, snapshots' copy-on-touch and programs waiting for a first time all
         // need the whole ledger at each command: one after the other.
-        let sharded = self.shards.worth_it(commands)
+        let sharded = self.shards.worth_it(commands.iter().map(|c| &c.command))
             && self.snapshots.is_idle()
             && self.pending_programs.is_empty()
             && !commands
                 .iter()
-                .any(|command| matches!(command.body, Body::Statement(_)));
-        let mut lines = lines.drain(..);
+                .any(|incoming| matches!(incoming.command.body, Body::Statement(_)));
         if !sharded {
             return commands
                 .drain(..)
-                .map(|command| self.apply_command(command, lines.next().flatten(), logged))
+                .map(|incoming| self.apply_command(incoming, logged))
                 .collect();
         }
         let items = commands
             .drain(..)
-            .map(|command| {
+            .map(|incoming| {
+                let Incoming {
+                    command,
+                    json,
+                    fingerprint,
+                } = incoming;
                 let now = self.time_for(command.at);
-                let json = lines.next().flatten();
-                Item { command, now, json }
+                Item {
+                    command,
+                    now,
+                    json,
+                    fingerprint,
+                }
             })
             .collect();
         let steps = self.shards.apply(&mut self.ledger, items);
@@ -939,12 +977,12 @@ impl Engine {
         Ok(())
     }
 
-    fn apply_command(
-        &mut self,
-        command: Command,
-        json: Option<String>,
-        logged: &mut Vec<Logged>,
-    ) -> Answer {
+    fn apply_command(&mut self, incoming: Incoming, logged: &mut Vec<Logged>) -> Answer {
+        let Incoming {
+            command,
+            json,
+            fingerprint,
+        } = incoming;
         if let Body::Statement(_) = command.body {
             return match self.ledger.statement_plan(&command) {
                 Ok(plan) => Answer::Statement(Box::new((command, plan))),
@@ -966,7 +1004,13 @@ impl Engine {
         if !self.snapshots.is_idle() {
             self.capture_for_snapshots(&command, now);
         }
-        let step = shards::step(&mut self.ledger, Item { command, now, json });
+        let item = Item {
+            command,
+            now,
+            json,
+            fingerprint,
+        };
+        let step = shards::step(&mut self.ledger, item);
         if !self.snapshots.is_idle() {
             let written = &self.ledger.entries()[entries_before..];
             self.snapshots.after(&self.ledger, written);

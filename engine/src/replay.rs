@@ -195,11 +195,7 @@ impl Replayer {
             .into_iter()
             .map(|command| {
                 let now = self.advance_clock(command.at);
-                Item {
-                    command,
-                    now,
-                    json: None,
-                }
+                Item::new(command, now, None)
             })
             .collect();
         let mut steps = self.shards.apply(&mut self.ledger, items).into_iter();

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use tally_protocol::{Command, CommandKind, CommandResult, Status};
 
-use crate::core::{Entry, Ledger};
+use crate::core::{Entry, Fingerprint, Ledger};
 use crate::replay::tick_if_due;
 use crate::Timestamp;
 
@@ -41,6 +41,21 @@ pub struct Item {
     pub now: Timestamp,
     /// The command's JSON as it came in, if it came as JSON (`log::Logged::json`).
     pub json: Option<String>,
+    /// `Fingerprint::of(&command)`, worked out where a thread had room for it.
+    pub fingerprint: Fingerprint,
+}
+
+impl Item {
+    /// An item whose fingerprint is worked out here, on the caller's thread.
+    pub fn new(command: Command, now: Timestamp, json: Option<String>) -> Item {
+        let fingerprint = Fingerprint::of(&command);
+        Item {
+            command,
+            now,
+            json,
+            fingerprint,
+        }
+    }
 }
 
 /// What applying one command did.
@@ -59,11 +74,16 @@ pub struct Step {
 
 /// Applies one command: the tick due for its merchant first, then the command.
 pub fn step(ledger: &mut Ledger, item: Item) -> Step {
-    let Item { command, now, json } = item;
+    let Item {
+        command,
+        now,
+        json,
+        fingerprint,
+    } = item;
     let entries_before = ledger.entries().len();
     let tick = tick_if_due(ledger, &command.merchant, now);
     let entries_before_command = ledger.entries().len();
-    let result = ledger.apply_shared(&command, now);
+    let result = ledger.apply_fingerprinted(&command, now, fingerprint);
     // Only what changed the state is logged: rejections, duplicates and queries are not.
     let query = matches!(command.kind(), CommandKind::Quote | CommandKind::Balance);
     let logged = if matches!(result.status, Status::Applied(_)) && !query {
@@ -192,14 +212,24 @@ impl Shards {
 
     /// Whether applying these commands on their shards can pay: a group large enough, with
     /// commands for more than one shard.
-    pub fn worth_it(&self, commands: &[Command]) -> bool {
-        let Some(first) = commands.first() else {
+    pub fn worth_it<'a>(&self, commands: impl IntoIterator<Item = &'a Command>) -> bool {
+        let mut commands = commands.into_iter();
+        let Some(first) = commands.next() else {
             return false;
         };
+        if self.count == 1 {
+            return false;
+        }
         let first = self.shard_of(&first.merchant);
-        self.count > 1
-            && commands.len() >= MIN_SHARDED_GROUP
-            && commands.iter().any(|c| self.shard_of(&c.merchant) != first)
+        let (mut count, mut mixed) = (1, false);
+        for command in commands {
+            count += 1;
+            mixed = mixed || self.shard_of(&command.merchant) != first;
+            if mixed && count >= MIN_SHARDED_GROUP {
+                return true;
+            }
+        }
+        false
     }
 
     /// Applies a group's commands, each on its merchant's shard, and returns their steps in

@@ -247,7 +247,10 @@ impl Streams {
                 message.to_string(),
             ))]
         };
-        let command = commands.pop().expect("a snapshot request has one command");
+        let command = commands
+            .pop()
+            .expect("a snapshot request has one command")
+            .command;
         assert!(commands.is_empty(), "a snapshot request is alone");
         let Body::Snapshot(query) = &command.body else {
             unreachable!("only snapshot requests carry a row sink")

@@ -44,11 +44,10 @@ fn serve_concurrently(engine: &mut Engine, commands: &[Command]) -> Vec<Arc<Comm
             scope.spawn(move || {
                 for batch in chunk.chunks(PER_SUBMISSION) {
                     let (answer, answered) = channel();
-                    let submission = Submission {
-                        commands: batch.iter().map(|(_, c)| c.clone()).collect(),
-                        reply: Box::new(move |results| answer.send(results).unwrap()),
-                        rows: None,
-                    };
+                    let submission = Submission::new(
+                        batch.iter().map(|(_, c)| c.clone()).collect(),
+                        Box::new(move |results| answer.send(results).unwrap()),
+                    );
                     submit.send(submission).expect("the engine serves");
                     let results = answered.recv().expect("every submission is answered");
                     assert_eq!(results.len(), batch.len());
@@ -176,11 +175,10 @@ fn answers_equal_a_sequential_replay(name: &str, merchants: &[&str], shards: usi
                     rest = after;
                     let (answer, answered) = channel();
                     submit
-                        .send(Submission {
-                            commands: batch.to_vec(),
-                            reply: Box::new(move |results| answer.send(results).unwrap()),
-                            rows: None,
-                        })
+                        .send(Submission::new(
+                            batch.to_vec(),
+                            Box::new(move |results| answer.send(results).unwrap()),
+                        ))
                         .expect("the engine serves");
                     for result in answered.recv().expect("answered") {
                         results_out.send(result).unwrap();
@@ -256,11 +254,10 @@ fn many_terminals_enrolling_the_same_phones_at_once_make_one_member_each() {
                 // Every terminal goes through the same phones, one submission each.
                 for phone in 0..PHONES {
                     let (answer, answered) = channel();
-                    let submission = Submission {
-                        commands: vec![purchase(terminal, phone)],
-                        reply: Box::new(move |results| answer.send(results).unwrap()),
-                        rows: None,
-                    };
+                    let submission = Submission::new(
+                        vec![purchase(terminal, phone)],
+                        Box::new(move |results| answer.send(results).unwrap()),
+                    );
                     submit.send(submission).expect("the engine serves");
                     let result = answered.recv().expect("answered").remove(0);
                     results_out.send((phone, result)).unwrap();

@@ -781,13 +781,13 @@ async fn submit(
         return Err(Reason::Overloaded.message());
     };
     let (reply, answered) = tokio::sync::oneshot::channel();
-    let submission = Submission {
+    // The commands' fingerprints are worked out here, on this connection's task.
+    let submission = Submission::new(
         commands,
-        reply: Box::new(move |results| {
+        Box::new(move |results| {
             let _ = reply.send(results);
         }),
-        rows: None,
-    };
+    );
     enqueue(shared, submission)?;
     let in_flight = count as i64;
     shared.metrics.in_flight_commands.add(in_flight);

@@ -65,24 +65,24 @@ pub(super) async fn serve(
     };
     let (rows, mut chunks) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
     let (reply, answered) = tokio::sync::oneshot::channel();
-    let submission = Submission {
-        commands: vec![command],
-        reply: Box::new(move |results| {
+    let submission = Submission::snapshot(
+        command,
+        Box::new(move |results| {
             let _ = reply.send(results);
         }),
-        rows: Some(Box::new(ChannelSink(rows))),
-    };
+        Box::new(ChannelSink(rows)),
+    );
     if let Err(message) = enqueue(shared, submission) {
         return overloaded(shared, send, request_id, message).await;
     }
     // The engine drops its side once the snapshot is finished or abandoned.
     while let Some(chunk) = chunks.recv().await {
-        write_answer(shared, send, &wire::encode_rows(request_id, &chunk)).await?;
+        write_answer(shared, send, wire::rows_frame(request_id, &chunk)).await?;
     }
     match answered.await {
         Ok(results) => {
             shared.metrics.count_results(&results);
-            write_answer(shared, send, &wire::encode_results(request_id, results)).await
+            write_answer(shared, send, wire::results_frame(request_id, results)).await
         }
         Err(_) => overloaded(shared, send, request_id, RESTARTING).await,
     }
