@@ -45,6 +45,38 @@ pub struct Lot {
 /// Lots are kept in spending order: earliest expiry first, never-expiring last, then by id.
 type SpendOrder = (bool, Option<Timestamp>, u32);
 
+/// Where a new item goes in a deque sorted so that `before` holds for a prefix: the
+/// `partition_point`, searched from the back. New lots usually sort last, and when they do
+/// not, it is by moments (terminals' clocks differ a little): they belong a few places from
+/// the end. Steps of 1, 2, 4, … back from the end find them in a few probes near the end,
+/// where a binary search over a busy member's long queue misses the cache at every step.
+fn place_from_back<T>(items: &VecDeque<T>, before: impl Fn(&T) -> bool) -> usize {
+    let len = items.len();
+    // Invariant: `before` is false at `high` and after it (or `high` is the end).
+    let mut high = len;
+    let mut step = 1;
+    let mut low = loop {
+        if step > high {
+            break 0;
+        }
+        let probe = high - step;
+        if before(&items[probe]) {
+            break probe + 1;
+        }
+        high = probe;
+        step *= 2;
+    };
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if before(&items[middle]) {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    low
+}
+
 fn spend_order(expires_at: Option<Timestamp>, id: u32) -> SpendOrder {
     (expires_at.is_none(), expires_at, id)
 }
@@ -214,16 +246,8 @@ impl Member {
             if pending {
                 self.pending_points += remaining;
                 let entry = (available_at, expires_at, id);
-                // Points usually become available after every lot queued before them: a
-                // busy member's queue is long, and a search through it misses the cache.
-                if self.pending_queue.back().is_none_or(|last| *last <= entry) {
-                    self.pending_queue.push_back(entry);
-                } else {
-                    let at = self
-                        .pending_queue
-                        .partition_point(|queued| *queued <= entry);
-                    self.pending_queue.insert(at, entry);
-                }
+                let at = place_from_back(&self.pending_queue, |queued| *queued <= entry);
+                self.pending_queue.insert(at, entry);
             }
             self.insert_lot(Lot {
                 id,
@@ -240,12 +264,8 @@ impl Member {
 
     fn insert_lot(&mut self, lot: Lot) {
         let key = lot.spend_order();
-        if self.lots.back().is_none_or(|last| last.spend_order() < key) {
-            self.lots.push_back(lot);
-        } else {
-            let at = self.lots.partition_point(|other| other.spend_order() < key);
-            self.lots.insert(at, lot);
-        }
+        let at = place_from_back(&self.lots, |other| other.spend_order() < key);
+        self.lots.insert(at, lot);
     }
 
     fn position(&self, expires_at: Option<Timestamp>, id: u32) -> Option<usize> {
@@ -523,5 +543,34 @@ fn slice_of(lot: &Lot, points: i64) -> Slice {
         points,
         earned_at: lot.earned_at,
         expires_at: lot.expires_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
+    use super::place_from_back;
+
+    proptest! {
+        /// From the back or by halves, a new item finds the same place, wherever it sorts.
+        #[test]
+        fn the_place_from_the_back_is_the_partition_point(
+            mut items in proptest::collection::vec(0u16..500, 0..300),
+            key in 0u16..520,
+        ) {
+            items.sort_unstable();
+            let items: VecDeque<u16> = items.into();
+            prop_assert_eq!(
+                place_from_back(&items, |item| *item <= key),
+                items.partition_point(|item| *item <= key)
+            );
+            prop_assert_eq!(
+                place_from_back(&items, |item| *item < key),
+                items.partition_point(|item| *item < key)
+            );
+        }
     }
 }
