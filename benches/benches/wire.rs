@@ -3,6 +3,8 @@
 //! what `tally serve` does per frame beside QUIC, TLS and the engine.
 //!
 //! Run: `cargo bench -p tally-benches --bench wire`. Reports commands/s ("thrpt").
+// Floats here are sizes for display, never money.
+#![allow(clippy::float_arithmetic)]
 
 use std::sync::Arc;
 

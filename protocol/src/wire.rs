@@ -314,7 +314,7 @@ impl std::ops::Deref for Aligned<'_> {
 }
 
 fn aligned(payload: &[u8]) -> Aligned<'_> {
-    if (payload.as_ptr() as usize) % AlignedVec::<16>::ALIGNMENT == 0 {
+    if payload.as_ptr().align_offset(AlignedVec::<16>::ALIGNMENT) == 0 {
         return Aligned::Borrowed(payload);
     }
     let mut buffer = AlignedVec::with_capacity(payload.len());
