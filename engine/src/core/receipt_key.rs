@@ -4,11 +4,13 @@
 //! As an `IdemKey` behind an `Arc` that was three allocations (the `Arc`, the terminal's name,
 //! the transaction number), about 110 bytes a purchase. Here the two strings sit side by side
 //! in one `CompactString`, inline up to 24 bytes (a terminal's name and its transaction number
-//! fit): 32 bytes and no allocation. It hashes, compares and serialises as the `IdemKey` it
-//! stands for, so maps of them are searched with an `IdemKey`, and checkpoints and the state's
-//! digest are byte for byte what they were.
+//! fit): 32 bytes and no allocation. A longer key is one `Arc<str>`, which the entries of its
+//! command share, and an id is its number. It hashes, compares and serialises as the `IdemKey`
+//! it stands for, so maps of them are searched with an `IdemKey`, and checkpoints and the
+//! state's digest are byte for byte what they were.
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use compact_str::CompactString;
 use hashbrown::Equivalent;
@@ -16,36 +18,61 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tally_protocol::IdemKey;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReceiptKey {
-    /// The name then the transaction number; for an id, its 32 hex digits.
-    text: CompactString,
-    /// Where the name ends in `text`.
-    split: u32,
-    kind: Kind,
+pub struct ReceiptKey(Repr);
+
+/// One form for each key, chosen by its length alone, so that equal keys are equal forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Repr {
+    /// A terminal's or an operator's key whose name and transaction number fit in 24 bytes:
+    /// the name then the number, inline.
+    Short(Named<CompactString>),
+    /// A longer one, behind an `Arc`: every entry of a command carries its key, and a copy
+    /// of a long `CompactString` is an allocation each (7 a demo purchase).
+    Long(Named<Arc<str>>),
+    /// An id, as its number.
+    Id { lo: u64, hi: u64 },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Terminal,
-    Admin,
-    Id,
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Named<T> {
+    /// The name then the transaction number.
+    text: T,
+    /// Where the name ends in `text`.
+    split: u32,
+    admin: bool,
+}
+
+/// A named key's parts: whether an operator's, the name, the transaction number.
+type Parts<'a> = (bool, &'a str, &'a str);
+
+impl<T: std::ops::Deref<Target = str>> Named<T> {
+    fn parts(&self) -> Parts<'_> {
+        let (name, txn) = self.text.split_at(self.split as usize);
+        (self.admin, name, txn)
+    }
 }
 
 impl ReceiptKey {
-    fn named(kind: Kind, name: &str, txn: &str) -> ReceiptKey {
-        let mut text = CompactString::with_capacity(name.len() + txn.len());
-        text.push_str(name);
-        text.push_str(txn);
+    fn named(admin: bool, name: &str, txn: &str) -> ReceiptKey {
         let split = u32::try_from(name.len()).expect("a name is shorter than 4 GiB");
-        ReceiptKey { text, split, kind }
+        let length = name.len() + txn.len();
+        if length <= std::mem::size_of::<CompactString>() {
+            let mut text = CompactString::with_capacity(length);
+            text.push_str(name);
+            text.push_str(txn);
+            return ReceiptKey(Repr::Short(Named { text, split, admin }));
+        }
+        let text = Arc::from([name, txn].concat());
+        ReceiptKey(Repr::Long(Named { text, split, admin }))
     }
 
-    fn name(&self) -> &str {
-        &self.text[..self.split as usize]
-    }
-
-    fn txn(&self) -> &str {
-        &self.text[self.split as usize..]
+    /// A named key's parts, or the id.
+    fn parts(&self) -> Result<Parts<'_>, u128> {
+        match &self.0 {
+            Repr::Short(named) => Ok(named.parts()),
+            Repr::Long(named) => Ok(named.parts()),
+            Repr::Id { lo, hi } => Err(u128::from(*hi) << 64 | u128::from(*lo)),
+        }
     }
 
     /// The key as text (`terminal/txn`, `admin:name/txn` or 32 hex digits), into `out`.
@@ -55,69 +82,62 @@ impl ReceiptKey {
     }
 
     fn write_into(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
-        match self.kind {
-            Kind::Terminal => {}
-            Kind::Admin => out.write_str("admin:")?,
-            Kind::Id => return out.write_str(&self.text),
+        match self.parts() {
+            Ok((admin, name, txn)) => {
+                if admin {
+                    out.write_str("admin:")?;
+                }
+                out.write_str(name)?;
+                out.write_char('/')?;
+                out.write_str(txn)
+            }
+            Err(id) => write!(out, "{id:032x}"),
         }
-        out.write_str(self.name())?;
-        out.write_char('/')?;
-        out.write_str(self.txn())
     }
 
     /// The key as text, as `IdemKey::text` gives it.
     pub fn text(&self) -> String {
-        let mut out = String::with_capacity(self.text.len() + 8);
+        let mut out = String::with_capacity(48);
         self.write_text(&mut out);
         out
     }
 
-    fn id(&self) -> u128 {
-        u128::from_str_radix(&self.text, 16).expect("an id key holds 32 hex digits")
-    }
-
     pub fn to_idem_key(&self) -> IdemKey {
-        match self.kind {
-            Kind::Terminal => IdemKey::Terminal {
-                terminal: self.name().to_string(),
-                txn: self.txn().to_string(),
+        match self.parts() {
+            Ok((false, terminal, txn)) => IdemKey::Terminal {
+                terminal: terminal.to_string(),
+                txn: txn.to_string(),
             },
-            Kind::Admin => IdemKey::Admin {
-                admin: self.name().to_string(),
-                txn: self.txn().to_string(),
+            Ok((true, admin, txn)) => IdemKey::Admin {
+                admin: admin.to_string(),
+                txn: txn.to_string(),
             },
-            Kind::Id => IdemKey::Id(self.id()),
+            Err(id) => IdemKey::Id(id),
         }
     }
 
     /// The same key as `key`, without building one from it.
     fn is(&self, key: &IdemKey) -> bool {
-        match (self.kind, key) {
-            (Kind::Terminal, IdemKey::Terminal { terminal, txn })
+        match (self.parts(), key) {
+            (Ok((false, name, number)), IdemKey::Terminal { terminal, txn })
             | (
-                Kind::Admin,
+                Ok((true, name, number)),
                 IdemKey::Admin {
                     admin: terminal,
                     txn,
                 },
-            ) => self.name() == terminal && self.txn() == txn,
-            (Kind::Id, IdemKey::Id(id)) => self.id() == *id,
+            ) => name == terminal && number == txn,
+            (Err(id), IdemKey::Id(other)) => id == *other,
             _ => false,
         }
     }
 
     /// The borrowed form serde writes exactly as it writes an `IdemKey`.
     fn as_ref(&self) -> KeyRef<'_> {
-        match self.kind {
-            Kind::Terminal => KeyRef::Terminal {
-                terminal: self.name(),
-                txn: self.txn(),
-            },
-            Kind::Admin => KeyRef::Admin {
-                admin: self.name(),
-                txn: self.txn(),
-            },
-            Kind::Id => KeyRef::Id(self.id()),
+        match self.parts() {
+            Ok((false, terminal, txn)) => KeyRef::Terminal { terminal, txn },
+            Ok((true, admin, txn)) => KeyRef::Admin { admin, txn },
+            Err(id) => KeyRef::Id(id),
         }
     }
 }
@@ -125,13 +145,12 @@ impl ReceiptKey {
 impl From<&IdemKey> for ReceiptKey {
     fn from(key: &IdemKey) -> ReceiptKey {
         match key {
-            IdemKey::Terminal { terminal, txn } => ReceiptKey::named(Kind::Terminal, terminal, txn),
-            IdemKey::Admin { admin, txn } => ReceiptKey::named(Kind::Admin, admin, txn),
-            IdemKey::Id(id) => ReceiptKey {
-                text: compact_str::format_compact!("{id:032x}"),
-                split: 0,
-                kind: Kind::Id,
-            },
+            IdemKey::Terminal { terminal, txn } => ReceiptKey::named(false, terminal, txn),
+            IdemKey::Admin { admin, txn } => ReceiptKey::named(true, admin, txn),
+            IdemKey::Id(id) => ReceiptKey(Repr::Id {
+                lo: *id as u64,
+                hi: (*id >> 64) as u64,
+            }),
         }
     }
 }
@@ -140,16 +159,15 @@ impl From<&IdemKey> for ReceiptKey {
 /// then each field. Maps hash an `IdemKey` to find one of these.
 impl Hash for ReceiptKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        match self.kind {
-            Kind::Terminal | Kind::Admin => {
-                let index: isize = if self.kind == Kind::Terminal { 0 } else { 1 };
-                index.hash(state);
-                self.name().hash(state);
-                self.txn().hash(state);
+        match self.parts() {
+            Ok((admin, name, txn)) => {
+                isize::from(admin).hash(state);
+                name.hash(state);
+                txn.hash(state);
             }
-            Kind::Id => {
+            Err(id) => {
                 2_isize.hash(state);
-                self.id().hash(state);
+                id.hash(state);
             }
         }
     }
@@ -263,6 +281,25 @@ mod tests {
             terminal: "pos-0046".into(),
             txn: "20261123-0001234".into(),
         });
-        assert!(!key.text.is_heap_allocated());
+        let Repr::Short(named) = &key.0 else {
+            panic!("{key:?} is kept inline");
+        };
+        assert!(!named.text.is_heap_allocated());
+    }
+
+    #[test]
+    fn a_long_key_is_shared_by_its_copies_and_an_id_kept_as_its_number() {
+        let key = ReceiptKey::from(&IdemKey::Terminal {
+            terminal: "store-0046-lane-12".into(),
+            txn: "20261123-0001234".into(),
+        });
+        let copy = key.clone();
+        let (Repr::Long(first), Repr::Long(second)) = (&key.0, &copy.0) else {
+            panic!("{key:?} is longer than 24 bytes");
+        };
+        assert!(Arc::ptr_eq(&first.text, &second.text));
+        let id = ReceiptKey::from(&IdemKey::Id(u128::MAX - 5));
+        assert!(matches!(id.0, Repr::Id { .. }));
+        assert_eq!(id.to_idem_key(), IdemKey::Id(u128::MAX - 5));
     }
 }
