@@ -7,6 +7,8 @@ use std::io::{self, BufRead, Read};
 
 /// The longest command line read, newline excluded (a program's whole text fits many times).
 pub const MAX_LINE_BYTES: usize = 16 << 20;
+/// The most room the reading buffer keeps between lines.
+const KEPT_BUFFER_BYTES: usize = 64 << 10;
 
 /// A line read, or what kept it from being read.
 #[derive(Debug, PartialEq, Eq)]
@@ -39,11 +41,19 @@ impl Line {
 pub struct BoundedLines<R> {
     input: R,
     max_bytes: usize,
+    /// Each line is read into this buffer, kept with its room, and only then copied into a
+    /// string of its own size: read into a new vector, a line of a few hundred bytes grew
+    /// through six reallocations.
+    bytes: Vec<u8>,
 }
 
 impl<R: BufRead> BoundedLines<R> {
     pub fn new(input: R, max_bytes: usize) -> BoundedLines<R> {
-        BoundedLines { input, max_bytes }
+        BoundedLines {
+            input,
+            max_bytes,
+            bytes: Vec::new(),
+        }
     }
 }
 
@@ -51,9 +61,14 @@ impl<R: BufRead> Iterator for BoundedLines<R> {
     type Item = io::Result<Line>;
 
     fn next(&mut self) -> Option<io::Result<Line>> {
-        let mut bytes = Vec::new();
+        if self.bytes.capacity() > KEPT_BUFFER_BYTES {
+            // A long line's room is not kept for the lines after it.
+            self.bytes = Vec::new();
+        }
+        let bytes = &mut self.bytes;
+        bytes.clear();
         let limit = self.max_bytes as u64 + 1;
-        match (&mut self.input).take(limit).read_until(b'\n', &mut bytes) {
+        match (&mut self.input).take(limit).read_until(b'\n', bytes) {
             Err(error) => return Some(Err(error)),
             Ok(0) => return None,
             Ok(_) => {}
@@ -72,7 +87,7 @@ impl<R: BufRead> Iterator for BoundedLines<R> {
             );
         }
         Some(Ok(
-            String::from_utf8(bytes).map_or(Line::NotText, Line::Text)
+            std::str::from_utf8(bytes).map_or(Line::NotText, |text| Line::Text(text.to_owned()))
         ))
     }
 }
@@ -121,6 +136,16 @@ mod tests {
             lines,
             [text("a"), Line::TooLong { max_bytes: 1_000 }, text("b")]
         );
+    }
+
+    #[test]
+    fn a_long_lines_room_is_not_kept_for_the_lines_after_it() {
+        let long = "y".repeat(200_000);
+        let input = format!("{long}\nshort\n");
+        let mut lines = BoundedLines::new(input.as_bytes(), 1 << 20);
+        assert_eq!(lines.next().unwrap().unwrap(), text(&long));
+        assert_eq!(lines.next().unwrap().unwrap(), text("short"));
+        assert!(lines.bytes.capacity() <= super::KEPT_BUFFER_BYTES);
     }
 
     #[test]
