@@ -101,8 +101,11 @@ const SCRATCH_KEPT_BYTES: usize = 16 << 20;
 /// Memory redb keeps for the log's pages (a tenth of it for pages being written). The log is
 /// written once and read back rarely (statements, recovery, both helped by the system's own
 /// cache): with redb's default, 1 GiB, every page written stayed in fresh memory until that
-/// was full, and the kernel zeroing it was a third of the committer's time.
-const CACHE_BYTES: usize = 64 << 20;
+/// was full, and the kernel zeroing it was a third of the committer's time. At 64 MiB it
+/// still was a large part of it under `tally serve`'s smaller groups; at 8 MiB the pages
+/// written go back to the allocator soon enough to be taken again warm (`tally serve` under
+/// the load generator: 68,000 and 80,000 durable commands/s at 64 MiB, 88,000 twice at 8).
+const CACHE_BYTES: usize = 8 << 20;
 
 impl Scratch {
     /// Empties both buffers, keeping their room up to `SCRATCH_KEPT_BYTES`.
