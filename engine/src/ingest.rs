@@ -25,13 +25,13 @@ use tally_protocol::{
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::commit::{Committer, Job};
-use crate::core::{Fingerprint, Ledger, StatementPlan};
+use crate::core::{Ledger, StatementPlan};
 use crate::lines::{BoundedLines, MAX_LINE_BYTES};
 use crate::log::{CommandLog, LogError, Logged, LoggedEntry};
 use crate::money::from_minor;
 use crate::program::parse_and_compile;
 use crate::replay::{parse_rejection, tick_command, tick_if_due, unreadable};
-use crate::shards::{self, Item, Shards, Step};
+use crate::shards::{self, Incoming, Item, Shards, Step};
 use crate::snapshot_stream::{RowSink, Streams};
 use crate::Timestamp;
 
@@ -139,26 +139,6 @@ impl Submission {
         Submission {
             rows: Some(rows),
             ..Submission::new(vec![command], reply)
-        }
-    }
-}
-
-/// A command on its way to the engine thread, with what the thread that received it (the
-/// reader, a connection's task) could work out before: the engine thread only applies.
-pub struct Incoming {
-    pub command: Command,
-    /// The command's JSON as it came in, when the log keeps it as it is (`kept_line`).
-    pub json: Option<String>,
-    pub fingerprint: Fingerprint,
-}
-
-impl Incoming {
-    pub fn new(command: Command, json: Option<String>) -> Incoming {
-        let fingerprint = Fingerprint::of(&command);
-        Incoming {
-            command,
-            json,
-            fingerprint,
         }
     }
 }
@@ -798,18 +778,8 @@ impl Engine {
         let items = commands
             .drain(..)
             .map(|incoming| {
-                let Incoming {
-                    command,
-                    json,
-                    fingerprint,
-                } = incoming;
-                let now = self.time_for(command.at);
-                Item {
-                    command,
-                    now,
-                    json,
-                    fingerprint,
-                }
+                let now = self.time_for(incoming.command.at);
+                Item { incoming, now }
             })
             .collect();
         let steps = self.shards.apply(&mut self.ledger, items);
@@ -978,14 +948,10 @@ impl Engine {
     }
 
     fn apply_command(&mut self, incoming: Incoming, logged: &mut Vec<Logged>) -> Answer {
-        let Incoming {
-            command,
-            json,
-            fingerprint,
-        } = incoming;
+        let command = &incoming.command;
         if let Body::Statement(_) = command.body {
-            return match self.ledger.statement_plan(&command) {
-                Ok(plan) => Answer::Statement(Box::new((command, plan))),
+            return match self.ledger.statement_plan(command) {
+                Ok(plan) => Answer::Statement(Box::new((incoming.command, plan))),
                 Err(rejection) => Answer::Ready(Arc::new(CommandResult::rejected(
                     &command.merchant,
                     command.key.text(),
@@ -1002,15 +968,9 @@ impl Engine {
         }
         let entries_before = self.ledger.entries().len();
         if !self.snapshots.is_idle() {
-            self.capture_for_snapshots(&command, now);
+            self.capture_for_snapshots(command, now);
         }
-        let item = Item {
-            command,
-            now,
-            json,
-            fingerprint,
-        };
-        let step = shards::step(&mut self.ledger, item);
+        let step = shards::step(&mut self.ledger, Item { incoming, now });
         if !self.snapshots.is_idle() {
             let written = &self.ledger.entries()[entries_before..];
             self.snapshots.after(&self.ledger, written);

@@ -35,25 +35,40 @@ pub fn default_count() -> usize {
     (cores - 1).clamp(1, MAX_SHARDS)
 }
 
+/// A command on its way to the engine thread, with what the thread that received it (the
+/// reader, a connection's task) could work out before: the engine thread only applies.
+pub struct Incoming {
+    pub command: Command,
+    /// The command's JSON as it came in, if it came as JSON and the log keeps it as it is
+    /// (`log::Logged::json`).
+    pub json: Option<String>,
+    /// `Fingerprint::of(&command)`, worked out on the thread that made this.
+    pub fingerprint: Fingerprint,
+}
+
+impl Incoming {
+    pub fn new(command: Command, json: Option<String>) -> Incoming {
+        let fingerprint = Fingerprint::of(&command);
+        Incoming {
+            command,
+            json,
+            fingerprint,
+        }
+    }
+}
+
 /// A command and the engine time it is applied at.
 pub struct Item {
-    pub command: Command,
+    pub incoming: Incoming,
     pub now: Timestamp,
-    /// The command's JSON as it came in, if it came as JSON (`log::Logged::json`).
-    pub json: Option<String>,
-    /// `Fingerprint::of(&command)`, worked out where a thread had room for it.
-    pub fingerprint: Fingerprint,
 }
 
 impl Item {
     /// An item whose fingerprint is worked out here, on the caller's thread.
     pub fn new(command: Command, now: Timestamp, json: Option<String>) -> Item {
-        let fingerprint = Fingerprint::of(&command);
         Item {
-            command,
+            incoming: Incoming::new(command, json),
             now,
-            json,
-            fingerprint,
         }
     }
 }
@@ -75,10 +90,13 @@ pub struct Step {
 /// Applies one command: the tick due for its merchant first, then the command.
 pub fn step(ledger: &mut Ledger, item: Item) -> Step {
     let Item {
-        command,
+        incoming:
+            Incoming {
+                command,
+                json,
+                fingerprint,
+            },
         now,
-        json,
-        fingerprint,
     } = item;
     let entries_before = ledger.entries().len();
     let tick = tick_if_due(ledger, &command.merchant, now);
@@ -239,7 +257,7 @@ impl Shards {
         self.sharded_groups += 1;
         let order: Vec<usize> = items
             .iter()
-            .map(|item| self.shard_of(&item.command.merchant))
+            .map(|item| self.shard_of(&item.incoming.command.merchant))
             .collect();
         let mut sizes = vec![0; self.count];
         for &shard in &order {
@@ -312,7 +330,10 @@ fn lend_part(ledger: &mut Ledger, items: Vec<Item>, journal: &mut Vec<Entry>) ->
     if items.is_empty() {
         return None;
     }
-    let names: BTreeSet<&str> = items.iter().map(|i| i.command.merchant.as_str()).collect();
+    let names: BTreeSet<&str> = items
+        .iter()
+        .map(|item| item.incoming.command.merchant.as_str())
+        .collect();
     let part = ledger.lend(&names, std::mem::take(journal));
     Some(Job { part, items })
 }
