@@ -3,6 +3,11 @@
 //! certificates, each frame answered with its own bytes), redb appends of the same bytes in
 //! durable group commits, and the disk's fsync rate.
 //!
+//! The echo and the engine are measured in rounds, each on frames of its own (fresh keys and
+//! members), the echo and then the engine each round: on a shared machine one round's echo
+//! can run twice as fast as the next one's, and the median of several rounds' ratios moves
+//! far less than one round's.
+//!
 //! Rates are floats here (for display, never money).
 #![allow(clippy::float_arithmetic)]
 
@@ -32,10 +37,13 @@ pub struct Baseline {
     pub connections: usize,
     pub streams_per_connection: usize,
     pub frame_bytes: u64,
-    /// Commands per second through a raw quinn echo of the frames.
+    /// Each round's echo and engine, in order.
+    pub rounds: Vec<Round>,
+    /// Medians over the rounds: commands per second through a raw quinn echo of the frames.
     pub echo_per_s: f64,
     /// Commands per second through the engine (applied durably and answered).
     pub engine_per_s: f64,
+    /// The median of the rounds' ratios.
     pub engine_over_echo: f64,
     /// Commands per second when the frames' bytes are appended to redb, `group_frames`
     /// frames per durable commit.
@@ -45,10 +53,28 @@ pub struct Baseline {
     pub fsync_per_s: f64,
 }
 
+/// One round: the echo, then the engine, on the same frames.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Round {
+    pub echo_per_s: f64,
+    pub engine_per_s: f64,
+    pub engine_over_echo: f64,
+}
+
 impl Baseline {
     pub fn text(&self) -> String {
-        format!(
-            "baseline, same {} commands in {} frames of {} ({} bytes), {} connections x {} streams:\n\
+        let mut text = String::new();
+        for (index, round) in self.rounds.iter().enumerate() {
+            text.push_str(&format!(
+                "round {}: echo {:.0} commands/s, tally serve {:.0} commands/s = {:.2} x echo\n",
+                index + 1,
+                round.echo_per_s,
+                round.engine_per_s,
+                round.engine_over_echo
+            ));
+        }
+        text + &format!(
+            "baseline, each round {} commands in {} frames of {} ({} bytes), {} connections x {} streams; medians of {} rounds:\n\
              \x20 quinn echo of the frames      {:>10.0} commands/s\n\
              \x20 tally serve (durable)         {:>10.0} commands/s  = {:.2} x echo\n\
              \x20 redb append, {} frames/commit {:>10.0} commands/s\n\
@@ -59,6 +85,7 @@ impl Baseline {
             self.frame_bytes,
             self.connections,
             self.streams_per_connection,
+            self.rounds.len(),
             self.echo_per_s,
             self.engine_per_s,
             self.engine_over_echo,
@@ -80,30 +107,24 @@ pub struct BaselineConfig<'a> {
     pub commands: usize,
     pub batch: usize,
     pub streams: usize,
+    /// Rounds of echo then engine (at least one).
+    pub rounds: usize,
     pub scratch_dir: &'a Path,
 }
 
 /// Runs every baseline and the engine on the same frames.
 pub async fn measure(config: BaselineConfig<'_>) -> Result<Baseline, LoadError> {
-    let (identities, frames) = frames(&config);
+    let mut rounds = Vec::new();
+    let mut last = None;
+    for round in 0..config.rounds.max(1) {
+        let (identities, frames) = frames(&config, round);
+        rounds.push(measure_round(&config, &identities, &frames).await?);
+        last = Some((identities, frames));
+    }
+    let (identities, frames) = last.expect("at least one round");
     let frame_count: usize = frames.iter().map(Vec::len).sum();
     let commands: usize = frames.iter().flatten().map(|(_, n)| n).sum();
     let frame_bytes: usize = frames.iter().flatten().map(|(f, _)| f.len()).sum();
-    let mut clients = Vec::new();
-    let echo = echo_server(&config)?;
-    for identity in &identities {
-        clients.push(connect(&config, echo.local_addr()?, identity).await?);
-    }
-    let echo_elapsed = closed_loop(&clients, &frames, config.streams).await?;
-    echo.close(0u32.into(), b"done");
-    let mut engine_clients = Vec::new();
-    for identity in &identities {
-        engine_clients.push(connect(&config, config.server, identity).await?);
-    }
-    let engine_elapsed = closed_loop(&engine_clients, &frames, config.streams).await?;
-    for client in engine_clients.iter().chain(&clients) {
-        client.close().await;
-    }
     let flat: Vec<&(Vec<u8>, usize)> = frames.iter().flatten().collect();
     let group_frames = (4096 / config.batch).max(1);
     let redb_elapsed = redb_append(config.scratch_dir, &flat, group_frames)?;
@@ -116,21 +137,65 @@ pub async fn measure(config: BaselineConfig<'_>) -> Result<Baseline, LoadError> 
         connections: identities.len(),
         streams_per_connection: config.streams,
         frame_bytes: frame_bytes as u64,
-        echo_per_s: per_s(echo_elapsed),
-        engine_per_s: per_s(engine_elapsed),
-        engine_over_echo: echo_elapsed.as_secs_f64() / engine_elapsed.as_secs_f64().max(1e-9),
+        echo_per_s: median(rounds.iter().map(|r| r.echo_per_s)),
+        engine_per_s: median(rounds.iter().map(|r| r.engine_per_s)),
+        engine_over_echo: median(rounds.iter().map(|r| r.engine_over_echo)),
+        rounds,
         redb_append_per_s: per_s(redb_elapsed),
         redb_group_frames: group_frames,
         fsync_per_s,
     })
 }
 
+/// The same frames through the echo, then through the engine.
+async fn measure_round(
+    config: &BaselineConfig<'_>,
+    identities: &[Identity],
+    frames: &Frames,
+) -> Result<Round, LoadError> {
+    let commands: usize = frames.iter().flatten().map(|(_, n)| n).sum();
+    let mut clients = Vec::new();
+    let echo = echo_server(config)?;
+    for identity in identities {
+        clients.push(connect(config, echo.local_addr()?, identity).await?);
+    }
+    let echo_elapsed = closed_loop(&clients, frames, config.streams).await?;
+    echo.close(0u32.into(), b"done");
+    let mut engine_clients = Vec::new();
+    for identity in identities {
+        engine_clients.push(connect(config, config.server, identity).await?);
+    }
+    let engine_elapsed = closed_loop(&engine_clients, frames, config.streams).await?;
+    for client in engine_clients.iter().chain(&clients) {
+        client.close().await;
+    }
+    let per_s = |elapsed: Duration| commands as f64 / elapsed.as_secs_f64().max(1e-9);
+    Ok(Round {
+        echo_per_s: per_s(echo_elapsed),
+        engine_per_s: per_s(engine_elapsed),
+        engine_over_echo: echo_elapsed.as_secs_f64() / engine_elapsed.as_secs_f64().max(1e-9),
+    })
+}
+
+/// The middle value (of an even count, the mean of the two in the middle).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    match values.len() % 2 {
+        0 if middle > 0 => (values[middle - 1] + values[middle]) / 2.0,
+        _ => values.get(middle).copied().unwrap_or(0.0),
+    }
+}
+
 type Frames = Vec<Vec<(Vec<u8>, usize)>>;
 
-/// Each terminal's frames, made by its simulation and encoded once.
-fn frames(config: &BaselineConfig<'_>) -> (Vec<Identity>, Frames) {
+/// Each terminal's frames for round `round`, made by its simulation and encoded once; each
+/// round's keys and members are its own (its run tag ends in the round's number).
+fn frames(config: &BaselineConfig<'_>, round: usize) -> (Vec<Identity>, Frames) {
     let fleet = Arc::new(FleetConfig {
         retry_percent: 0,
+        run_tag: format!("{}r{round}", config.fleet.run_tag),
         ..config.fleet.clone()
     });
     let skus = Arc::new(catalog(fleet.skus, fleet.seed));
@@ -322,4 +387,17 @@ fn fsync_rate(dir: &Path, duration: Duration) -> Result<f64, LoadError> {
     drop(file);
     let _ = std::fs::remove_file(&path);
     Ok(count as f64 / elapsed.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_is_the_middle_value_or_the_mean_of_the_two_middle_ones() {
+        assert_eq!(median([0.3, 0.1, 0.2].into_iter()), 0.2);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
+        assert_eq!(median([7.0].into_iter()), 7.0);
+        assert_eq!(median(std::iter::empty()), 0.0);
+    }
 }

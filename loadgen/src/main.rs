@@ -51,6 +51,9 @@ enum Mode {
         /// Frames in flight per connection.
         #[arg(long, default_value_t = 8)]
         streams: usize,
+        /// Rounds of echo then engine, each on frames of its own; the figures are medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -193,9 +196,10 @@ fn main() -> Result<()> {
                 commands,
                 batch,
                 streams,
+                rounds,
                 json,
             } => {
-                let measured = measure_baseline(&fleet, commands, batch, streams).await?;
+                let measured = measure_baseline(&fleet, commands, batch, streams, rounds).await?;
                 print!("{}", measured.text());
                 if let Some(path) = json {
                     write(&path, &serde_json::to_string_pretty(&measured)?)?;
@@ -211,9 +215,10 @@ async fn measure_baseline(
     commands: usize,
     batch: usize,
     streams: usize,
+    rounds: usize,
 ) -> Result<baseline::Baseline> {
-    if batch == 0 || streams == 0 {
-        bail!("--batch and --streams must be at least 1");
+    if batch == 0 || streams == 0 || rounds == 0 {
+        bail!("--batch, --streams and --rounds must be at least 1");
     }
     let credentials = fleet.credentials()?;
     let paths = CertPaths::new(&fleet.data);
@@ -227,6 +232,7 @@ async fn measure_baseline(
         commands,
         batch,
         streams,
+        rounds,
         scratch_dir: &fleet.data,
     };
     Ok(baseline::measure(config).await?)
@@ -291,7 +297,7 @@ async fn run(args: RunArgs) -> Result<()> {
     fleet.close().await;
     let baseline = if args.baseline {
         let commands = (args.rate as usize * 5).clamp(20_000, 400_000);
-        let measured = measure_baseline(&args.fleet, commands, args.batch, 8).await?;
+        let measured = measure_baseline(&args.fleet, commands, args.batch, 8, 1).await?;
         print!("{}", measured.text());
         Some(measured)
     } else {
