@@ -1,8 +1,9 @@
 //! The limits under durable ingest, measured in one run on one disk, and ingest itself:
 //! fsync rate, redb single-key durable commits, redb 1,000-key batches, large sequential
 //! values, and `tally ingest`'s durable commands/s (one merchant and four, one shard and two),
-//! so each figure is also a ratio.
-//! `cargo run --release -p tally-benches --example storage_baseline -- [dir] [commands] [merchants shards]`
+//! so each figure is also a ratio; and one merchant's ingest writing only the rejected
+//! results (`--results rejected`, a bulk import's mode).
+//! `cargo run --release -p tally-benches --example storage_baseline -- [dir] [commands] [merchants shards [all|rejected]]`
 // Floats here are rates for display, never money.
 #![allow(clippy::float_arithmetic)]
 
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, TableDefinition};
-use tally_engine::ingest::{Clock, Engine};
+use tally_engine::ingest::{Clock, Engine, ResultsWritten};
 use tally_engine::workload::{demo_program_of, interleaved, WorkloadConfig};
 
 #[global_allocator]
@@ -27,16 +28,24 @@ fn main() {
     tally_engine::allocator::tune();
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(args.next().unwrap_or_else(|| "storage-baseline".into()));
-    let mut numbers = args.map(|n| n.parse::<usize>().expect("a number"));
+    let mut numbers = args
+        .by_ref()
+        .take(3)
+        .map(|n| n.parse::<usize>().expect("a number"));
     let commands = numbers.next().unwrap_or(200_000);
     std::fs::create_dir_all(&dir).expect("folder");
     // `MERCHANTS SHARDS` after the count: that ingest alone, in a process of its own. In one
     // process, each later ingest grows into fresh memory the earlier ones did not give back,
     // which on this machine makes it slower; alternate single runs to compare.
     if let (Some(merchants), Some(shards)) = (numbers.next(), numbers.next()) {
-        let rate = ingest(&dir, commands, merchants, shards);
+        let written = match args.next().as_deref() {
+            None | Some("all") => ResultsWritten::All,
+            Some("rejected") => ResultsWritten::Rejected,
+            Some(other) => panic!("all or rejected, not {other}"),
+        };
+        let rate = ingest(&dir, commands, merchants, shards, written);
         report(
-            &format!("tally ingest: {merchants} merchant(s), {shards} shard(s)"),
+            &format!("tally ingest: {merchants} merchant(s), {shards} shard(s), {written:?}"),
             rate,
             "commands",
         );
@@ -63,10 +72,15 @@ fn main() {
     for (merchants, shards) in [(1, 1), (1, 2), (4, 1), (4, 2)] {
         report(
             &format!("tally ingest: {merchants} merchant(s), {shards} shard(s)"),
-            ingest(&dir, commands, merchants, shards),
+            ingest(&dir, commands, merchants, shards, ResultsWritten::All),
             "commands",
         );
     }
+    report(
+        "tally ingest: 1 merchant, 1 shard, rejected results only",
+        ingest(&dir, commands, 1, 1, ResultsWritten::Rejected),
+        "commands",
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -120,7 +134,13 @@ fn redb_commits(dir: &Path, keys: usize, bytes: usize) -> f64 {
 /// `tally ingest` of the demo traffic of `merchants` merchants (100,000 members in all, half
 /// of the merchants on each of two shards), interleaved, with `shards` shards; returns
 /// commands per second.
-fn ingest(dir: &Path, count: usize, merchants: usize, shards: usize) -> f64 {
+fn ingest(
+    dir: &Path,
+    count: usize,
+    merchants: usize,
+    shards: usize,
+    written: ResultsWritten,
+) -> f64 {
     let data = dir.join("ingest");
     let _ = std::fs::remove_dir_all(&data);
     let names = tally_benches::balanced_names(merchants);
@@ -136,6 +156,7 @@ fn ingest(dir: &Path, count: usize, merchants: usize, shards: usize) -> f64 {
     // `recovery` example.
     engine.set_checkpoint_every(0);
     engine.set_shards(shards);
+    engine.set_results_written(written);
     engine.install_programs(&programs).expect("program");
     let mut results = std::io::sink();
     let started = Instant::now();

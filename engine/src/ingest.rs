@@ -274,11 +274,17 @@ fn kept_line(line: String) -> Option<String> {
 fn write_results(
     durable: &Receiver<Vec<Arc<CommandResult>>>,
     output: &mut impl Write,
+    written: ResultsWritten,
 ) -> Result<(), IngestError> {
     // One group's lines, written at once; the buffer is kept for the next group.
     let mut text = Vec::new();
     for group in durable {
-        for result in &group {
+        let rejected =
+            |result: &&Arc<CommandResult>| matches!(result.status, Status::Rejected { .. });
+        let wanted = group
+            .iter()
+            .filter(|result| written == ResultsWritten::All || rejected(result));
+        for result in wanted {
             result.write_json(&mut text);
             text.push(b'\n');
         }
@@ -355,6 +361,20 @@ pub struct Engine {
     /// A group's commands in order, emptied after each group and kept with its room: a
     /// fresh buffer of a few megabytes each group was new memory each time.
     group_commands: Vec<Incoming>,
+    /// Which results `run` writes.
+    results_written: ResultsWritten,
+}
+
+/// Which results `Engine::run` writes (`tally ingest --results`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResultsWritten {
+    /// Every command's, in input order.
+    #[default]
+    All,
+    /// Only those of the commands that were rejected (unreadable lines among them), in
+    /// input order: a bulk import's report of what did not go in. Encoding every applied
+    /// result as JSON costs as much as applying it.
+    Rejected,
 }
 
 impl Engine {
@@ -433,6 +453,7 @@ impl Engine {
             snapshots: Streams::default(),
             shards: Shards::new(shards::default_count()),
             group_commands: Vec::new(),
+            results_written: ResultsWritten::All,
         };
         Ok((engine, recovery))
     }
@@ -440,6 +461,11 @@ impl Engine {
     /// Background checkpoints that failed so far, with why.
     pub fn failed_checkpoints(&self) -> &[String] {
         &self.checkpoints.failed
+    }
+
+    /// Which results `run` writes.
+    pub fn set_results_written(&mut self, written: ResultsWritten) {
+        self.results_written = written;
     }
 
     /// Takes a checkpoint after this many logged commands; 0 takes none at all (recovery
@@ -640,7 +666,8 @@ impl Engine {
     ) -> Result<(), IngestError> {
         std::thread::scope(|scope| {
             let (answers, durable) = sync_channel::<Vec<Arc<CommandResult>>>(RESULT_GROUPS_AHEAD);
-            let writer = scope.spawn(move || write_results(&durable, output));
+            let written = self.results_written;
+            let writer = scope.spawn(move || write_results(&durable, output, written));
             // The lines' buffer goes back and forth between reading a group and applying it.
             let spare_lines = Cell::new(Vec::new());
             let applied = self.pipeline(

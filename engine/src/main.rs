@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use tally_engine::ingest::{Clock, Engine, Recovery};
+use tally_engine::ingest::{Clock, Engine, Recovery, ResultsWritten};
 use tally_engine::log::position_text;
 use tally_engine::program::parse_and_compile;
 use tally_engine::replay::{Replayer, Stats};
@@ -83,6 +83,10 @@ enum Tool {
         /// (default: the cores available but one).
         #[arg(long, default_value_t = tally_engine::shards::default_count())]
         shards: usize,
+        /// `all` writes every command's result; `rejected` only those of the commands that
+        /// were rejected (a bulk import's report of what did not go in).
+        #[arg(long, default_value = "all", value_parser = ["all", "rejected"])]
+        results: String,
     },
     /// Serves terminals and operators over QUIC (TLS with client certificates). With no flags:
     /// data in ./tally-data, a development CA and server certificate made on first start, the
@@ -287,11 +291,17 @@ fn main() -> Result<()> {
             checkpoint_every,
             keep_checkpoints,
             shards,
+            results,
         } => {
             let clock = if clock == "event" {
                 Clock::Event
             } else {
                 Clock::Wall
+            };
+            let results = if results == "rejected" {
+                ResultsWritten::Rejected
+            } else {
+                ResultsWritten::All
             };
             let options = IngestOptions {
                 clock,
@@ -299,6 +309,7 @@ fn main() -> Result<()> {
                 checkpoint_every,
                 keep_checkpoints,
                 shards,
+                results,
             };
             ingest(&data, &programs, &input, options)
         }
@@ -449,6 +460,7 @@ struct IngestOptions {
     checkpoint_every: u64,
     keep_checkpoints: usize,
     shards: usize,
+    results: ResultsWritten,
 }
 
 fn ingest(data: &Path, programs: &[PathBuf], input: &Path, options: IngestOptions) -> Result<()> {
@@ -458,6 +470,7 @@ fn ingest(data: &Path, programs: &[PathBuf], input: &Path, options: IngestOption
     engine.set_checkpoint_every(options.checkpoint_every);
     engine.set_checkpoints_kept(options.keep_checkpoints);
     engine.set_shards(shard_count(options.shards)?);
+    engine.set_results_written(options.results);
     engine.install_programs(&texts)?;
     // Results are written on a thread of their own: `Stdout`, not its (thread-bound) lock.
     let mut output = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
