@@ -271,6 +271,15 @@ fn kept_line(line: String) -> Option<String> {
 }
 
 /// Encodes and writes results, group by group, in the order the groups became durable.
+/// A result `ResultsWritten::Rejected` writes: a rejection, or a query's answer.
+fn asked_for(result: &CommandResult) -> bool {
+    matches!(result.status, Status::Rejected { .. })
+        || matches!(
+            result.command,
+            CommandKind::Quote | CommandKind::Statement | CommandKind::Balance
+        )
+}
+
 fn write_results(
     durable: &Receiver<Vec<Arc<CommandResult>>>,
     output: &mut impl Write,
@@ -279,11 +288,9 @@ fn write_results(
     // One group's lines, written at once; the buffer is kept for the next group.
     let mut text = Vec::new();
     for group in durable {
-        let rejected =
-            |result: &&Arc<CommandResult>| matches!(result.status, Status::Rejected { .. });
         let wanted = group
             .iter()
-            .filter(|result| written == ResultsWritten::All || rejected(result));
+            .filter(|result| written == ResultsWritten::All || asked_for(result));
         for result in wanted {
             result.write_json(&mut text);
             text.push(b'\n');
@@ -371,9 +378,10 @@ pub enum ResultsWritten {
     /// Every command's, in input order.
     #[default]
     All,
-    /// Only those of the commands that were rejected (unreadable lines among them), in
-    /// input order: a bulk import's report of what did not go in. Encoding every applied
-    /// result as JSON costs as much as applying it.
+    /// Only those of the commands that were rejected (unreadable lines among them) and the
+    /// answers to queries (quotes, statements, balances), in input order: a bulk import's
+    /// report of what did not go in. Encoding every applied result as JSON costs as much as
+    /// applying it.
     Rejected,
 }
 

@@ -84,7 +84,8 @@ enum Tool {
         #[arg(long, default_value_t = tally_engine::shards::default_count())]
         shards: usize,
         /// `all` writes every command's result; `rejected` only those of the commands that
-        /// were rejected (a bulk import's report of what did not go in).
+        /// were rejected, and the answers to queries (a bulk import's report of what did not
+        /// go in).
         #[arg(long, default_value = "all", value_parser = ["all", "rejected"])]
         results: String,
     },

@@ -491,9 +491,10 @@ fn a_program_given_twice_installs_once_and_recovers() {
     assert!(!said.contains("panicked"), "{said}");
 }
 
-/// With `--results rejected` an import writes only the results of what did not go in, in
-/// input order, and leaves the state that writing every result leaves. Run again, the
-/// commands already applied answer `duplicate` and are not written either.
+/// With `--results rejected` an import writes only the results of what did not go in and
+/// the answers to its queries, in input order, and leaves the state that writing every
+/// result leaves. Run again, the commands already applied answer `duplicate` and are not
+/// written either.
 #[test]
 fn an_import_can_write_only_what_was_rejected() {
     let input_of = |scratch: &Scratch| {
@@ -505,18 +506,22 @@ fn an_import_can_write_only_what_was_rejected() {
             r#"{"merchant":"nobody","terminal":"t","txn":"1","at":"2026-01-05T12:00:00Z","event":{"member":{"id":1},"name":"review"}}"#,
         );
         text.push('\n');
+        text.push_str(&statement_lines(5, 1));
         std::fs::write(&input, text).expect("commands written");
         input
     };
     let every = Scratch::new("results-all");
     let all = ingest(&every, &input_of(&every), &every.path("balances.csv"));
+    let asked_for = |line: &&str| {
+        line.contains(r#""status":"rejected""#) || line.contains(r#""command":"statement""#)
+    };
     let rejected_of_all: Vec<String> = String::from_utf8_lossy(&all.stdout)
         .lines()
-        .filter(|line| line.contains(r#""status":"rejected""#))
+        .filter(asked_for)
         .map(str::to_string)
         .collect();
-    assert_eq!(statuses(&all).len(), 62);
-    assert!(rejected_of_all.len() >= 2, "{rejected_of_all:?}");
+    assert_eq!(statuses(&all).len(), 63);
+    assert!(rejected_of_all.len() >= 3, "{rejected_of_all:?}");
 
     let only = Scratch::new("results-rejected");
     let input = input_of(&only);
@@ -530,14 +535,22 @@ fn an_import_can_write_only_what_was_rejected() {
     assert_eq!(lines, rejected_of_all);
     assert!(lines[0].contains(r#""key":"line:1""#), "{}", lines[0]);
     assert!(
-        lines.last().unwrap().contains("unknown_merchant"),
+        lines[lines.len() - 2].contains("unknown_merchant"),
         "{lines:?}"
     );
+    let statement = lines.last().unwrap();
+    assert!(statement.contains(r#""status":"applied""#), "{statement}");
+    assert!(statement.contains(r#""entries":"#), "{statement}");
     let read = |path: &Path| std::fs::read_to_string(path).expect("balances written");
     assert_eq!(read(&balances), read(&every.path("balances.csv")));
 
     let again = ingest_with(&only, &input, &only.path("again.csv"), &rejected);
     let statuses = statuses(&again);
-    assert!(statuses.len() >= 2, "the two bad lines again: {statuses:?}");
-    assert!(statuses.iter().all(|status| status == "rejected"));
+    let (answer, refused) = statuses.split_last().expect("the statement's answer");
+    assert_eq!(
+        answer, "applied",
+        "a statement is answered again: {statuses:?}"
+    );
+    assert!(refused.len() >= 2, "the two bad lines again: {statuses:?}");
+    assert!(refused.iter().all(|status| status == "rejected"));
 }
