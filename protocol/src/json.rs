@@ -453,7 +453,7 @@ impl Command {
 
     /// Appends the command's JSON line (without the newline) to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        serde_json::to_writer(out, &JsonLine(self)).expect("commands always serialise")
+        crate::json_writer::write_json(out, &JsonLine(self)).expect("commands always serialise")
     }
 
     pub fn kind(&self) -> CommandKind {

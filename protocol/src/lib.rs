@@ -8,6 +8,7 @@
 
 mod command;
 mod json;
+mod json_writer;
 mod reason;
 mod result;
 mod snapshot;

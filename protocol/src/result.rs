@@ -93,13 +93,15 @@ impl CommandResult {
     }
 
     pub fn to_json_line(&self) -> String {
-        serde_json::to_string(self).expect("results always serialise")
+        let mut line = Vec::with_capacity(1024);
+        self.write_json(&mut line);
+        String::from_utf8(line).expect("JSON is UTF-8")
     }
 
     /// Appends the result's JSON line (without the newline) to `out`: writers of many
     /// results reuse one buffer instead of a string each.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        serde_json::to_writer(out, self).expect("results always serialise")
+        crate::json_writer::write_json(out, self).expect("results always serialise")
     }
 }
 

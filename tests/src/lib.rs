@@ -128,6 +128,7 @@ pub fn check_scenario(dir: &Path) -> Result<(), String> {
             problems.push(format!("expected.json: unknown key {key:?}"));
         }
     }
+    check_json_lines(&first, &mut problems);
     if let Some(results) = expected.get("results").and_then(Value::as_object) {
         check_results(&first, results, &mut problems);
     }
@@ -146,6 +147,20 @@ pub fn check_scenario(dir: &Path) -> Result<(), String> {
         Ok(())
     } else {
         Err(problems.join("\n"))
+    }
+}
+
+/// Results are written by the protocol's own JSON writer: it must write what `serde_json`
+/// writes, byte for byte, for every result a scenario gives.
+fn check_json_lines(run: &ScenarioRun, problems: &mut Vec<String>) {
+    for (number, result) in &run.results {
+        let ours = result.to_json_line();
+        let theirs = serde_json::to_string(result).expect("results serialise");
+        if ours != theirs {
+            problems.push(format!(
+                "line {number}: the result's JSON line differs from serde_json's\n    ours:   {ours}\n    theirs: {theirs}"
+            ));
+        }
     }
 }
 
