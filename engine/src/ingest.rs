@@ -798,7 +798,7 @@ impl Engine {
     ) -> Vec<Answer> {
         // Statements, snapshots' copy-on-touch and programs waiting for a first time all
         // need the whole ledger at each command: one after the other.
-        let sharded = self.shards.worth_it(commands.iter().map(|c| &c.command))
+        let sharded = self.shards.worth_it(commands.iter().map(|c| &*c.command))
             && self.snapshots.is_idle()
             && self.pending_programs.is_empty()
             && !commands
@@ -986,7 +986,7 @@ impl Engine {
         let command = &incoming.command;
         if let Body::Statement(_) = command.body {
             return match self.ledger.statement_plan(command) {
-                Ok(plan) => Answer::Statement(Box::new((incoming.command, plan))),
+                Ok(plan) => Answer::Statement(Box::new((*incoming.command, plan))),
                 Err(rejection) => Answer::Ready(Arc::new(CommandResult::rejected(
                     &command.merchant,
                     command.key.text(),

@@ -42,17 +42,17 @@ pub fn position_text(position: Option<u64>) -> String {
 #[derive(Debug, Clone)]
 pub struct Logged {
     pub now: Timestamp,
-    pub command: Command,
+    pub command: Box<Command>,
     /// The command's JSON as it came in (a `tally ingest` line, which parsed to `command`):
     /// written to the log as it is rather than encoded again. `None`: encoded from `command`.
     pub json: Option<String>,
 }
 
 impl Logged {
-    pub fn new(now: Timestamp, command: Command) -> Logged {
+    pub fn new(now: Timestamp, command: impl Into<Box<Command>>) -> Logged {
         Logged {
             now,
-            command,
+            command: command.into(),
             json: None,
         }
     }

@@ -38,7 +38,8 @@ pub fn default_count() -> usize {
 /// A command on its way to the engine thread, with what the thread that received it (the
 /// reader, a connection's task) could work out before: the engine thread only applies.
 pub struct Incoming {
-    pub command: Command,
+    /// Boxed: a command is some 460 bytes, moved from thread to queue to group to log.
+    pub command: Box<Command>,
     /// The command's JSON as it came in, if it came as JSON and the log keeps it as it is
     /// (`log::Logged::json`).
     pub json: Option<String>,
@@ -47,7 +48,8 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    pub fn new(command: Command, json: Option<String>) -> Incoming {
+    pub fn new(command: impl Into<Box<Command>>, json: Option<String>) -> Incoming {
+        let command = command.into();
         let fingerprint = Fingerprint::of(&command);
         Incoming {
             command,
@@ -81,7 +83,7 @@ pub struct Step {
     pub result: Arc<CommandResult>,
     /// The command (and its JSON as it came in), when it changed the state and so goes to
     /// the log.
-    pub logged: Option<(Command, Option<String>)>,
+    pub logged: Option<(Box<Command>, Option<String>)>,
     pub now: Timestamp,
     /// Entries the tick and the command wrote, in the order written.
     pub entries: usize,

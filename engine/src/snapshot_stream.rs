@@ -247,7 +247,7 @@ impl Streams {
                 message.to_string(),
             ))]
         };
-        let command = commands
+        let command = *commands
             .pop()
             .expect("a snapshot request has one command")
             .command;
