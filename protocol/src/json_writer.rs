@@ -137,6 +137,59 @@ fn write_field_key(out: &mut Vec<u8>, first: &mut bool, key: &str) {
     out.push(b':');
 }
 
+/// The ten integer methods of a `Serializer`, each handing its value to `self.integer`.
+macro_rules! integers {
+    ($($method:ident: $type:ty),* $(,)?) => {
+        $(fn $method(self, value: $type) -> Result<(), Error> {
+            self.integer(value)
+        })*
+    };
+}
+
+/// The array-like compound traits: each element after a comma, then the closing bytes.
+macro_rules! elements {
+    ($($trait:ident::$method:ident),* $(,)?) => {
+        $(impl ser::$trait for Compound<'_, '_> {
+            type Ok = ();
+            type Error = Error;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+                self.element(value)
+            }
+            fn end(self) -> Result<(), Error> {
+                self.close()
+            }
+        })*
+    };
+}
+
+/// The struct-like compound traits: each field as a key and its value.
+macro_rules! fields {
+    ($($trait:ident),*) => {
+        $(impl ser::$trait for Compound<'_, '_> {
+            type Ok = ();
+            type Error = Error;
+            #[inline(always)]
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> Result<(), Error> {
+                self.field(key, value)
+            }
+            fn end(self) -> Result<(), Error> {
+                self.close()
+            }
+        })*
+    };
+}
+
+impl Writer<'_> {
+    fn integer(&mut self, value: impl itoa::Integer) -> Result<(), Error> {
+        write_integer(self.out, value);
+        Ok(())
+    }
+}
+
 impl<'a, 'b> ser::Serializer for &'a mut Writer<'b> {
     type Ok = ();
     type Error = Error;
@@ -153,45 +206,10 @@ impl<'a, 'b> ser::Serializer for &'a mut Writer<'b> {
             .extend_from_slice(if value { b"true" } else { b"false" });
         Ok(())
     }
-    fn serialize_i8(self, value: i8) -> Result<(), Error> {
-        write_integer(self.out, value);
-        Ok(())
-    }
-    fn serialize_i16(self, value: i16) -> Result<(), Error> {
-        write_integer(self.out, value);
-        Ok(())
-    }
-    fn serialize_i32(self, value: i32) -> Result<(), Error> {
-        write_integer(self.out, value);
-        Ok(())
-    }
-    fn serialize_i64(self, value: i64) -> Result<(), Error> {
-        write_integer(self.out, value);
-        Ok(())
-    }
-    fn serialize_i128(self, value: i128) -> Result<(), Error> {
-        write_integer(self.out, value);
-        Ok(())
-    }
-    fn serialize_u8(self, value: u8) -> Result<(), Error> {
-        write_integer(self.out, value);
-        Ok(())
-    }
-    fn serialize_u16(self, value: u16) -> Result<(), Error> {
-        write_integer(self.out, value);
-        Ok(())
-    }
-    fn serialize_u32(self, value: u32) -> Result<(), Error> {
-        write_integer(self.out, value);
-        Ok(())
-    }
-    fn serialize_u64(self, value: u64) -> Result<(), Error> {
-        write_integer(self.out, value);
-        Ok(())
-    }
-    fn serialize_u128(self, value: u128) -> Result<(), Error> {
-        write_integer(self.out, value);
-        Ok(())
+    integers! {
+        serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64,
+        serialize_i128: i128, serialize_u8: u8, serialize_u16: u16, serialize_u32: u32,
+        serialize_u64: u64, serialize_u128: u128,
     }
     fn serialize_f32(self, value: f32) -> Result<(), Error> {
         write_float(self.out, &value)
@@ -341,48 +359,11 @@ impl<'a, 'b> Compound<'a, 'b> {
     }
 }
 
-impl ser::SerializeSeq for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
-}
-
-impl ser::SerializeTuple for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleStruct for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleVariant for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
+elements! {
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field,
 }
 
 impl ser::SerializeMap for Compound<'_, '_> {
@@ -418,37 +399,7 @@ impl ser::SerializeMap for Compound<'_, '_> {
     }
 }
 
-impl ser::SerializeStruct for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Error;
-    #[inline(always)]
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        self.field(key, value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
-}
-
-impl ser::SerializeStructVariant for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Error;
-    #[inline(always)]
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        self.field(key, value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
-}
+fields!(SerializeStruct, SerializeStructVariant);
 
 /// A map's key: JSON keys are strings, so numbers and booleans are written quoted, as
 /// `serde_json` does; anything else is refused with its words.
@@ -457,6 +408,10 @@ struct KeyWriter<'a> {
 }
 
 impl KeyWriter<'_> {
+    fn integer(self, value: impl itoa::Integer) -> Result<(), Error> {
+        self.quoted(itoa::Buffer::new().format(value).as_bytes())
+    }
+
     fn quoted(self, text: &[u8]) -> Result<(), Error> {
         self.out.push(b'"');
         self.out.extend_from_slice(text);
@@ -483,35 +438,10 @@ impl ser::Serializer for KeyWriter<'_> {
     fn serialize_bool(self, value: bool) -> Result<(), Error> {
         self.quoted(if value { b"true" } else { b"false" })
     }
-    fn serialize_i8(self, value: i8) -> Result<(), Error> {
-        self.quoted(itoa::Buffer::new().format(value).as_bytes())
-    }
-    fn serialize_i16(self, value: i16) -> Result<(), Error> {
-        self.quoted(itoa::Buffer::new().format(value).as_bytes())
-    }
-    fn serialize_i32(self, value: i32) -> Result<(), Error> {
-        self.quoted(itoa::Buffer::new().format(value).as_bytes())
-    }
-    fn serialize_i64(self, value: i64) -> Result<(), Error> {
-        self.quoted(itoa::Buffer::new().format(value).as_bytes())
-    }
-    fn serialize_i128(self, value: i128) -> Result<(), Error> {
-        self.quoted(itoa::Buffer::new().format(value).as_bytes())
-    }
-    fn serialize_u8(self, value: u8) -> Result<(), Error> {
-        self.quoted(itoa::Buffer::new().format(value).as_bytes())
-    }
-    fn serialize_u16(self, value: u16) -> Result<(), Error> {
-        self.quoted(itoa::Buffer::new().format(value).as_bytes())
-    }
-    fn serialize_u32(self, value: u32) -> Result<(), Error> {
-        self.quoted(itoa::Buffer::new().format(value).as_bytes())
-    }
-    fn serialize_u64(self, value: u64) -> Result<(), Error> {
-        self.quoted(itoa::Buffer::new().format(value).as_bytes())
-    }
-    fn serialize_u128(self, value: u128) -> Result<(), Error> {
-        self.quoted(itoa::Buffer::new().format(value).as_bytes())
+    integers! {
+        serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64,
+        serialize_i128: i128, serialize_u8: u8, serialize_u16: u16, serialize_u32: u32,
+        serialize_u64: u64, serialize_u128: u128,
     }
     fn serialize_f32(self, _value: f32) -> Result<(), Error> {
         Err(key_must_be_a_string())
