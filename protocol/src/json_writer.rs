@@ -128,12 +128,18 @@ fn write_float(out: &mut Vec<u8>, value: &impl Serialize) -> Result<(), Error> {
     serde_json::to_writer(out, value).map_err(|error| Error(error.to_string()))
 }
 
-/// A key of the object being written, after a comma unless it is the first.
+/// The comma before every element of an array or object but its first.
 #[inline(always)]
-fn write_field_key(out: &mut Vec<u8>, first: &mut bool, key: &str) {
+fn separate(out: &mut Vec<u8>, first: &mut bool) {
     if !std::mem::take(first) {
         out.push(b',');
     }
+}
+
+/// A key of the object being written, after a comma unless it is the first.
+#[inline(always)]
+fn write_field_key(out: &mut Vec<u8>, first: &mut bool, key: &str) {
+    separate(out, first);
     write_escaped(out, key);
     out.push(b':');
 }
@@ -342,9 +348,7 @@ impl<'a, 'b> Compound<'a, 'b> {
     }
 
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        if !std::mem::take(&mut self.first) {
-            self.writer.out.push(b',');
-        }
+        separate(self.writer.out, &mut self.first);
         value.serialize(&mut *self.writer)
     }
 
@@ -383,9 +387,7 @@ impl ser::SerializeMap for Compound<'_, '_> {
     }
     #[inline(always)]
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
-        if !std::mem::take(&mut self.first) {
-            self.writer.out.push(b',');
-        }
+        separate(self.writer.out, &mut self.first);
         key.serialize(KeyWriter {
             out: &mut *self.writer.out,
         })?;
