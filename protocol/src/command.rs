@@ -309,9 +309,15 @@ pub struct TxnRef {
 )]
 #[serde(deny_unknown_fields)]
 pub struct Line {
-    /// Shared, so results and order records name the SKU without copying it.
+    /// Shared, so results and order records name the SKU without copying it; read through
+    /// the parsing thread's shared names (`names.rs`).
+    #[serde(deserialize_with = "crate::names::name")]
     pub sku: Arc<str>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::names::optional_name"
+    )]
     pub category: Option<Arc<str>>,
     pub qty: i64,
     #[rkyv(with = crate::wire::AsDecimal)]

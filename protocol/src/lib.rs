@@ -9,6 +9,7 @@
 mod command;
 mod json;
 mod json_writer;
+mod names;
 mod reason;
 mod result;
 mod snapshot;
