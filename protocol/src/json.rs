@@ -6,6 +6,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::at::OptionalAt;
 use crate::command::*;
 use crate::Timestamp;
 
@@ -128,7 +129,7 @@ impl<'de> Visitor<'de> for PartsVisitor {
                 Field::Admin => once(&mut admin, "admin", map.next_value()?)?,
                 Field::Txn => once(&mut txn, "txn", map.next_value()?)?,
                 Field::Id => once(&mut id, "id", map.next_value()?)?,
-                Field::At => once(&mut at, "at", map.next_value()?)?,
+                Field::At => once(&mut at, "at", map.next_value::<OptionalAt>()?.0)?,
                 Field::ProgramVersion => {
                     once(&mut program_version, "program_version", map.next_value()?)?
                 }

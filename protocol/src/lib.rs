@@ -6,6 +6,7 @@
 //! form (`wire`: versioned frames of rkyv archives) is what travels between terminals and the
 //! engine; `docs/protocol.md` documents it.
 
+mod at;
 mod command;
 mod json;
 mod json_writer;
