@@ -40,7 +40,7 @@ impl Encoder<'_> {
     /// Most integers the state holds are small: their one byte is pushed inline, the rest
     /// out of line.
     #[inline(always)]
-    fn varint(&mut self, n: u64) {
+    pub fn varint(&mut self, n: u64) {
         if n <= SINGLE_BYTE_MAX {
             self.out.push(n as u8);
         } else {
@@ -73,13 +73,27 @@ impl Encoder<'_> {
     }
 
     #[inline(always)]
-    fn signed(&mut self, n: i64) {
+    pub fn signed(&mut self, n: i64) {
         self.varint(zigzag(n));
     }
 
     #[inline(always)]
-    fn length(&mut self, length: usize) {
+    pub fn length(&mut self, length: usize) {
         self.varint(length as u64);
+    }
+
+    #[inline(always)]
+    pub fn flag(&mut self, flag: bool) {
+        self.out.push(u8::from(flag));
+    }
+
+    /// An `Option`'s tag, then the value if there is one.
+    #[inline(always)]
+    pub fn optional<T: Copy>(&mut self, value: Option<T>, write: impl FnOnce(&mut Self, T)) {
+        self.flag(value.is_some());
+        if let Some(value) = value {
+            write(self, value);
+        }
     }
 
     fn known_length(&mut self, length: Option<usize>) -> Result<(), EncodeError> {

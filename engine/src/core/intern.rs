@@ -42,7 +42,7 @@ impl NameTable {
     }
 
     /// The name's number, given it one if it is new.
-    fn number(&mut self, name: &Arc<str>) -> u32 {
+    pub(crate) fn number(&mut self, name: &Arc<str>) -> u32 {
         let address = Arc::as_ptr(name).cast::<u8>() as usize;
         if let Some(&number) = self.by_address.get(&address) {
             return number;
