@@ -8,6 +8,7 @@
 
 mod at;
 mod command;
+mod decimal_text;
 mod json;
 mod json_writer;
 mod names;

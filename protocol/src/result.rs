@@ -177,9 +177,11 @@ pub struct Applied {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub points_redeemed: i64,
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    #[serde(serialize_with = "crate::decimal_text::serialize")]
     #[rkyv(with = crate::wire::AsDecimal)]
     pub credit_redeemed: Decimal,
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    #[serde(serialize_with = "crate::decimal_text::serialize")]
     #[rkyv(with = crate::wire::AsDecimal)]
     pub cashback: Decimal,
     /// Points and cashback per earning rule.
@@ -195,6 +197,7 @@ pub struct Applied {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub points_written_off: i64,
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    #[serde(serialize_with = "crate::decimal_text::serialize")]
     #[rkyv(with = crate::wire::AsDecimal)]
     pub credit_written_off: Decimal,
     /// Every ledger entry this command wrote.
@@ -257,10 +260,12 @@ pub struct PromotionApplied {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lines: Vec<PromotionLine>,
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    #[serde(serialize_with = "crate::decimal_text::serialize")]
     #[rkyv(with = crate::wire::AsDecimal)]
     pub shipping: Decimal,
     /// Total money taken off the order (lines and shipping).
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    #[serde(serialize_with = "crate::decimal_text::serialize")]
     #[rkyv(with = crate::wire::AsDecimal)]
     pub discount: Decimal,
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -291,6 +296,7 @@ pub struct PromotionLine {
     /// The order line, counted from 1.
     pub line: u32,
     pub sku: Arc<str>,
+    #[serde(serialize_with = "crate::decimal_text::serialize")]
     #[rkyv(with = crate::wire::AsDecimal)]
     pub amount: Decimal,
 }
@@ -372,6 +378,7 @@ pub struct RuleEarning {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub points: i64,
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    #[serde(serialize_with = "crate::decimal_text::serialize")]
     #[rkyv(with = crate::wire::AsDecimal)]
     pub cashback: Decimal,
 }
@@ -391,10 +398,12 @@ pub struct LineEarning {
     pub sku: Arc<str>,
     /// The amount points were earned on: line amount less discounts and its share of what
     /// was paid with points or credit.
+    #[serde(serialize_with = "crate::decimal_text::serialize")]
     #[rkyv(with = crate::wire::AsDecimal)]
     pub eligible: Decimal,
     pub points: i64,
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    #[serde(serialize_with = "crate::decimal_text::serialize")]
     #[rkyv(with = crate::wire::AsDecimal)]
     pub cashback: Decimal,
 }
@@ -412,6 +421,7 @@ pub struct LineEarning {
 )]
 pub struct Discount {
     pub reward: String,
+    #[serde(serialize_with = "crate::decimal_text::serialize")]
     #[rkyv(with = crate::wire::AsDecimal)]
     pub amount: Decimal,
     pub points: i64,
@@ -448,6 +458,7 @@ pub struct EntryView {
     pub wallet: Wallet,
     pub kind: EntryKind,
     /// Signed: points are whole numbers, credit is money.
+    #[serde(serialize_with = "crate::decimal_text::serialize")]
     #[rkyv(with = crate::wire::AsDecimal)]
     pub amount: Decimal,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -477,8 +488,10 @@ pub struct Balances {
     pub pending: i64,
     /// Reserved by open holds (already taken out of `points`).
     pub held: i64,
+    #[serde(serialize_with = "crate::decimal_text::serialize")]
     #[rkyv(with = crate::wire::AsDecimal)]
     pub credit: Decimal,
+    #[serde(serialize_with = "crate::decimal_text::serialize")]
     #[rkyv(with = crate::wire::AsDecimal)]
     pub credit_held: Decimal,
 }
@@ -560,6 +573,7 @@ pub struct StatementEntry {
     pub command: String,
     pub wallet: Wallet,
     pub kind: EntryKind,
+    #[serde(serialize_with = "crate::decimal_text::serialize")]
     #[rkyv(with = crate::wire::AsDecimal)]
     pub amount: Decimal,
     #[serde(default, skip_serializing_if = "Option::is_none")]
