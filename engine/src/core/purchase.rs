@@ -283,24 +283,17 @@ pub fn purchase(
         .counters
         .add(month, plan_totals(&plan), ctx.program.tier_months_kept);
     tiers::rise(&ctx.program, member, ctx.now_month());
-    // Kept, packed, as long as the order can be returned.
+    // Kept, packed, as long as the order can be returned. Its lines and rules are packed
+    // from the plan's: copying them into the record cost an allocation each and a count on
+    // every name's `Arc`, which other threads count too.
     let record = OrderRecord {
         member: index,
         month,
         total_minor: plan.total_minor,
-        lines: plan
-            .lines
-            .iter()
-            .map(|line| RecordedLine {
-                sku: line.sku.clone(),
-                qty: line.qty,
-                returned: 0,
-                net_minor: line.net_minor,
-            })
-            .collect(),
-        rules: plan.rules.iter().map(|(rule, _, _)| rule.clone()).collect(),
-        earnings: plan.earnings,
-        order_points: plan.order_points,
+        lines: Vec::new(),
+        rules: Vec::new(),
+        earnings: std::mem::take(&mut plan.earnings),
+        order_points: std::mem::take(&mut plan.order_points),
         paid_points: plan.reward_points + plan.pay_points + plan.hold_points,
         paid_credit_minor: plan.pay_credit_minor + plan.hold_credit_minor,
         paid_slices,
@@ -321,7 +314,14 @@ pub fn purchase(
         plan.tier_before,
         &mut applied,
     );
-    let packed = PackedOrder::pack(&mut merchant.names, &record);
+    let lines = plan
+        .lines
+        .iter()
+        .map(|line| (line.sku, line.qty, 0, line.net_minor));
+    let rules = plan.rules.iter().map(|(rule, _, _)| rule);
+    let packed = PackedOrder(Packed::written_by(|out| {
+        encode_order_with(&mut merchant.names, &record, lines, rules, out)
+    }));
     Ok((applied, Record::Order(packed)))
 }
 
@@ -403,20 +403,36 @@ fn name_ok(name: &str) -> bool {
 /// `record` in the state's encoding, as its derived `Serialize` writes it while `numbering`:
 /// fields in declaration order, names by their number in `names`.
 fn encode_order(names: &mut NameTable, record: &OrderRecord, out: &mut Vec<u8>) {
+    let lines = record
+        .lines
+        .iter()
+        .map(|line| (&line.sku, line.qty, line.returned, line.net_minor));
+    encode_order_with(names, record, lines, record.rules.iter(), out);
+}
+
+/// `encode_order` with the record's lines (SKU, quantity, returned, net) and rules given
+/// apart: a new order's come from its plan, so the record need not hold copies of them.
+fn encode_order_with<'a>(
+    names: &mut NameTable,
+    record: &OrderRecord,
+    lines: impl ExactSizeIterator<Item = (&'a Arc<str>, i64, i64, i64)>,
+    rules: impl ExactSizeIterator<Item = &'a Arc<str>>,
+    out: &mut Vec<u8>,
+) {
     let mut encoder = Encoder { out };
     let e = &mut encoder;
     e.varint(record.member.into());
     e.signed(record.month.into());
     e.signed(record.total_minor);
-    e.length(record.lines.len());
-    for line in &record.lines {
-        e.varint(names.number(&line.sku).into());
-        e.signed(line.qty);
-        e.signed(line.returned);
-        e.signed(line.net_minor);
+    e.length(lines.len());
+    for (sku, qty, returned, net_minor) in lines {
+        e.varint(names.number(sku).into());
+        e.signed(qty);
+        e.signed(returned);
+        e.signed(net_minor);
     }
-    e.length(record.rules.len());
-    for rule in &record.rules {
+    e.length(rules.len());
+    for rule in rules {
         e.varint(names.number(rule).into());
     }
     e.length(record.earnings.len());
