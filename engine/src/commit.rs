@@ -16,8 +16,8 @@ use crate::core::Entry;
 use crate::log::{CommandLog, LogError, Logged};
 
 /// A group's log write: its commands and the entries they wrote, and the results the group
-/// evicted from the ledger's recent window (freed here, off the engine thread). Emptied, the
-/// same buffers serve a later group.
+/// evicted from the ledger's recent window (freed here, off the engine thread). Emptied (the
+/// entries by the engine), the same buffers serve a later group.
 #[derive(Default)]
 pub struct Job {
     pub records: Vec<Logged>,
@@ -30,11 +30,12 @@ pub struct Job {
 const KEPT_ITEMS_MAX: usize = 1 << 16;
 
 impl Job {
-    /// Frees what the group held, here, and keeps the buffers' room for a later group.
+    /// Frees what the group held, here, and keeps the buffers' room for a later group. The
+    /// entries go back as they are: the engine thread drops them (`Ledger::swap_entries`).
     fn into_spare(self) -> Job {
         Job {
             records: crate::emptied(self.records, KEPT_ITEMS_MAX),
-            entries: crate::emptied(self.entries, KEPT_ITEMS_MAX),
+            entries: self.entries,
             evicted: crate::emptied(self.evicted, KEPT_ITEMS_MAX),
         }
     }

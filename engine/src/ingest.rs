@@ -909,9 +909,9 @@ impl Engine {
         }
     }
 
-    /// Hands a group's log write to the committer: `job` holds the group's records and two
-    /// empty buffers, which the ledger takes in exchange for the entries and evicted results
-    /// the group left.
+    /// Hands a group's log write to the committer: `job` holds the group's records and the
+    /// buffers of an earlier group (its entries still in one), which the ledger takes in
+    /// exchange for the entries and evicted results this group left.
     fn submit(&mut self, mut job: Job) {
         self.checkpoints.commands_since += job.records.len() as u64;
         job.entries = self.ledger.swap_entries(std::mem::take(&mut job.entries));

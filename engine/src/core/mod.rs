@@ -67,6 +67,8 @@ pub const ORDER_MINOR_MAX: i64 = 100_000_000_000;
 /// own (order size, rate, multiplier) lets their product overflow; this one keeps every sum
 /// of them far inside the ledger's integers.
 pub const MAX_POINTS: i64 = 1_000_000_000_000_000;
+/// A journal buffer given back with room for more entries than this is not kept.
+const JOURNAL_KEPT_MAX: usize = 1 << 16;
 /// Results of this many recent commands per merchant are kept whole for duplicates; older
 /// ones keep their summary (balances, totals, tier) so memory per command stays small.
 pub const RESULTS_KEPT_WHOLE: usize = 65_536;
@@ -388,12 +390,15 @@ impl Ledger {
         std::mem::take(&mut self.journal)
     }
 
-    /// The entries written since the last call, in order; `empty` becomes the journal, so a
-    /// buffer given back keeps its room (growing a fresh one each group copied it, and its
-    /// pages were new each time).
-    pub fn swap_entries(&mut self, empty: Vec<Entry>) -> Vec<Entry> {
-        assert!(empty.is_empty(), "a journal starts empty");
-        std::mem::replace(&mut self.journal, empty)
+    /// The entries written since the last call, in order, in exchange for the buffer of an
+    /// earlier call, which becomes the journal: its room is kept (growing a fresh one each
+    /// group copied it, and its pages were new each time), and the entries still in it are
+    /// dropped here. Dropped on the committer, they made it decrement the reference counts
+    /// of rule names this thread was incrementing for the next group, on the same cache
+    /// lines; here the lines are already in this thread's cache.
+    pub fn swap_entries(&mut self, given_back: Vec<Entry>) -> Vec<Entry> {
+        let journal = crate::emptied(given_back, JOURNAL_KEPT_MAX);
+        std::mem::replace(&mut self.journal, journal)
     }
 
     /// Whole results that left the recent window since the last call, to be freed where it
