@@ -59,6 +59,7 @@ impl Committer {
         let thread = std::thread::Builder::new()
             .name("tally-committer".into())
             .spawn(move || {
+                crate::background::background_thread();
                 for job in receive {
                     let written = log.append(&job.records, &job.entries);
                     let failed = written.is_err();

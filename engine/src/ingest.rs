@@ -629,6 +629,7 @@ impl Engine {
         // Detached: after a failed commit the engine stops at once, even while the reader
         // waits for a line on a terminal or a pipe.
         let reader = std::thread::spawn(move || -> std::io::Result<()> {
+            crate::background::background_thread();
             for (index, line) in BoundedLines::new(input, MAX_LINE_BYTES).enumerate() {
                 let line_number = index as u64 + 1;
                 let line = match line?.text() {
@@ -675,7 +676,10 @@ impl Engine {
         std::thread::scope(|scope| {
             let (answers, durable) = sync_channel::<Vec<Arc<CommandResult>>>(RESULT_GROUPS_AHEAD);
             let written = self.results_written;
-            let writer = scope.spawn(move || write_results(&durable, output, written));
+            let writer = scope.spawn(move || {
+                crate::background::background_thread();
+                write_results(&durable, output, written)
+            });
             // The lines' buffer goes back and forth between reading a group and applying it.
             let spare_lines = Cell::new(Vec::new());
             let applied = self.pipeline(

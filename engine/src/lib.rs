@@ -7,6 +7,7 @@ pub mod program;
 
 pub use tally_protocol::Timestamp;
 pub mod allocator;
+mod background;
 pub mod checkpoint;
 mod commit;
 pub mod history;
