@@ -10,8 +10,8 @@ use tally_protocol::{
 use super::member::{Member, Totals};
 use super::time::{expiry_of, month_index, schedule_boundaries};
 use super::{
-    finish_member, normalize_phone, reject, tiers, Books, Ctx, Merchant, Rejection,
-    MAX_CARDS_PER_COMMAND, ORDER_MINOR_MAX,
+    finish_member, normalize_phone, normalized_phone, reject, tiers, Books, Ctx, Merchant,
+    Rejection, MAX_CARDS_PER_COMMAND, ORDER_MINOR_MAX,
 };
 use crate::money::{to_minor, RATE_SCALE};
 use crate::program::{parse_and_compile, Filter, Program};
@@ -39,20 +39,25 @@ pub fn alias_of(program: &Program, alias: &Alias) -> Result<Alias, Rejection> {
             Ok(phone) => Ok(Alias::Phone(phone)),
             Err(message) => reject(Reason::Invalid, message),
         },
-        Alias::Card(raw) => {
-            let card = raw.trim();
-            if card.is_empty() || card.len() > MAX_ALIAS_LEN {
-                return reject(
-                    Reason::Invalid,
-                    format!("card number must be 1 to {MAX_ALIAS_LEN} characters"),
-                );
-            }
-            Ok(Alias::Card(card.to_string()))
-        }
+        Alias::Card(raw) => Ok(Alias::Card(card_number(raw)?.to_string())),
     }
 }
 
+/// A card number as it is kept: trimmed, 1 to `MAX_ALIAS_LEN` bytes.
+fn card_number(raw: &str) -> Result<&str, Rejection> {
+    let card = raw.trim();
+    if card.is_empty() || card.len() > MAX_ALIAS_LEN {
+        return reject(
+            Reason::Invalid,
+            format!("card number must be 1 to {MAX_ALIAS_LEN} characters"),
+        );
+    }
+    Ok(card)
+}
+
 pub fn resolve(merchant: &Merchant, member: &MemberRef, may_enrol: bool) -> Result<Who, Rejection> {
+    // Looked up as normalised text, borrowed: an owned `Alias` is made only to enrol.
+    let phone;
     let alias = match member {
         MemberRef::Id(id) => {
             let index = id
@@ -63,13 +68,45 @@ pub fn resolve(merchant: &Merchant, member: &MemberRef, may_enrol: bool) -> Resu
                 None => reject(Reason::UnknownMember, format!("no member has id {id}")),
             };
         }
-        MemberRef::Phone(phone) => alias_of(merchant.program(), &Alias::Phone(phone.clone()))?,
-        MemberRef::Card(card) => alias_of(merchant.program(), &Alias::Card(card.clone()))?,
+        MemberRef::Phone(raw) => {
+            phone = normalized_phone(raw, &merchant.program().country_code)
+                .or_else(|message| reject(Reason::Invalid, message))?;
+            AliasText::Phone(&phone)
+        }
+        MemberRef::Card(raw) => AliasText::Card(card_number(raw)?),
     };
     match merchant.aliases.get(&alias) {
         Some(&index) => Ok(known(merchant, index)),
-        None if may_enrol => Ok(Who::New(alias)),
+        None if may_enrol => Ok(Who::New(alias.to_alias())),
         None => reject(Reason::UnknownMember, "no member has this phone or card"),
+    }
+}
+
+/// An alias as normalised text, borrowed: found in a map of `Alias`es without making one.
+/// Its variants are `Alias`'s, in the same order, so the derived `Hash` writes the same
+/// bytes (`hashes_as_an_alias_does` checks it).
+#[derive(Debug, Hash)]
+enum AliasText<'a> {
+    Phone(&'a str),
+    Card(&'a str),
+}
+
+impl AliasText<'_> {
+    fn to_alias(&self) -> Alias {
+        match *self {
+            AliasText::Phone(phone) => Alias::Phone(phone.to_string()),
+            AliasText::Card(card) => Alias::Card(card.to_string()),
+        }
+    }
+}
+
+impl hashbrown::Equivalent<Alias> for AliasText<'_> {
+    fn equivalent(&self, alias: &Alias) -> bool {
+        match (self, alias) {
+            (AliasText::Phone(text), Alias::Phone(phone)) => *text == phone,
+            (AliasText::Card(text), Alias::Card(card)) => *text == card,
+            _ => false,
+        }
     }
 }
 
@@ -658,4 +695,35 @@ pub fn switch_program(merchant: &mut Merchant, program: Arc<Program>) {
     }
     merchant.programs.push(program);
     schedule_boundaries(merchant);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use hashbrown::Equivalent;
+    use rustc_hash::FxBuildHasher;
+    use tally_protocol::Alias;
+
+    use super::AliasText;
+
+    #[test]
+    fn hashes_as_an_alias_does() {
+        for text in ["+15550102030", "CARD-7", ""] {
+            for (borrowed, owned) in [
+                (AliasText::Phone(text), Alias::Phone(text.to_string())),
+                (AliasText::Card(text), Alias::Card(text.to_string())),
+            ] {
+                assert_eq!(
+                    FxBuildHasher.hash_one(&borrowed),
+                    FxBuildHasher.hash_one(&owned),
+                    "{owned:?}"
+                );
+                assert!(borrowed.equivalent(&owned));
+                assert_eq!(borrowed.to_alias(), owned);
+            }
+        }
+        assert!(!AliasText::Phone("7").equivalent(&Alias::Card("7".into())));
+        assert!(!AliasText::Card("7").equivalent(&Alias::Card("8".into())));
+    }
 }

@@ -44,7 +44,7 @@ use tally_protocol::{
 pub use image::{bounded_bincode, state_bincode, ImageError, LedgerImage, LedgerImageRef};
 pub use intern::interning;
 pub use member::{Counters, Lot, Lots, Member, Slice, Totals};
-pub use phone::normalize_phone;
+pub use phone::{normalize_phone, normalized_phone};
 pub use promotions::scratch_codes;
 pub use snapshot::{touched, SnapshotCursor, Touched, EXPIRING_WITHIN_DAYS};
 
