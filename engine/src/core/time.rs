@@ -2,7 +2,10 @@
 //! that does all time-driven work (pending release, expiry, hold lapse, birthday bonuses,
 //! tier re-evaluation) in time order, each piece at its own due time.
 
-use chrono::{Datelike, NaiveDate, TimeZone, Timelike};
+use std::cell::RefCell;
+
+use chrono::{Datelike, NaiveDate, NaiveDateTime, Offset, TimeDelta, TimeZone, Timelike};
+use chrono_tz::Tz;
 use tally_protocol::{Applied, EntryKind, Reason, TickSummary, Wallet};
 
 use super::{holds, members, reject, tiers, Books, Ctx, Merchant, Rejection};
@@ -23,7 +26,47 @@ fn start_of_local_day(program: &Program, date: NaiveDate) -> Timestamp {
 }
 
 pub fn local_date(program: &Program, at: Timestamp) -> NaiveDate {
-    at.with_timezone(&program.zone).date_naive()
+    local_time(program.zone, at).date()
+}
+
+/// `at` on the zone's wall clock: what `at.with_timezone(&zone).naive_local()` gives.
+fn local_time(zone: Tz, at: Timestamp) -> NaiveDateTime {
+    at.naive_utc() + TimeDelta::seconds(utc_offset_s(zone, at).into())
+}
+
+/// UTC hours whose offset is remembered, per thread: orders arrive close to time order.
+const OFFSET_SLOTS: usize = 64;
+
+thread_local! {
+    static OFFSETS: RefCell<[Option<(Tz, i64, i32)>; OFFSET_SLOTS]> =
+        const { RefCell::new([None; OFFSET_SLOTS]) };
+}
+
+/// The zone's offset from UTC at `at`, in seconds, remembered for the UTC hour around it.
+/// Asking the zone is a binary search over its transitions, a few times an order. An hour
+/// is remembered only when its first and last second have the same offset: a transition
+/// inside it (some zones shift at a half or three quarters past the hour) would give them
+/// different ones, and no zone shifts twice within an hour. `offsets_agree_with_the_zone`
+/// compares the two around every transition of zones that shift by 30 and 45 minutes.
+fn utc_offset_s(zone: Tz, at: Timestamp) -> i32 {
+    let offset_at = |t: Timestamp| zone.offset_from_utc_datetime(&t.naive_utc()).fix();
+    let hour = at.timestamp().div_euclid(3600);
+    let slot = hour.rem_euclid(OFFSET_SLOTS as i64) as usize;
+    if let Some((known_zone, known_hour, offset)) = OFFSETS.with_borrow(|slots| slots[slot]) {
+        if known_zone == zone && known_hour == hour {
+            return offset;
+        }
+    }
+    let first = Timestamp::from_timestamp(hour * 3600, 0);
+    let last = Timestamp::from_timestamp(hour * 3600 + 3599, 0);
+    match (first.map(offset_at), last.map(offset_at)) {
+        (Some(first), Some(last)) if first == last => {
+            let offset = first.local_minus_utc();
+            OFFSETS.with_borrow_mut(|slots| slots[slot] = Some((zone, hour, offset)));
+            offset
+        }
+        _ => offset_at(at).local_minus_utc(),
+    }
 }
 
 /// Local month as `year * 12 + month0`.
@@ -40,7 +83,7 @@ fn month_start(program: &Program, month: i32) -> Timestamp {
 
 /// Weekday (bit 0 = Monday) and minute of the day in the merchant's zone.
 pub fn local_weekday_minute(program: &Program, at: Timestamp) -> (u32, u32) {
-    let local = at.with_timezone(&program.zone);
+    let local = local_time(program.zone, at);
     (
         local.weekday().num_days_from_monday(),
         local.hour() * 60 + local.minute(),
@@ -224,6 +267,56 @@ fn month_start_work(merchant: &mut Merchant, ctx: &Ctx, summary: &mut TickSummar
             && tiers::reevaluate_at_month_start(&program, member, month)
         {
             summary.tier_changes += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Offset, TimeZone};
+    use chrono_tz::Tz;
+
+    use super::utc_offset_s;
+    use crate::Timestamp;
+
+    /// Every ten minutes of three years, and every second of the ten minutes around each
+    /// transition, in zones that shift on the hour, at half past (Lord Howe's 30-minute
+    /// daylight saving) and at a quarter to (Chatham), and one that never shifts.
+    #[test]
+    fn offsets_agree_with_the_zone() {
+        let zones = [
+            "Australia/Lord_Howe",
+            "Pacific/Chatham",
+            "America/St_Johns",
+            "Europe/London",
+            "Asia/Kathmandu",
+        ];
+        let start = Timestamp::from_timestamp(1_704_067_200, 0).unwrap(); // 2024-01-01
+        let step = chrono::TimeDelta::minutes(10);
+        for name in zones {
+            let zone: Tz = name.parse().unwrap();
+            let zone_says = |t: Timestamp| {
+                zone.offset_from_utc_datetime(&t.naive_utc())
+                    .fix()
+                    .local_minus_utc()
+            };
+            let mut transitions = 0;
+            let mut before = zone_says(start);
+            for i in 0..3 * 365 * 144 {
+                let at = start + step * i;
+                let offset = zone_says(at);
+                assert_eq!(utc_offset_s(zone, at), offset, "{name} {at}");
+                if offset != before {
+                    transitions += 1;
+                    for second in 0..600 {
+                        let t = at - chrono::TimeDelta::seconds(second);
+                        assert_eq!(utc_offset_s(zone, t), zone_says(t), "{name} {t}");
+                    }
+                }
+                before = offset;
+            }
+            let shifts = name != "Asia/Kathmandu";
+            assert_eq!(transitions > 0, shifts, "{name}: {transitions} transitions");
         }
     }
 }
