@@ -75,8 +75,8 @@ pub(crate) struct PackedOrder(Packed<OrderRecord>);
 
 impl PackedOrder {
     /// Written field by field, not through serde: packing an order record was a tenth of a
-    /// purchase, most of it spent lending the name table to serde's hooks name by name.
-    /// `packs_as_serde_would` checks the bytes against `pack_by_serde`.
+    /// purchase, and serde's path lent the name table to its hooks through a thread-local,
+    /// name by name. `packs_as_serde_would` checks the bytes against `pack_by_serde`.
     pub fn pack(names: &mut NameTable, record: &OrderRecord) -> PackedOrder {
         PackedOrder(Packed::written_by(|out| encode_order(names, record, out)))
     }
