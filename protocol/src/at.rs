@@ -7,6 +7,7 @@ use std::fmt;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveTime, Utc};
 use serde::de::{Deserializer, Error, Visitor};
+use serde::Deserialize;
 
 use crate::Timestamp;
 
@@ -23,27 +24,17 @@ impl<'de> serde::Deserialize<'de> for OptionalAt {
 pub fn optional_at<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Timestamp>, D::Error> {
-    struct Optional;
-    impl<'de> Visitor<'de> for Optional {
-        type Value = Option<Timestamp>;
+    let at = Option::<ReadAt>::deserialize(deserializer)?;
+    Ok(at.map(|ReadAt(at)| at))
+}
 
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an RFC 3339 formatted date and time string or null")
-        }
+/// One `at`, through `At`.
+struct ReadAt(Timestamp);
 
-        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_some<D: Deserializer<'de>>(self, inner: D) -> Result<Self::Value, D::Error> {
-            inner.deserialize_str(At).map(Some)
-        }
+impl<'de> serde::Deserialize<'de> for ReadAt {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ReadAt, D::Error> {
+        deserializer.deserialize_str(At).map(ReadAt)
     }
-    deserializer.deserialize_option(Optional)
 }
 
 struct At;

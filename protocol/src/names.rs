@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashSet;
 use serde::de::{Deserializer, Error, Visitor};
+use serde::Deserialize;
 
 /// Names kept per thread; past this, new names are allocated for each use as before, so
 /// input full of distinct names cannot grow a reader without bound.
@@ -60,27 +61,17 @@ pub fn name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<str>, D::E
 pub fn optional_name<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Arc<str>>, D::Error> {
-    struct Optional;
-    impl<'de> Visitor<'de> for Optional {
-        type Value = Option<Arc<str>>;
+    let name = Option::<ReadName>::deserialize(deserializer)?;
+    Ok(name.map(|ReadName(name)| name))
+}
 
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a string or null")
-        }
+/// One name, through `name`.
+struct ReadName(Arc<str>);
 
-        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_some<D: Deserializer<'de>>(self, inner: D) -> Result<Self::Value, D::Error> {
-            name(inner).map(Some)
-        }
+impl<'de> Deserialize<'de> for ReadName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ReadName, D::Error> {
+        name(deserializer).map(ReadName)
     }
-    deserializer.deserialize_option(Optional)
 }
 
 #[cfg(test)]
