@@ -116,9 +116,42 @@ impl Scratch {
     }
 }
 
+/// Creates an empty log at `path` whole or not at all. redb writes a new file's header and
+/// regions in several steps: a process killed between them left a file it refused ever after
+/// ("invalid data"), so that a kill in the first milliseconds of a new engine's life lost it
+/// its data directory. The log is made beside its place, closed and renamed into it; what a
+/// kill leaves beside it is never a log and is removed by the next start.
+fn create(path: &Path) -> Result<(), LogError> {
+    let unfinished = path.with_extension("redb.new");
+    create_empty(&unfinished).map_err(|e| storage_error(&unfinished, &*e))?;
+    std::fs::rename(&unfinished, path).map_err(|e| storage_error(path, &e))?;
+    // The rename is durable only once the directory is.
+    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty());
+    std::fs::File::open(dir.unwrap_or(Path::new(".")))
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| storage_error(path, &e))
+}
+
+/// A new log with its tables, durable and closed, at `path` (whatever was there is removed).
+fn create_empty(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let db = Builder::new().create(path)?;
+    let write = db.begin_write()?;
+    write.open_table(BATCHES)?;
+    write.open_table(ENTRIES)?;
+    write.commit()?;
+    Ok(())
+}
+
 impl CommandLog {
-    /// Opens (or creates) the log file.
+    /// Opens the log file, creating it first if there is none.
     pub fn open(path: &Path) -> Result<CommandLog, LogError> {
+        if !path.exists() {
+            create(path)?;
+        }
         let db = Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create(path)
@@ -618,6 +651,25 @@ pub fn decode(batch: u64, bytes: &[u8]) -> Result<Vec<Logged>, LogError> {
 mod tests {
     use super::*;
     use crate::workload::{Workload, WorkloadConfig};
+
+    /// What a kill during creation leaves (a half-written file beside the log) is removed,
+    /// and the log made in its place opens again with its tables.
+    #[test]
+    fn a_log_is_created_whole_beside_its_place() {
+        let dir = std::env::temp_dir().join(format!("tally-log-create-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log.redb");
+        let unfinished = dir.join("log.redb.new");
+        std::fs::write(&unfinished, vec![0x5a; 1 << 20]).unwrap();
+        let log = CommandLog::open(&path).unwrap();
+        assert!(!unfinished.exists());
+        log.append(&records(3), &[]).unwrap();
+        drop(log);
+        let reopened = CommandLog::open(&path).unwrap();
+        assert_eq!(reopened.last_batch().unwrap(), Some(0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn records(count: usize) -> Vec<Logged> {
         Workload::new(WorkloadConfig::demo(100))
