@@ -153,6 +153,39 @@ macro_rules! integers {
     };
 }
 
+/// What both serializers write the same way: text escaped between quotes, a unit variant as
+/// its name, a newtype struct as what it wraps (so a key is checked for being a string
+/// whatever wraps it).
+macro_rules! text_and_wrappers {
+    () => {
+        fn serialize_char(self, value: char) -> Result<(), Error> {
+            write_escaped(self.out, value.encode_utf8(&mut [0; 4]));
+            Ok(())
+        }
+        #[inline(always)]
+        fn serialize_str(self, value: &str) -> Result<(), Error> {
+            write_escaped(self.out, value);
+            Ok(())
+        }
+        #[inline(always)]
+        fn serialize_unit_variant(
+            self,
+            _name: &'static str,
+            _index: u32,
+            variant: &'static str,
+        ) -> Result<(), Error> {
+            self.serialize_str(variant)
+        }
+        fn serialize_newtype_struct<T: Serialize + ?Sized>(
+            self,
+            _name: &'static str,
+            value: &T,
+        ) -> Result<(), Error> {
+            value.serialize(self)
+        }
+    };
+}
+
 /// The array-like compound traits: each element after a comma, then the closing bytes.
 macro_rules! elements {
     ($($trait:ident::$method:ident),* $(,)?) => {
@@ -190,10 +223,24 @@ macro_rules! fields {
     };
 }
 
-impl Writer<'_> {
+impl<'b> Writer<'b> {
     fn integer(&mut self, value: impl itoa::Integer) -> Result<(), Error> {
         write_integer(self.out, value);
         Ok(())
+    }
+
+    /// A tuple or struct variant: `{"variant":` and the opening byte of its contents, closed
+    /// by `close`.
+    fn variant<'a>(
+        &'a mut self,
+        variant: &str,
+        open: u8,
+        close: &'static [u8],
+    ) -> Compound<'a, 'b> {
+        self.out.push(b'{');
+        write_field_key(self.out, &mut true, variant);
+        self.out.push(open);
+        Compound::new(self, close)
     }
 }
 
@@ -224,15 +271,6 @@ impl<'a, 'b> ser::Serializer for &'a mut Writer<'b> {
     fn serialize_f64(self, value: f64) -> Result<(), Error> {
         write_float(self.out, &value)
     }
-    fn serialize_char(self, value: char) -> Result<(), Error> {
-        write_escaped(self.out, value.encode_utf8(&mut [0; 4]));
-        Ok(())
-    }
-    #[inline(always)]
-    fn serialize_str(self, value: &str) -> Result<(), Error> {
-        write_escaped(self.out, value);
-        Ok(())
-    }
     fn serialize_bytes(self, value: &[u8]) -> Result<(), Error> {
         use ser::SerializeSeq;
         let mut seq = self.serialize_seq(Some(value.len()))?;
@@ -254,22 +292,7 @@ impl<'a, 'b> ser::Serializer for &'a mut Writer<'b> {
     fn serialize_unit_struct(self, _name: &'static str) -> Result<(), Error> {
         self.serialize_unit()
     }
-    #[inline(always)]
-    fn serialize_unit_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        variant: &'static str,
-    ) -> Result<(), Error> {
-        self.serialize_str(variant)
-    }
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        _name: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        value.serialize(self)
-    }
+    text_and_wrappers!();
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         self,
         _name: &'static str,
@@ -304,10 +327,7 @@ impl<'a, 'b> ser::Serializer for &'a mut Writer<'b> {
         variant: &'static str,
         _len: usize,
     ) -> Result<Compound<'a, 'b>, Error> {
-        self.out.push(b'{');
-        write_field_key(self.out, &mut true, variant);
-        self.out.push(b'[');
-        Ok(Compound::new(self, b"]}"))
+        Ok(self.variant(variant, b'[', b"]}"))
     }
     fn serialize_map(self, _len: Option<usize>) -> Result<Compound<'a, 'b>, Error> {
         self.out.push(b'{');
@@ -323,10 +343,7 @@ impl<'a, 'b> ser::Serializer for &'a mut Writer<'b> {
         variant: &'static str,
         _len: usize,
     ) -> Result<Compound<'a, 'b>, Error> {
-        self.out.push(b'{');
-        write_field_key(self.out, &mut true, variant);
-        self.out.push(b'{');
-        Ok(Compound::new(self, b"}}"))
+        Ok(self.variant(variant, b'{', b"}}"))
     }
 }
 
@@ -452,15 +469,6 @@ impl ser::Serializer for KeyWriter<'_> {
     fn serialize_f64(self, _value: f64) -> Result<(), Error> {
         Err(key_must_be_a_string())
     }
-    fn serialize_char(self, value: char) -> Result<(), Error> {
-        write_escaped(self.out, value.encode_utf8(&mut [0; 4]));
-        Ok(())
-    }
-    #[inline(always)]
-    fn serialize_str(self, value: &str) -> Result<(), Error> {
-        write_escaped(self.out, value);
-        Ok(())
-    }
     fn serialize_bytes(self, _value: &[u8]) -> Result<(), Error> {
         Err(key_must_be_a_string())
     }
@@ -476,21 +484,7 @@ impl ser::Serializer for KeyWriter<'_> {
     fn serialize_unit_struct(self, _name: &'static str) -> Result<(), Error> {
         Err(key_must_be_a_string())
     }
-    fn serialize_unit_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        variant: &'static str,
-    ) -> Result<(), Error> {
-        self.serialize_str(variant)
-    }
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        _name: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        value.serialize(self)
-    }
+    text_and_wrappers!();
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         self,
         _name: &'static str,
