@@ -25,18 +25,14 @@ pub struct Job {
     pub evicted: Vec<Arc<CommandResult>>,
 }
 
-/// Buffers kept above this many items are dropped rather than given back (a tick expiring a
-/// whole merchant's lots).
-const KEPT_ITEMS_MAX: usize = 1 << 16;
-
 impl Job {
     /// Frees what the group held, here, and keeps the buffers' room for a later group. The
     /// entries go back as they are: the engine thread drops them (`Ledger::swap_entries`).
     fn into_spare(self) -> Job {
         Job {
-            records: crate::emptied(self.records, KEPT_ITEMS_MAX),
+            records: crate::emptied(self.records, crate::GROUP_ITEMS_KEPT_MAX),
             entries: self.entries,
-            evicted: crate::emptied(self.evicted, KEPT_ITEMS_MAX),
+            evicted: crate::emptied(self.evicted, crate::GROUP_ITEMS_KEPT_MAX),
         }
     }
 }

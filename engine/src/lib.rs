@@ -22,6 +22,11 @@ pub mod snapshot;
 pub mod snapshot_stream;
 pub mod workload;
 
+/// The most items a buffer that goes back and forth between the engine and the committer
+/// (a group's records, entries, evicted results) keeps room for: a larger one (a tick
+/// expiring a whole merchant's lots) is dropped rather than given back.
+pub(crate) const GROUP_ITEMS_KEPT_MAX: usize = 1 << 16;
+
 /// `buffer` emptied, with its room kept for reuse unless it grew past `kept_max` items: one
 /// unusual burst does not hold its memory for good.
 pub(crate) fn emptied<T>(mut buffer: Vec<T>, kept_max: usize) -> Vec<T> {

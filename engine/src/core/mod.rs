@@ -67,8 +67,6 @@ pub const ORDER_MINOR_MAX: i64 = 100_000_000_000;
 /// own (order size, rate, multiplier) lets their product overflow; this one keeps every sum
 /// of them far inside the ledger's integers.
 pub const MAX_POINTS: i64 = 1_000_000_000_000_000;
-/// A journal buffer given back with room for more entries than this is not kept.
-const JOURNAL_KEPT_MAX: usize = 1 << 16;
 /// Results of this many recent commands per merchant are kept whole for duplicates; older
 /// ones keep their summary (balances, totals, tier) so memory per command stays small.
 pub const RESULTS_KEPT_WHOLE: usize = 65_536;
@@ -397,7 +395,7 @@ impl Ledger {
     /// of rule names this thread was incrementing for the next group, on the same cache
     /// lines; here the lines are already in this thread's cache.
     pub fn swap_entries(&mut self, given_back: Vec<Entry>) -> Vec<Entry> {
-        let journal = crate::emptied(given_back, JOURNAL_KEPT_MAX);
+        let journal = crate::emptied(given_back, crate::GROUP_ITEMS_KEPT_MAX);
         std::mem::replace(&mut self.journal, journal)
     }
 

@@ -23,16 +23,12 @@ pub(crate) struct Packed<T> {
 
 impl<T: Serialize + DeserializeOwned> Packed<T> {
     pub fn pack(value: &T) -> Packed<T> {
-        // Encoded once into a reused buffer, then copied out at its size: sizing the value
-        // first would walk it twice.
-        SCRATCH.with_borrow_mut(|buffer| {
-            buffer.clear();
-            encode_into(buffer, value);
-            Packed::from_bytes(Box::from(buffer.as_slice()))
-        })
+        Packed::written_by(|buffer| encode_into(buffer, value))
     }
 
-    /// A value whose encoding `write` appends by hand (the same bytes `pack` would write).
+    /// A value whose encoding `write` appends (by hand, the same bytes `pack` would write).
+    /// Encoded once into a reused buffer, then copied out at its size: sizing the value first
+    /// would walk it twice.
     pub fn written_by(write: impl FnOnce(&mut Vec<u8>)) -> Packed<T> {
         SCRATCH.with_borrow_mut(|buffer| {
             buffer.clear();
