@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::core::{interning, Ledger, LedgerImage};
+use crate::core::{Ledger, LedgerImage};
 use crate::Timestamp;
 
 const MAGIC: [u8; 4] = *b"TLYC";
@@ -332,7 +332,7 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
     };
     let state = &body[HEADER_BYTES..];
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let image = interning(|| LedgerImage::decode(state, threads, version))
+    let image = LedgerImage::decode(state, threads, version)
         .map_err(|e| corrupt(HEADER_BYTES, &format!("state does not decode: {e}")))?;
     let ledger = Ledger::from_image(image).map_err(|e| corrupt(HEADER_BYTES, &e.to_string()))?;
     Ok(Checkpoint {

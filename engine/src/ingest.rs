@@ -322,7 +322,7 @@ fn statement_entry(entry: LoggedEntry, minor_units: u32) -> StatementEntry {
         wallet: entry.wallet,
         kind: entry.kind,
         amount,
-        rule: entry.rule.map(Arc::from),
+        rule: entry.rule.map(tally_protocol::Name::from),
         program_version: entry.program_version,
         lots: entry
             .lots

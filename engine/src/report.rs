@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use tally_protocol::Name;
 
 use chrono::Datelike;
 use rust_decimal::Decimal;
@@ -219,7 +220,7 @@ pub fn add_tier_movements(report: &mut Report, start: &Ledger, end: &Ledger) {
 
 fn tier_movements(before: Option<&Merchant>, after: &Merchant) -> Vec<MovementLine> {
     let program = after.program();
-    let rank = |id: &Option<std::sync::Arc<str>>| {
+    let rank = |id: &Option<Name>| {
         id.as_ref()
             .and_then(|id| program.tiers.iter().position(|t| t.id == *id))
     };

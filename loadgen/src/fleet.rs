@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use rust_decimal::Decimal;
 use tally_protocol::{
     Adjust, AdjustReason, BalanceQuery, Body, Command, CommandKind, CommandResult, Event, Hold,
-    IdemKey, Line, MemberRef, Origin, Payment, Purchase, Release, Return, ReturnLine, Status,
+    IdemKey, Line, MemberRef, Name, Origin, Payment, Purchase, Release, Return, ReturnLine, Status,
     TxnRef,
 };
 
@@ -139,8 +139,8 @@ pub fn run_tag() -> String {
 /// One article a store sells.
 #[derive(Debug, Clone)]
 pub struct Sku {
-    pub sku: Arc<str>,
-    pub category: Arc<str>,
+    pub sku: Name,
+    pub category: Name,
     pub price_cents: i64,
 }
 
@@ -209,7 +209,7 @@ pub struct Sent {
 struct Returnable {
     txn: String,
     card: String,
-    lines: Vec<(Arc<str>, i64)>,
+    lines: Vec<(Name, i64)>,
 }
 
 /// One simulated terminal (or a merchant's operator, which sends only adjustments).

@@ -1,9 +1,9 @@
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::names::Name;
 use crate::Timestamp;
 
 /// The admin identity under which the engine issues its own time-driven commands.
@@ -309,16 +309,10 @@ pub struct TxnRef {
 )]
 #[serde(deny_unknown_fields)]
 pub struct Line {
-    /// Shared, so results and order records name the SKU without copying it; read through
-    /// the parsing thread's shared names (`names.rs`).
-    #[serde(deserialize_with = "crate::names::name")]
-    pub sku: Arc<str>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "crate::names::optional_name"
-    )]
-    pub category: Option<Arc<str>>,
+    /// Shared, so results and order records name the SKU without copying it (`names.rs`).
+    pub sku: Name,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<Name>,
     pub qty: i64,
     #[rkyv(with = crate::wire::AsDecimal)]
     pub unit_price: Decimal,
@@ -863,8 +857,8 @@ pub struct Tag {
 
 #[cfg(test)]
 mod tests {
+    use crate::names::Name;
     use std::hash::{Hash, Hasher};
-    use std::sync::Arc;
 
     use proptest::prelude::*;
     use rust_decimal::Decimal;
@@ -894,13 +888,7 @@ mod tests {
     /// `Line` and `Payment` as `derive(Hash)` had them: digests kept in checkpoints came
     /// from these.
     #[derive(Hash)]
-    struct DerivedLine<'a>(
-        &'a Arc<str>,
-        &'a Option<Arc<str>>,
-        i64,
-        &'a Decimal,
-        &'a Decimal,
-    );
+    struct DerivedLine<'a>(&'a Name, &'a Option<Name>, i64, &'a Decimal, &'a Decimal);
 
     #[derive(Hash)]
     struct DerivedPayment<'a>(i64, &'a Decimal);
@@ -931,8 +919,8 @@ mod tests {
             category in proptest::option::of("[a-z]{0,6}"),
         ) {
             let line = Line {
-                sku: Arc::from("BEANS-1KG"),
-                category: category.map(Arc::from),
+                sku: Name::new("BEANS-1KG"),
+                category: category.map(Name::from),
                 qty,
                 unit_price,
                 discount,

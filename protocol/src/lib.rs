@@ -24,6 +24,7 @@ pub use command::{
     StatementQuery, Tag, Tick, TxnRef, ENGINE_ADMIN, MAX_STATEMENT_PAGE,
 };
 pub use json::{parse_command_line, ParseError};
+pub use names::Name;
 pub use reason::Reason;
 pub use result::{
     Applied, Balances, CommandResult, Discount, EntryKind, EntryView, LineEarning, LotSlice,

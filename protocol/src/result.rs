@@ -1,10 +1,9 @@
-use std::sync::Arc;
-
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::command::CommandKind;
+use crate::names::Name;
 use crate::reason::Reason;
 
 /// The answer to one command.
@@ -248,7 +247,7 @@ fn is_zero(value: &i64) -> bool {
     rkyv::Deserialize,
 )]
 pub struct PromotionApplied {
-    pub promotion: Arc<str>,
+    pub promotion: Name,
     /// The case that applied, counted from 0 in file order; absent for a punch card's reward
     /// alone and on a return.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -272,7 +271,7 @@ pub struct PromotionApplied {
     pub points: i64,
     /// Items handed over outside the order (on a return: to be handed back).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub gifts: Vec<Arc<str>>,
+    pub gifts: Vec<Name>,
     /// A punch given (1) or taken back (-1).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub punch: i64,
@@ -295,7 +294,7 @@ pub struct PromotionApplied {
 pub struct PromotionLine {
     /// The order line, counted from 1.
     pub line: u32,
-    pub sku: Arc<str>,
+    pub sku: Name,
     #[serde(serialize_with = "crate::decimal_text::serialize")]
     #[rkyv(with = crate::wire::AsDecimal)]
     pub amount: Decimal,
@@ -313,11 +312,11 @@ pub struct PromotionLine {
     rkyv::Deserialize,
 )]
 pub struct PromotionNotApplied {
-    pub promotion: Arc<str>,
+    pub promotion: Name,
     pub reason: Reason,
     /// For `condition_not_met`: the first condition that failed (`min_total`, `contains`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub condition: Option<Arc<str>>,
+    pub condition: Option<Name>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
 }
@@ -334,7 +333,7 @@ pub struct PromotionNotApplied {
     rkyv::Deserialize,
 )]
 pub struct PunchCard {
-    pub promotion: Arc<str>,
+    pub promotion: Name,
     /// Holes punched on the current card after this command.
     pub punches: u32,
     /// Holes that fill a card.
@@ -374,7 +373,7 @@ pub struct MemberView {
     rkyv::Deserialize,
 )]
 pub struct RuleEarning {
-    pub rule: Arc<str>,
+    pub rule: Name,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub points: i64,
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
@@ -395,7 +394,7 @@ pub struct RuleEarning {
     rkyv::Deserialize,
 )]
 pub struct LineEarning {
-    pub sku: Arc<str>,
+    pub sku: Name,
     /// The amount points were earned on: line amount less discounts and its share of what
     /// was paid with points or credit.
     #[serde(serialize_with = "crate::decimal_text::serialize")]
@@ -462,7 +461,7 @@ pub struct EntryView {
     #[rkyv(with = crate::wire::AsDecimal)]
     pub amount: Decimal,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<Arc<str>>,
+    pub rule: Option<Name>,
     /// Almost always one lot: kept inline, without an allocation.
     #[serde(default, skip_serializing_if = "SmallVec::is_empty")]
     pub lots: SmallVec<[LotSlice; 1]>,
@@ -508,8 +507,8 @@ pub struct Balances {
     rkyv::Deserialize,
 )]
 pub struct TierChange {
-    pub before: Option<Arc<str>>,
-    pub after: Option<Arc<str>>,
+    pub before: Option<Name>,
+    pub after: Option<Name>,
 }
 
 #[derive(
@@ -577,7 +576,7 @@ pub struct StatementEntry {
     #[rkyv(with = crate::wire::AsDecimal)]
     pub amount: Decimal,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<Arc<str>>,
+    pub rule: Option<Name>,
     pub program_version: u32,
     #[serde(default, skip_serializing_if = "SmallVec::is_empty")]
     pub lots: SmallVec<[LotSlice; 1]>,

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
+use tally_protocol::Name;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -29,7 +30,7 @@ pub struct LedgerImage {
     merchants: Vec<MerchantImage>,
     /// Each merchant's `NameTable`, in the merchants' order (format 4 on).
     #[serde(deserialize_with = "super::intern::name_lists")]
-    names: Vec<Vec<Arc<str>>>,
+    names: Vec<Vec<Name>>,
     /// Read from format 3 or older: order records have their names written out.
     #[serde(skip)]
     names_written_out: bool,
@@ -79,7 +80,7 @@ pub enum ImageError {
 pub struct LedgerImageRef<'a> {
     next_entry_seq: u64,
     merchants: Vec<MerchantImageRef<'a>>,
-    names: Vec<&'a [Arc<str>]>,
+    names: Vec<&'a [Name]>,
 }
 
 #[derive(Debug, Serialize)]
@@ -305,10 +306,8 @@ impl LedgerImage {
 /// Decodes the parts on `threads` threads, in order.
 fn decode_parts(bytes: &[u8], parts: &[PartAt], threads: usize) -> Result<Vec<Decoded>, String> {
     let decoded = on_threads(parts.len(), threads, |mine| {
-        super::intern::interning(|| {
-            let decode = |i: usize| decode_part(&bytes[parts[i].start..parts[i].end], &parts[i]);
-            mine.map(|i| (i, decode(i))).collect()
-        })
+        let decode = |i: usize| decode_part(&bytes[parts[i].start..parts[i].end], &parts[i]);
+        mine.map(|i| (i, decode(i))).collect()
     });
     decoded.into_iter().collect()
 }
@@ -651,7 +650,7 @@ impl<'de> Deserialize<'de> for Amount {
 }
 
 /// Tier before and after.
-type TierImage = (Option<Arc<str>>, Option<Arc<str>>);
+type TierImage = (Option<Name>, Option<Name>);
 
 /// A decimal in its fixed 16-byte form (the JSON form of decimals is text).
 type DecimalImage = [u8; 16];

@@ -1,32 +1,31 @@
-//! Shared names while a checkpoint is read: rule ids, SKUs and promotion ids appear in every
-//! order record, and a running ledger holds one `Arc<str>` per name, not one per use. Reading
-//! a checkpoint inside `interning` gives the same sharing (and spares an allocation per use).
+//! Names in the state's encodings. A name read from a checkpoint is the process's shared
+//! `Name` (`tally_protocol::Name`), as the running ledger's are.
 //!
 //! Order records go further: packed, they name rules, SKUs and promotions by number in their
 //! merchant's `NameTable` (half of a record's bytes were names). `numbering` lends the table
 //! to the serde hooks below while one record is packed or unpacked.
 
 use std::cell::RefCell;
-use std::sync::Arc;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serializer};
+use tally_protocol::Name;
 
 /// A merchant's names by number, in the order they were first used: append only, so a
 /// number once written into a record always means the same name.
 #[derive(Debug, Default, Clone)]
 pub struct NameTable {
-    names: Vec<Arc<str>>,
-    numbers: FxHashMap<Arc<str>, u32>,
-    /// The same numbers by the address of the `Arc`s in `names`: a rule's name is the
-    /// program's own `Arc` in every order, found without hashing its text. Only addresses
-    /// of `Arc`s held here, which no other allocation can take while they are.
+    names: Vec<Name>,
+    numbers: FxHashMap<Name, u32>,
+    /// The same numbers by the address of the names' text (`Name::address`): a rule's name
+    /// is the program's own in every order, found without hashing its text. Only addresses
+    /// of names held here, which no other text can take while they are.
     by_address: FxHashMap<usize, u32>,
 }
 
 impl NameTable {
-    pub fn from_names(names: Vec<Arc<str>>) -> Result<NameTable, String> {
+    pub fn from_names(names: Vec<Name>) -> Result<NameTable, String> {
         let mut table = NameTable::default();
         for name in names {
             if table.numbers.contains_key(&name) {
@@ -37,13 +36,13 @@ impl NameTable {
         Ok(table)
     }
 
-    pub fn names(&self) -> &[Arc<str>] {
+    pub fn names(&self) -> &[Name] {
         &self.names
     }
 
     /// The name's number, given it one if it is new.
-    pub(crate) fn number(&mut self, name: &Arc<str>) -> u32 {
-        let address = Arc::as_ptr(name).cast::<u8>() as usize;
+    pub(crate) fn number(&mut self, name: &Name) -> u32 {
+        let address = name.address();
         if let Some(&number) = self.by_address.get(&address) {
             return number;
         }
@@ -57,7 +56,7 @@ impl NameTable {
         number
     }
 
-    fn name(&self, number: u32) -> Option<&Arc<str>> {
+    fn name(&self, number: u32) -> Option<&Name> {
         self.names.get(number as usize)
     }
 }
@@ -79,7 +78,7 @@ pub fn numbering<T>(table: &mut NameTable, work: impl FnOnce() -> T) -> T {
 
 /// `serialize_with` for a name an order record keeps: its number while `numbering`, else the
 /// name itself (an order record of format 3 or older, or one in a test).
-pub fn number<S: Serializer>(name: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
+pub fn number<S: Serializer>(name: &Name, serializer: S) -> Result<S::Ok, S::Error> {
     let number = NUMBERING.with_borrow_mut(|slot| slot.as_mut().map(|table| table.number(name)));
     match number {
         Some(number) => serializer.serialize_u32(number),
@@ -88,8 +87,8 @@ pub fn number<S: Serializer>(name: &Arc<str>, serializer: S) -> Result<S::Ok, S:
 }
 
 /// `serialize_with` for a list of names, as `number` writes each.
-pub fn numbers<S: Serializer>(names: &[Arc<str>], serializer: S) -> Result<S::Ok, S::Error> {
-    struct One<'a>(&'a Arc<str>);
+pub fn numbers<S: Serializer>(names: &[Name], serializer: S) -> Result<S::Ok, S::Error> {
+    struct One<'a>(&'a Name);
     impl serde::Serialize for One<'_> {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
             number(self.0, serializer)
@@ -103,7 +102,7 @@ pub fn numbers<S: Serializer>(names: &[Arc<str>], serializer: S) -> Result<S::Ok
 }
 
 /// The name `number` stands for in `table`; a number it never gave is a decoding error.
-fn named<E: serde::de::Error>(table: &NameTable, number: u32) -> Result<Arc<str>, E> {
+fn named<E: serde::de::Error>(table: &NameTable, number: u32) -> Result<Name, E> {
     table
         .name(number)
         .cloned()
@@ -111,7 +110,7 @@ fn named<E: serde::de::Error>(table: &NameTable, number: u32) -> Result<Arc<str>
 }
 
 /// `deserialize_with` for what `number` wrote.
-pub fn numbered<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<str>, D::Error> {
+pub fn numbered<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Name, D::Error> {
     if !NUMBERING.with_borrow(Option::is_some) {
         return name(deserializer);
     }
@@ -120,9 +119,7 @@ pub fn numbered<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<str>, 
 }
 
 /// `deserialize_with` for what `numbers` wrote.
-pub fn numbered_list<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<Arc<str>>, D::Error> {
+pub fn numbered_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Name>, D::Error> {
     if !NUMBERING.with_borrow(Option::is_some) {
         return names(deserializer);
     }
@@ -136,64 +133,34 @@ pub fn numbered_list<'de, D: Deserializer<'de>>(
     })
 }
 
-thread_local! {
-    static NAMES: RefCell<Option<FxHashSet<Arc<str>>>> = const { RefCell::new(None) };
-}
-
-/// Runs `read` with names shared; outside it, names are read as they are.
-pub fn interning<T>(read: impl FnOnce() -> T) -> T {
-    NAMES.with(|names| *names.borrow_mut() = Some(FxHashSet::default()));
-    let value = read();
-    NAMES.with(|names| *names.borrow_mut() = None);
-    value
-}
-
-fn shared(name: &str) -> Arc<str> {
-    NAMES.with(|names| match names.borrow_mut().as_mut() {
-        Some(names) => match names.get(name) {
-            Some(known) => known.clone(),
-            None => {
-                let new: Arc<str> = Arc::from(name);
-                names.insert(new.clone());
-                new
-            }
-        },
-        None => Arc::from(name),
-    })
-}
-
-/// `deserialize_with` for an `Arc<str>` name.
-pub fn name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<str>, D::Error> {
+/// `deserialize_with` for a name.
+pub fn name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Name, D::Error> {
     // Borrowed from the checkpoint's bytes: no allocation unless the name is new.
     let text = <&'de str>::deserialize(deserializer)?;
-    Ok(shared(text))
+    Ok(Name::new(text))
 }
 
 /// `deserialize_with` for a list of names.
-pub fn names<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Arc<str>>, D::Error> {
+pub fn names<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Name>, D::Error> {
     let read = Vec::<&'de str>::deserialize(deserializer)?;
-    Ok(read.into_iter().map(shared).collect())
+    Ok(read.into_iter().map(Name::new).collect())
 }
 
 /// `deserialize_with` for lists of names (the merchants' name tables).
-pub fn name_lists<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<Vec<Arc<str>>>, D::Error> {
+pub fn name_lists<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Vec<Name>>, D::Error> {
     let read = Vec::<Vec<&'de str>>::deserialize(deserializer)?;
     Ok(read
         .into_iter()
-        .map(|list| list.into_iter().map(shared).collect())
+        .map(|list| list.into_iter().map(Name::new).collect())
         .collect())
 }
 
 /// `deserialize_with` for counts by name (a member's events).
-pub fn counts<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<(Arc<str>, u32)>, D::Error> {
+pub fn counts<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<(Name, u32)>, D::Error> {
     let read = Vec::<(&'de str, u32)>::deserialize(deserializer)?;
     Ok(read
         .into_iter()
-        .map(|(name, count)| (shared(name), count))
+        .map(|(name, count)| (Name::new(name), count))
         .collect())
 }
 
@@ -201,43 +168,45 @@ pub fn counts<'de, D: Deserializer<'de>>(
 #[allow(clippy::type_complexity)]
 pub fn tiers<'de, D: Deserializer<'de>>(
     deserializer: D,
-) -> Result<Option<(Option<Arc<str>>, Option<Arc<str>>)>, D::Error> {
+) -> Result<Option<(Option<Name>, Option<Name>)>, D::Error> {
     let read = Option::<(Option<&'de str>, Option<&'de str>)>::deserialize(deserializer)?;
-    Ok(read.map(|(before, after)| (before.map(shared), after.map(shared))))
+    Ok(read.map(|(before, after)| (before.map(Name::new), after.map(Name::new))))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use tally_protocol::Name;
 
     use super::NameTable;
 
     #[test]
-    fn a_name_keeps_its_number_whichever_arc_brings_it() {
+    fn a_name_keeps_its_number_whichever_copy_brings_it() {
         let mut table = NameTable::default();
-        let base: Arc<str> = Arc::from("base");
-        let mug: Arc<str> = Arc::from("MUG");
+        let base = Name::new("base");
+        let mug = Name::new("MUG");
         assert_eq!(table.number(&base), 0);
         assert_eq!(table.number(&mug), 1);
         assert_eq!(table.number(&base), 0);
-        // The same text in other allocations (a SKU parsed from each order), each freed after
-        // use: the next allocation often takes the same address, and is another name.
+        // Names too long to be kept for the process are text of their own, freed after use:
+        // the next such name often takes the same address, and is another name.
+        let long = |text: &str| Name::new(&format!("{text}{}", "-".repeat(200)));
+        let own = long("MUG");
+        assert_eq!(table.number(&own), 2);
         for i in 0..64 {
-            let text = format!("HAT{i:02}");
-            let parsed: Arc<str> = Arc::from("MUG");
-            assert_eq!(table.number(&parsed), 1);
+            let parsed = long("MUG");
+            assert_eq!(table.number(&parsed), 2);
             drop(parsed);
-            let next: Arc<str> = Arc::from(text.as_str());
-            assert_eq!(table.number(&next), 2 + i);
+            let next = long(&format!("HAT{i:02}"));
+            assert_eq!(table.number(&next), 3 + i);
         }
         drop(mug);
-        assert_eq!(table.number(&Arc::from("MUG")), 1);
+        assert_eq!(table.number(&Name::new("MUG")), 1);
         assert_eq!(table.name(1).map(|n| &**n), Some("MUG"));
         // Read back from its list, a table numbers the same.
         let mut read = NameTable::from_names(table.names().to_vec()).unwrap();
-        assert_eq!(read.number(&Arc::from("HAT07")), 9);
+        assert_eq!(read.number(&long("HAT07")), 10);
         assert_eq!(read.names(), table.names());
-        let twice = vec![Arc::from("a"), Arc::from("a")];
+        let twice = vec![Name::new("a"), Name::new("a")];
         assert!(NameTable::from_names(twice).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! A member's wallets, lots and tier counters, and the lot operations every command uses.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use tally_protocol::Name;
 
 use serde::{Deserialize, Serialize};
 
@@ -181,7 +181,7 @@ pub struct Member {
     pub entry_points: i64,
     pub entry_credit_minor: i64,
     #[serde(deserialize_with = "super::intern::counts")]
-    pub event_counts: Vec<(Arc<str>, u32)>,
+    pub event_counts: Vec<(Name, u32)>,
     pub last_birthday_year: i32,
     pub open_holds: Vec<OpenHold>,
     /// The earliest time-driven work registered in the merchant's timer queue.
@@ -468,7 +468,7 @@ impl Member {
             .map_or(0, |(_, n)| *n)
     }
 
-    pub fn count_event(&mut self, rule: &Arc<str>) {
+    pub fn count_event(&mut self, rule: &Name) {
         match self.event_counts.iter_mut().find(|(id, _)| id == rule) {
             Some((_, count)) => *count += 1,
             None => self.event_counts.push((rule.clone(), 1)),

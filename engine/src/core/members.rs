@@ -2,6 +2,7 @@
 //! a bulk-issued card), aliases, events and bonuses, manual adjustments, program changes.
 
 use std::sync::Arc;
+use tally_protocol::Name;
 
 use tally_protocol::{
     Adjust, Alias, Applied, Enroll, EntryKind, Event, IssueCards, Link, MemberRef, Reason, Wallet,
@@ -195,7 +196,7 @@ pub fn credit_points(
     ctx: &Ctx,
     kind: EntryKind,
     points: i64,
-    rule: Option<&Arc<str>>,
+    rule: Option<&Name>,
     available_at: Timestamp,
 ) -> u32 {
     let expires_at = expiry_of(&ctx.program, ctx.at);
@@ -226,7 +227,7 @@ pub fn debit_points(
     ctx: &Ctx,
     kind: EntryKind,
     points: i64,
-    rule: Option<&Arc<str>>,
+    rule: Option<&Name>,
 ) -> super::Lots {
     let slices = member.spend(points);
     books.post(
@@ -319,7 +320,7 @@ pub fn birthday_bonus(
         .map(|t| &ctx.program.tiers[t])
         .filter(|t| t.birthday_bonus > 0)
     {
-        let rule: Arc<str> = Arc::from(format!("tier:{}:birthday_bonus", tier.id));
+        let rule: Name = Name::from(format!("tier:{}:birthday_bonus", tier.id));
         let bonus = tier.birthday_bonus;
         credit_points(
             member,

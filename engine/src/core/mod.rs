@@ -28,6 +28,7 @@ mod time;
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use tally_protocol::Name;
 
 use rust_decimal::Decimal;
 use rustc_hash::FxHashMap;
@@ -42,7 +43,6 @@ use tally_protocol::{
 };
 
 pub use image::{bounded_bincode, state_bincode, ImageError, LedgerImage, LedgerImageRef};
-pub use intern::interning;
 pub use member::{Counters, Lot, Lots, Member, Slice, Totals};
 pub use phone::{normalize_phone, normalized_phone};
 pub use promotions::scratch_codes;
@@ -85,7 +85,7 @@ pub struct Entry {
     pub at: Timestamp,
     /// The command that caused it.
     pub command: ReceiptKey,
-    pub rule: Option<Arc<str>>,
+    pub rule: Option<Name>,
     pub program_version: u32,
     pub lots: Lots,
 }
@@ -317,7 +317,7 @@ impl Books<'_> {
         wallet: Wallet,
         kind: EntryKind,
         amount: i64,
-        rule: Option<&Arc<str>>,
+        rule: Option<&Name>,
         lots: impl Into<Lots>,
     ) {
         if amount == 0 {

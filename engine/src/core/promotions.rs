@@ -9,7 +9,7 @@
 //! multiplier points. Nothing changes until `commit`; `quote` shows the same plan.
 //! A return re-checks what the remaining order still meets (`plan_return`, `commit_return`).
 
-use std::sync::Arc;
+use tally_protocol::Name;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rustc_hash::FxHashMap;
@@ -49,12 +49,12 @@ const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 /// Plain data (serde), so a checkpoint of the merchant can hold it.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct State {
-    spent: FxHashMap<Arc<str>, Spent>,
+    spent: FxHashMap<Name, Spent>,
     members: FxHashMap<u32, MemberState>,
     /// Issued scratch codes, normalised.
     scratch: FxHashMap<Box<str>, ScratchCode>,
     /// (tier id, promotion id): members holding the tier may use the promotion.
-    tier_assignments: Vec<(Arc<str>, Arc<str>)>,
+    tier_assignments: Vec<(Name, Name)>,
 }
 
 /// What a promotion has given in all: what its budget is measured against.
@@ -69,23 +69,23 @@ pub struct Spent {
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct MemberState {
-    uses: Vec<(Arc<str>, u32)>,
+    uses: Vec<(Name, u32)>,
     /// Holes on the current card of each punch card.
-    punches: Vec<(Arc<str>, u32)>,
-    assigned: Vec<Arc<str>>,
+    punches: Vec<(Name, u32)>,
+    assigned: Vec<Name>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct ScratchCode {
-    promotion: Arc<str>,
+    promotion: Name,
     used: bool,
 }
 
-fn count_of(list: &[(Arc<str>, u32)], id: &str) -> u32 {
+fn count_of(list: &[(Name, u32)], id: &str) -> u32 {
     list.iter().find(|(p, _)| &**p == id).map_or(0, |(_, n)| *n)
 }
 
-fn count_mut<'a>(list: &'a mut Vec<(Arc<str>, u32)>, id: &Arc<str>) -> &'a mut u32 {
+fn count_mut<'a>(list: &'a mut Vec<(Name, u32)>, id: &Name) -> &'a mut u32 {
     let at = match list.iter().position(|(p, _)| p == id) {
         Some(at) => at,
         None => {
@@ -164,7 +164,7 @@ struct Application {
     shipping_minor: i64,
     points: i64,
     factors_e4: Vec<i64>,
-    gifts: Vec<Arc<str>>,
+    gifts: Vec<Name>,
     punch: Option<Punch>,
     /// What a return re-checks: the case's minimum total and its `contains` conditions as
     /// (lines that matched, units needed).
@@ -277,7 +277,7 @@ pub(super) fn plan_discounts(
                 result.skipped.push(PromotionNotApplied {
                     promotion: promotion.id.clone(),
                     reason,
-                    condition: condition.map(Arc::from),
+                    condition: condition.map(Name::from),
                     code: candidate.code,
                 });
             }
@@ -421,7 +421,7 @@ fn codes(
     Ok(())
 }
 
-fn not_applied(id: &Arc<str>, reason: Reason, code: Option<String>) -> PromotionNotApplied {
+fn not_applied(id: &Name, reason: Reason, code: Option<String>) -> PromotionNotApplied {
     PromotionNotApplied {
         promotion: id.clone(),
         reason,
@@ -796,7 +796,7 @@ pub(super) fn plan_points(
     program: &Program,
     promotions: &mut OrderPromotions,
     rule_points: i64,
-) -> Vec<(Arc<str>, i64)> {
+) -> Vec<(Name, i64)> {
     let mut points = Vec::new();
     for app in &mut promotions.applied {
         let promotion = &program.promotions.list[app.promotion as usize];
@@ -824,7 +824,7 @@ pub(super) fn plan_points(
 pub(super) fn describe(
     program: &Program,
     promotions: &OrderPromotions,
-    skus: &[&Arc<str>],
+    skus: &[&Name],
     applied: &mut Applied,
 ) {
     let minor = program.minor_units;
@@ -876,15 +876,15 @@ pub struct PromotionRecord {
         serialize_with = "super::intern::number",
         deserialize_with = "super::intern::numbered"
     )]
-    id: Arc<str>,
+    id: Name,
     #[serde(
         serialize_with = "super::intern::number",
         deserialize_with = "super::intern::numbered"
     )]
-    rule: Arc<str>,
+    rule: Name,
     points: i64,
     amount_minor: i64,
-    gifts: Vec<Arc<str>>,
+    gifts: Vec<Name>,
     punch: Option<Punch>,
     code: Option<String>,
     scratch: bool,
@@ -967,7 +967,7 @@ pub(super) fn plan_return(
     remaining_units: &[i64],
     remaining_total_minor: i64,
     whole: bool,
-) -> (Vec<TakeBack>, Vec<(Arc<str>, i64)>) {
+) -> (Vec<TakeBack>, Vec<(Name, i64)>) {
     let mut takes = Vec::new();
     let mut points = Vec::new();
     for (i, record) in records.iter().enumerate().filter(|(_, r)| !r.released) {

@@ -5,7 +5,7 @@
 //! decided before accrual, so points are earned on what is paid; their points come after the
 //! earning rules.
 
-use std::sync::Arc;
+use tally_protocol::Name;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -43,7 +43,7 @@ pub struct OrderRecord {
         serialize_with = "super::intern::numbers",
         deserialize_with = "super::intern::numbered_list"
     )]
-    pub rules: Vec<Arc<str>>,
+    pub rules: Vec<Name>,
     /// Per line and rule: what a return takes back, by the values recorded here.
     pub earnings: Vec<LineEarned>,
     /// Points given once per order (`per_order` rules), taken back when the order no longer
@@ -119,7 +119,7 @@ pub struct RecordedLine {
         serialize_with = "super::intern::number",
         deserialize_with = "super::intern::numbered"
     )]
-    pub sku: Arc<str>,
+    pub sku: Name,
     pub qty: i64,
     pub returned: i64,
     pub net_minor: i64,
@@ -136,7 +136,7 @@ pub struct OrderPoints {
         serialize_with = "super::intern::number",
         deserialize_with = "super::intern::numbered"
     )]
-    pub rule: Arc<str>,
+    pub rule: Name,
     pub points: i64,
     pub min_total_minor: Option<i64>,
     /// Lines whose presence qualified the order (empty: any line).
@@ -145,7 +145,7 @@ pub struct OrderPoints {
 }
 
 pub(super) struct PlanLine<'a> {
-    pub(super) sku: &'a Arc<str>,
+    pub(super) sku: &'a Name,
     pub(super) qty: i64,
     pub(super) unit_minor: i64,
     pub(super) net_minor: i64,
@@ -160,7 +160,7 @@ struct Plan<'a> {
     tier_before: Option<usize>,
     lines: Vec<PlanLine<'a>>,
     total_minor: i64,
-    discounts: Vec<(Arc<str>, i64, i64)>,
+    discounts: Vec<(Name, i64, i64)>,
     /// Points paid directly (not through a hold), and through catalog rewards.
     pay_points: i64,
     reward_points: i64,
@@ -171,7 +171,7 @@ struct Plan<'a> {
     /// Line amounts after discounts (S) and what they earn on (S − P).
     value_minor: i64,
     eligible_minor: i64,
-    rules: Vec<(Arc<str>, i64, i64)>,
+    rules: Vec<(Name, i64, i64)>,
     earnings: Vec<LineEarned>,
     order_points: Vec<OrderPoints>,
     points_earned: i64,
@@ -415,8 +415,8 @@ fn encode_order(names: &mut NameTable, record: &OrderRecord, out: &mut Vec<u8>) 
 fn encode_order_with<'a>(
     names: &mut NameTable,
     record: &OrderRecord,
-    lines: impl ExactSizeIterator<Item = (&'a Arc<str>, i64, i64, i64)>,
-    rules: impl ExactSizeIterator<Item = &'a Arc<str>>,
+    lines: impl ExactSizeIterator<Item = (&'a Name, i64, i64, i64)>,
+    rules: impl ExactSizeIterator<Item = &'a Name>,
     out: &mut Vec<u8>,
 ) {
     let mut encoder = Encoder { out };
@@ -662,7 +662,7 @@ fn apply_rewards(
     order: &Purchase,
     lines: &mut [PlanLine],
     shipping_minor: &mut i64,
-) -> Result<(Vec<(Arc<str>, i64, i64)>, i64), Rejection> {
+) -> Result<(Vec<(Name, i64, i64)>, i64), Rejection> {
     if order.rewards.len() > MAX_REWARDS_PER_ORDER {
         return reject(
             Reason::Invalid,
@@ -718,7 +718,7 @@ fn apply_rewards(
             }
         };
         points += reward.points;
-        discounts.push((Arc::from(reward.id.as_str()), amount, reward.points));
+        discounts.push((Name::new(&reward.id), amount, reward.points));
     }
     Ok((discounts, points))
 }
@@ -1060,7 +1060,7 @@ fn order_level(
     });
 }
 
-fn record_rule(plan: &mut Plan, rule: &Arc<str>, total: i64, parts: &[i64], is_cashback: bool) {
+fn record_rule(plan: &mut Plan, rule: &Name, total: i64, parts: &[i64], is_cashback: bool) {
     if total == 0 {
         return;
     }
@@ -1131,7 +1131,7 @@ fn applied_of(plan: &Plan, program: &Program) -> Applied {
             .collect(),
         ..Applied::default()
     };
-    let skus: Vec<&Arc<str>> = plan.lines.iter().map(|line| line.sku).collect();
+    let skus: Vec<&Name> = plan.lines.iter().map(|line| line.sku).collect();
     promotions::describe(program, &plan.promotions, &skus, &mut applied);
     applied
 }

@@ -2,7 +2,7 @@
 //! was bought (not today's rules); order-level points go when the order no longer qualifies;
 //! points and credit the order was paid with come back in proportion to the value returned.
 
-use std::sync::Arc;
+use tally_protocol::Name;
 
 use tally_protocol::{Applied, EntryKind, LineEarning, Reason, Return, RuleEarning, Wallet};
 
@@ -28,7 +28,7 @@ struct ReturnPlan {
     /// (line, units returned now)
     units: Vec<(usize, i64)>,
     /// Per rule: points and cashback taken back.
-    rules: Vec<(Arc<str>, i64, i64)>,
+    rules: Vec<(Name, i64, i64)>,
     /// Per returned line: points and cashback taken back.
     lines: Vec<(usize, i64, i64)>,
     value_minor: i64,
@@ -90,7 +90,7 @@ pub fn apply_return(
 
 fn plan(record: &OrderRecord, ret: &Return) -> Result<ReturnPlan, Rejection> {
     let units = returned_units(record, ret)?;
-    let mut rules: Vec<(Arc<str>, i64, i64)> = Vec::new();
+    let mut rules: Vec<(Name, i64, i64)> = Vec::new();
     let mut lines = Vec::new();
     let mut value_minor = 0;
     let mut returned_after: Vec<i64> = record.lines.iter().map(|line| line.returned).collect();
@@ -185,7 +185,7 @@ fn plan(record: &OrderRecord, ret: &Return) -> Result<ReturnPlan, Rejection> {
     })
 }
 
-fn add_rule(rules: &mut Vec<(Arc<str>, i64, i64)>, rule: &Arc<str>, points: i64, cashback: i64) {
+fn add_rule(rules: &mut Vec<(Name, i64, i64)>, rule: &Name, points: i64, cashback: i64) {
     match rules.iter_mut().find(|(id, _, _)| id == rule) {
         Some((_, p, c)) => {
             *p += points;

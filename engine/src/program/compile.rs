@@ -373,7 +373,7 @@ fn tiers(c: &mut Checker, tiers: &[TierFile], minor_units: u32) -> Vec<Tier> {
             "must not be negative",
         );
         compiled.push(Tier {
-            id: Arc::from(tier.id.as_str()),
+            id: Name::new(&tier.id),
             name: tier.name.clone(),
             color: tier.color.clone(),
             image_url: tier.image_url.clone(),
@@ -387,8 +387,8 @@ fn tiers(c: &mut Checker, tiers: &[TierFile], minor_units: u32) -> Vec<Tier> {
             multiplier_e4,
             cashback_percent_e4,
             birthday_bonus,
-            cashback_rule: Arc::from(format!("tier:{}:cashback", tier.id)),
-            birthday_rule: Arc::from(format!("tier:{}:birthday_bonus", tier.id)),
+            cashback_rule: Name::from(format!("tier:{}:cashback", tier.id)),
+            birthday_rule: Name::from(format!("tier:{}:birthday_bonus", tier.id)),
         });
     }
     compiled
@@ -425,7 +425,7 @@ fn rules(
         }
         let selects_lines = !rule.skus.is_empty() || !rule.categories.is_empty();
         let compiled = Rule {
-            id: Arc::from(rule.id.as_str()),
+            id: Name::new(&rule.id),
             award,
             filter,
             event: rule.event.clone(),

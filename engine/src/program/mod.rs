@@ -7,6 +7,7 @@ mod file;
 pub mod promotions;
 
 use std::sync::Arc;
+use tally_protocol::Name;
 
 use chrono::TimeDelta;
 use chrono_tz::Tz;
@@ -104,7 +105,7 @@ pub enum Expiry {
 
 #[derive(Debug, Clone)]
 pub struct Rule {
-    pub id: Arc<str>,
+    pub id: Name,
     pub award: Award,
     pub filter: Filter,
     /// For `per_event`: the event name.
@@ -153,7 +154,7 @@ pub enum Window {
 
 #[derive(Debug, Clone)]
 pub struct Tier {
-    pub id: Arc<str>,
+    pub id: Name,
     pub name: String,
     pub color: String,
     pub image_url: String,
@@ -168,8 +169,8 @@ pub struct Tier {
     pub cashback_percent_e4: i64,
     pub birthday_bonus: i64,
     /// How the tier's cashback and birthday bonus are named in results and entries.
-    pub cashback_rule: Arc<str>,
-    pub birthday_rule: Arc<str>,
+    pub cashback_rule: Name,
+    pub birthday_rule: Name,
 }
 
 #[derive(Debug, Clone)]
@@ -202,7 +203,7 @@ impl Program {
     }
 
     /// The id of the tier at `index`, as results name it.
-    pub fn tier_id(&self, index: Option<usize>) -> Option<Arc<str>> {
+    pub fn tier_id(&self, index: Option<usize>) -> Option<Name> {
         index.map(|i| self.tiers[i].id.clone())
     }
 

@@ -3,7 +3,7 @@
 //! with an index by what can trigger each promotion (code, SKU, category, kind), so an order
 //! looks only at the promotions it can possibly meet instead of scanning all of them.
 
-use std::sync::Arc;
+use tally_protocol::Name;
 
 use rust_decimal::Decimal;
 use rustc_hash::FxHashMap;
@@ -165,7 +165,7 @@ pub struct ActionFile {
 pub struct Promotions {
     /// In file order: the order they are evaluated in.
     pub list: Vec<Promotion>,
-    pub by_id: FxHashMap<Arc<str>, u32>,
+    pub by_id: FxHashMap<Name, u32>,
     /// `code` promotions by their normalised code.
     pub by_code: FxHashMap<String, u32>,
     /// Automatic promotions (benefit, punch card, external gift) that only an order with one
@@ -177,9 +177,9 @@ pub struct Promotions {
 
 #[derive(Debug, Clone)]
 pub struct Promotion {
-    pub id: Arc<str>,
+    pub id: Name,
     /// How its points are named in results and ledger entries: `promotion:<id>`.
-    pub rule: Arc<str>,
+    pub rule: Name,
     pub kind: PromotionKind,
     pub title: String,
     pub description: String,
@@ -190,7 +190,7 @@ pub struct Promotion {
     pub channels: Vec<String>,
     pub stores: Vec<String>,
     /// Tier ids (not indexes: assignments outlive program versions).
-    pub tiers: Vec<Arc<str>>,
+    pub tiers: Vec<Name>,
     pub limit_per_member: Option<u32>,
     pub budget: Option<Budget>,
     pub code: Option<String>,
@@ -296,7 +296,7 @@ pub enum Action {
     },
     FreeShipping,
     ExternalGift {
-        gift: Arc<str>,
+        gift: Name,
     },
     Punch,
 }
@@ -431,7 +431,7 @@ fn promotion(r: &mut dyn Report, i: usize, file: &PromotionFile, cx: &Context) -
     let mut tiers = Vec::new();
     for (j, id) in file.tiers.iter().enumerate() {
         match cx.tier_ids.iter().find(|tier| **tier == id) {
-            Some(tier) => tiers.push(Arc::from(*tier)),
+            Some(tier) => tiers.push(Name::new(tier)),
             None => r.fail(
                 format!("{}[{j}]", at("tiers")),
                 format!("no tier has id {id:?}"),
@@ -463,8 +463,8 @@ fn promotion(r: &mut dyn Report, i: usize, file: &PromotionFile, cx: &Context) -
     let reward = reward(r, &at("reward"), file, cx);
     check_kind(r, i, file, &cases, &reward, budget);
     Promotion {
-        id: Arc::from(file.id.as_str()),
-        rule: Arc::from(format!("promotion:{}", file.id)),
+        id: Name::new(&file.id),
+        rule: Name::from(format!("promotion:{}", file.id)),
         kind: file.kind,
         title: file.title.clone(),
         description: file.description.clone(),
@@ -946,7 +946,7 @@ fn action(r: &mut dyn Report, path: &str, file: &ActionFile, cx: &Context) -> Ac
                 );
             }
             Action::ExternalGift {
-                gift: Arc::from(gift.as_str()),
+                gift: Name::new(&gift),
             }
         }
         ActionKind::Punch => Action::Punch,
