@@ -477,7 +477,7 @@ fn restore_merchant(
     }
     let (aliases, timers, birthdays) = indexes.map_err(inconsistent)?;
     Ok(Merchant {
-        name: Arc::from(image.name.as_str()),
+        name: Name::new(&image.name),
         programs,
         members: image.members,
         aliases,

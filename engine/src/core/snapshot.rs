@@ -58,7 +58,7 @@ impl Ledger {
 /// rows, and the clock's local month alone cost more than the rest of a row.
 #[derive(Debug)]
 struct RowContext {
-    merchant: Arc<str>,
+    merchant: tally_protocol::Name,
     program: Arc<Program>,
     /// `month_index` of the merchant's clock: the current month of the tier windows.
     month: i32,
