@@ -683,25 +683,36 @@ fn receipts_digest(receipts: &PartedMap<ReceiptKey, Receipt>) -> (usize, u128) {
 }
 
 impl Ledger {
-    /// Keeps an evicted result for the caller to free (up to `EVICTED_HELD_MAX`).
-    fn hold_evicted(&mut self, evicted: Option<Arc<CommandResult>>) {
-        if let Some(result) = evicted.filter(|_| self.evicted.len() < EVICTED_HELD_MAX) {
-            self.evicted.push(result);
+    /// Keeps evicted results for the caller to free (up to `EVICTED_HELD_MAX`).
+    fn hold_evicted(&mut self, evicted: [Option<Arc<CommandResult>>; 2]) {
+        for result in evicted.into_iter().flatten() {
+            if self.evicted.len() < EVICTED_HELD_MAX {
+                self.evicted.push(result);
+            }
         }
     }
 }
 
 /// Keeps the receipt; the oldest whole result past the window becomes a summary, and the
-/// whole one is returned for the caller to free.
+/// whole one is returned for the caller to free. A window larger than `kept_whole` (a
+/// checkpoint written with a larger one) shrinks by one result a command.
 #[must_use = "an evicted result is freed by the caller, off the apply path"]
 fn remember(
     merchant: &mut Merchant,
     key: ReceiptKey,
     receipt: Receipt,
     kept_whole: usize,
-) -> Option<Arc<CommandResult>> {
+) -> [Option<Arc<CommandResult>>; 2] {
     merchant.receipts.insert(key.clone(), receipt);
     merchant.recent_keys.push_back(key);
+    [
+        evict_oldest(merchant, kept_whole),
+        evict_oldest(merchant, kept_whole),
+    ]
+}
+
+/// Trades the oldest whole result for its summary if the window holds more than `kept_whole`.
+fn evict_oldest(merchant: &mut Merchant, kept_whole: usize) -> Option<Arc<CommandResult>> {
     if merchant.recent_keys.len() <= kept_whole {
         return None;
     }
@@ -1059,6 +1070,33 @@ pub(crate) mod tests {
             command.hash(&mut streamed);
             assert_eq!(fingerprint(command), streamed.digest128(), "{command:?}");
         }
+    }
+
+    /// A ledger restored with a smaller window (a checkpoint of an engine that kept more)
+    /// comes down to it, one result a command, and stays there.
+    #[test]
+    fn a_window_larger_than_kept_shrinks_to_it() {
+        let mut ledger = Ledger::new();
+        ledger.set_results_kept_whole(300);
+        let mut workload = Workload::new(WorkloadConfig::demo(40));
+        for (index, command) in workload.by_ref().take(400).enumerate() {
+            if index == 0 {
+                ledger.install_program(DEMO_PROGRAM, command.at).unwrap();
+            }
+            ledger.apply_shared(&command, command.at);
+        }
+        let window = |ledger: &Ledger| ledger.merchants().next().unwrap().recent_keys.len();
+        assert_eq!(window(&ledger), 300);
+        ledger.set_results_kept_whole(100);
+        let mut sizes = Vec::new();
+        for command in workload.take(400) {
+            ledger.apply_shared(&command, command.at);
+            sizes.push(window(&ledger));
+        }
+        assert!(sizes.windows(2).all(|w| w[1] <= w[0]), "never grows");
+        assert_eq!(sizes.last(), Some(&100));
+        let first_at_100 = sizes.iter().position(|&n| n == 100).unwrap();
+        assert!(first_at_100 >= 199, "one a command: {first_at_100}");
     }
 
     #[test]
