@@ -62,7 +62,7 @@ impl Encoder<'_> {
         }
     }
 
-    fn varint128(&mut self, n: u128) {
+    pub fn varint128(&mut self, n: u128) {
         match u64::try_from(n) {
             Ok(n) => self.varint(n),
             Err(_) => {
@@ -80,6 +80,12 @@ impl Encoder<'_> {
     #[inline(always)]
     pub fn length(&mut self, length: usize) {
         self.varint(length as u64);
+    }
+
+    /// Text: its length, then its bytes.
+    pub fn text(&mut self, text: &str) {
+        self.length(text.len());
+        self.out.extend_from_slice(text.as_bytes());
     }
 
     #[inline(always)]

@@ -724,11 +724,8 @@ fn evict_oldest(merchant: &mut Merchant, kept_whole: usize) -> Option<Arc<Comman
     let Status::Applied(applied) = &result.status else {
         return None;
     };
-    let summary = image::Summary::of(result.command, applied);
-    match std::mem::replace(
-        &mut receipt.result,
-        Stored::Summary(packed::Packed::pack(&summary)),
-    ) {
+    let summary = image::Summary::pack_of(result.command, applied);
+    match std::mem::replace(&mut receipt.result, Stored::Summary(summary)) {
         Stored::Whole(result) => Some(result),
         Stored::Summary(_) => unreachable!("it was whole"),
     }
