@@ -26,8 +26,9 @@ pub const MAGIC: [u8; 4] = *b"TALY";
 pub const ALPN: &[u8] = b"tally/1";
 /// The only version this build speaks; a frame of another version is refused. 2: rows
 /// frames carry blocks of rows (`RowBlock`). 3: money is four 32-bit words and an id two
-/// 64-bit halves, so that nothing in a command or result is 16-aligned.
-pub const VERSION: u8 = 3;
+/// 64-bit halves, so that nothing in a command or result is 16-aligned. 4: names (SKUs,
+/// rule ids, …) are boxed strings, whose bytes no two pointers share.
+pub const VERSION: u8 = 4;
 /// magic (4) + version (1) + kind (1) + reserved (2) + request id (8) + payload length (4).
 pub const HEADER_BYTES: usize = 20;
 /// Default largest payload accepted, in bytes.
