@@ -5,12 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use tally_protocol::Name;
 
 use chrono::Datelike;
 use rust_decimal::Decimal;
 use serde::Serialize;
-use tally_protocol::{EntryKind, Wallet};
+use tally_protocol::{EntryKind, Name, Wallet};
 
 use crate::core::{Ledger, Merchant};
 use crate::log::{CommandLog, LogError, LoggedEntry};

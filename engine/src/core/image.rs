@@ -4,11 +4,11 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
-use tally_protocol::Name;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tally_protocol::Alias;
+use tally_protocol::Name;
 
 use rust_decimal::Decimal;
 use tally_protocol::TierChange;

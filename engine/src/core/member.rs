@@ -1,7 +1,6 @@
 //! A member's wallets, lots and tier counters, and the lot operations every command uses.
 
 use std::collections::VecDeque;
-use tally_protocol::Name;
 
 use serde::{Deserialize, Serialize};
 
@@ -9,6 +8,7 @@ use super::micros;
 use super::seqs::EntrySeqs;
 use super::ReceiptKey;
 use tally_protocol::Alias;
+use tally_protocol::Name;
 
 use crate::Timestamp;
 

@@ -2,10 +2,10 @@
 //! a bulk-issued card), aliases, events and bonuses, manual adjustments, program changes.
 
 use std::sync::Arc;
-use tally_protocol::Name;
 
 use tally_protocol::{
-    Adjust, Alias, Applied, Enroll, EntryKind, Event, IssueCards, Link, MemberRef, Reason, Wallet,
+    Adjust, Alias, Applied, Enroll, EntryKind, Event, IssueCards, Link, MemberRef, Name, Reason,
+    Wallet,
 };
 
 use super::member::{Member, Totals};

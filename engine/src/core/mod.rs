@@ -28,7 +28,6 @@ mod time;
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use tally_protocol::Name;
 
 use rust_decimal::Decimal;
 use rustc_hash::FxHashMap;
@@ -39,7 +38,7 @@ pub use receipt_key::ReceiptKey;
 use serde::{Deserialize, Serialize};
 use tally_protocol::{
     Alias, Applied, BalanceQuery, Balances, Body, Command, CommandKind, CommandResult, EntryKind,
-    EntryView, IdemKey, LotSlice, MemberView, Origin, Reason, Status, TierChange, Wallet,
+    EntryView, IdemKey, LotSlice, MemberView, Name, Origin, Reason, Status, TierChange, Wallet,
 };
 
 pub use image::{bounded_bincode, state_bincode, ImageError, LedgerImage, LedgerImageRef};

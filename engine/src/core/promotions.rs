@@ -9,13 +9,11 @@
 //! multiplier points. Nothing changes until `commit`; `quote` shows the same plan.
 //! A return re-checks what the remaining order still meets (`plan_return`, `commit_return`).
 
-use tally_protocol::Name;
-
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tally_protocol::{
-    Applied, AssignPromotion, IssueCodes, MemberRef, PromotionApplied, PromotionLine,
+    Applied, AssignPromotion, IssueCodes, MemberRef, Name, PromotionApplied, PromotionLine,
     PromotionNotApplied, PunchCard, Purchase, Reason, Tag,
 };
 

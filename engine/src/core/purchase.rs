@@ -5,12 +5,10 @@
 //! decided before accrual, so points are earned on what is paid; their points come after the
 //! earning rules.
 
-use tally_protocol::Name;
-
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tally_protocol::{
-    Applied, Discount, EntryKind, IdemKey, LineEarning, Purchase, Reason, RuleEarning, Wallet,
+    Applied, Discount, EntryKind, IdemKey, LineEarning, Name, Purchase, Reason, RuleEarning, Wallet,
 };
 
 use super::encode::{encode_into, Encoder};

@@ -2,9 +2,7 @@
 //! was bought (not today's rules); order-level points go when the order no longer qualifies;
 //! points and credit the order was paid with come back in proportion to the value returned.
 
-use tally_protocol::Name;
-
-use tally_protocol::{Applied, EntryKind, LineEarning, Reason, Return, RuleEarning, Wallet};
+use tally_protocol::{Applied, EntryKind, LineEarning, Name, Reason, Return, RuleEarning, Wallet};
 
 use super::holds::split_slices;
 use super::member::{Member, Slice, Totals};

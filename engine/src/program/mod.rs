@@ -7,11 +7,11 @@ mod file;
 pub mod promotions;
 
 use std::sync::Arc;
-use tally_protocol::Name;
 
 use chrono::TimeDelta;
 use chrono_tz::Tz;
 use rustc_hash::FxHashMap;
+use tally_protocol::Name;
 
 pub use compile::{compile, parse_and_compile, ProgramError, ProgramErrors};
 pub use file::{Combine, Downgrade, NegativeBalance};

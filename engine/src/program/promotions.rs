@@ -3,11 +3,10 @@
 //! with an index by what can trigger each promotion (code, SKU, category, kind), so an order
 //! looks only at the promotions it can possibly meet instead of scanning all of them.
 
-use tally_protocol::Name;
-
 use rust_decimal::Decimal;
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
+use tally_protocol::Name;
 
 use super::file::TimeFile;
 use crate::money::{to_minor, to_rate, RATE_SCALE};
