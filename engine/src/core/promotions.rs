@@ -294,7 +294,10 @@ fn candidates(
     result: &mut OrderPromotions,
 ) -> Result<Vec<Candidate>, Rejection> {
     let promotions = &program.promotions;
-    let mut found: Vec<Candidate> = Vec::new();
+    // Room for what an order usually finds: the program's automatic promotions and a few
+    // per line, without growing the vector two or three times an order.
+    let expected = promotions.automatic_always.len() + 2 * lines.len();
+    let mut found: Vec<Candidate> = Vec::with_capacity(expected.clamp(4, 64));
     codes(merchant, program, facts.order, &mut found, result)?;
     if let Some(state) = merchant.promotions.member(member) {
         for id in &state.assigned {
