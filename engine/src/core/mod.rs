@@ -389,9 +389,8 @@ impl Ledger {
     /// The entries written since the last call, in order, in exchange for the buffer of an
     /// earlier call, which becomes the journal: its room is kept (growing a fresh one each
     /// group copied it, and its pages were new each time), and the entries still in it are
-    /// dropped here. Dropped on the committer, they made it decrement the reference counts
-    /// of rule names this thread was incrementing for the next group, on the same cache
-    /// lines; here the lines are already in this thread's cache.
+    /// dropped here, where their memory came from (when their names were `Arc`s, dropping
+    /// them on the committer also made it contend for the names' counts).
     pub fn swap_entries(&mut self, given_back: Vec<Entry>) -> Vec<Entry> {
         let journal = crate::emptied(given_back, crate::GROUP_ITEMS_KEPT_MAX);
         std::mem::replace(&mut self.journal, journal)
