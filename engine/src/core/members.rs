@@ -320,7 +320,6 @@ pub fn birthday_bonus(
         .map(|t| &ctx.program.tiers[t])
         .filter(|t| t.birthday_bonus > 0)
     {
-        let rule: Name = Name::from(format!("tier:{}:birthday_bonus", tier.id));
         let bonus = tier.birthday_bonus;
         credit_points(
             member,
@@ -328,7 +327,7 @@ pub fn birthday_bonus(
             ctx,
             EntryKind::Bonus,
             bonus,
-            Some(&rule),
+            Some(&tier.birthday_rule),
             ctx.at,
         );
         // A bonus counts as points earned, towards tiers too.
