@@ -30,7 +30,6 @@ pub struct LedgerImage {
     next_entry_seq: u64,
     merchants: Vec<MerchantImage>,
     /// Each merchant's `NameTable`, in the merchants' order (format 4 on).
-    #[serde(deserialize_with = "super::intern::name_lists")]
     names: Vec<Vec<Name>>,
     /// Read from format 3 or older: order records have their names written out.
     #[serde(skip)]
@@ -570,7 +569,6 @@ pub(crate) struct Summary {
     credit_written_off: Amount,
     /// points, available, pending, held, credit, credit held.
     balances: Option<(i64, i64, i64, i64, Amount, Amount)>,
-    #[serde(deserialize_with = "super::intern::tiers")]
     tier: Option<TierImage>,
     tick: Option<TickSummary>,
 }
@@ -588,7 +586,6 @@ struct SummaryV2 {
     points_written_off: i64,
     credit_written_off: DecimalImage,
     balances: Option<(i64, i64, i64, i64, DecimalImage, DecimalImage)>,
-    #[serde(deserialize_with = "super::intern::tiers")]
     tier: Option<TierImage>,
     tick: Option<TickSummary>,
 }

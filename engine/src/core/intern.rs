@@ -112,7 +112,7 @@ fn named<E: serde::de::Error>(table: &NameTable, number: u32) -> Result<Name, E>
 /// `deserialize_with` for what `number` wrote.
 pub fn numbered<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Name, D::Error> {
     if !NUMBERING.with_borrow(Option::is_some) {
-        return name(deserializer);
+        return Name::deserialize(deserializer);
     }
     let number = u32::deserialize(deserializer)?;
     NUMBERING.with_borrow(|slot| named(slot.as_ref().expect("checked above"), number))
@@ -121,7 +121,7 @@ pub fn numbered<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Name, D::E
 /// `deserialize_with` for what `numbers` wrote.
 pub fn numbered_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Name>, D::Error> {
     if !NUMBERING.with_borrow(Option::is_some) {
-        return names(deserializer);
+        return Vec::<Name>::deserialize(deserializer);
     }
     let numbers = Vec::<u32>::deserialize(deserializer)?;
     NUMBERING.with_borrow(|slot| {
@@ -131,46 +131,6 @@ pub fn numbered_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<N
             .map(|number| named(table, number))
             .collect()
     })
-}
-
-/// `deserialize_with` for a name.
-pub fn name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Name, D::Error> {
-    // Borrowed from the checkpoint's bytes: no allocation unless the name is new.
-    let text = <&'de str>::deserialize(deserializer)?;
-    Ok(Name::new(text))
-}
-
-/// `deserialize_with` for a list of names.
-pub fn names<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Name>, D::Error> {
-    let read = Vec::<&'de str>::deserialize(deserializer)?;
-    Ok(read.into_iter().map(Name::new).collect())
-}
-
-/// `deserialize_with` for lists of names (the merchants' name tables).
-pub fn name_lists<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Vec<Name>>, D::Error> {
-    let read = Vec::<Vec<&'de str>>::deserialize(deserializer)?;
-    Ok(read
-        .into_iter()
-        .map(|list| list.into_iter().map(Name::new).collect())
-        .collect())
-}
-
-/// `deserialize_with` for counts by name (a member's events).
-pub fn counts<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<(Name, u32)>, D::Error> {
-    let read = Vec::<(&'de str, u32)>::deserialize(deserializer)?;
-    Ok(read
-        .into_iter()
-        .map(|(name, count)| (Name::new(name), count))
-        .collect())
-}
-
-/// `deserialize_with` for a tier change: (before, after).
-#[allow(clippy::type_complexity)]
-pub fn tiers<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<(Option<Name>, Option<Name>)>, D::Error> {
-    let read = Option::<(Option<&'de str>, Option<&'de str>)>::deserialize(deserializer)?;
-    Ok(read.map(|(before, after)| (before.map(Name::new), after.map(Name::new))))
 }
 
 #[cfg(test)]

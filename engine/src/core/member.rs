@@ -180,7 +180,6 @@ pub struct Member {
     /// Running sums of the entries written for this member, checked against the balances.
     pub entry_points: i64,
     pub entry_credit_minor: i64,
-    #[serde(deserialize_with = "super::intern::counts")]
     pub event_counts: Vec<(Name, u32)>,
     pub last_birthday_year: i32,
     pub open_holds: Vec<OpenHold>,
