@@ -282,8 +282,7 @@ pub fn purchase(
         .add(month, plan_totals(&plan), ctx.program.tier_months_kept);
     tiers::rise(&ctx.program, member, ctx.now_month());
     // Kept, packed, as long as the order can be returned. Its lines and rules are packed
-    // from the plan's: copying them into the record cost an allocation each and a count on
-    // every name's `Arc`, which other threads count too.
+    // from the plan's: copying them into the record cost an allocation each.
     let record = OrderRecord {
         member: index,
         month,
@@ -716,7 +715,7 @@ fn apply_rewards(
             }
         };
         points += reward.points;
-        discounts.push((Name::new(&reward.id), amount, reward.points));
+        discounts.push((reward.id.clone(), amount, reward.points));
     }
     Ok((discounts, points))
 }

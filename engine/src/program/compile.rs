@@ -668,7 +668,7 @@ fn rewards(c: &mut Checker, rewards: &[RewardFile], minor_units: u32) -> FxHashM
             "has fields that belong to another kind of reward",
         );
         let compiled_reward = Reward {
-            id: reward.id.clone(),
+            id: Name::new(&reward.id),
             name: reward.name.clone(),
             points: reward.points,
             action,

@@ -175,7 +175,7 @@ pub struct Tier {
 
 #[derive(Debug, Clone)]
 pub struct Reward {
-    pub id: String,
+    pub id: Name,
     pub name: String,
     pub points: i64,
     pub action: RewardAction,
