@@ -324,7 +324,7 @@ pub fn to_csv(report: &Report) -> String {
             );
         }
         for a in &m.activity {
-            let kind = format!("{}:{}", wallet_name(a.wallet), kind_name(a.kind));
+            let kind = format!("{}:{}", a.wallet.name(), a.kind.name());
             let (points, amount) = match a.wallet {
                 Wallet::Points => (a.amount.to_string(), String::new()),
                 Wallet::Credit => (String::new(), a.amount.to_string()),
@@ -352,20 +352,6 @@ pub fn to_csv(report: &Report) -> String {
         );
     }
     out
-}
-
-fn wallet_name(wallet: Wallet) -> &'static str {
-    match wallet {
-        Wallet::Points => "points",
-        Wallet::Credit => "credit",
-    }
-}
-
-fn kind_name(kind: EntryKind) -> String {
-    serde_json::to_value(kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// A self-contained page: tables, and bar charts (inline SVG) of liability by expiry month
@@ -452,8 +438,8 @@ pub fn to_html(report: &Report) -> String {
                 page,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape(&a.rule),
-                wallet_name(a.wallet),
-                kind_name(a.kind),
+                a.wallet.name(),
+                a.kind.name(),
                 a.entries,
                 a.amount
             );

@@ -19,6 +19,19 @@ pub fn serialize<S: Serializer>(value: &Decimal, serializer: S) -> Result<S::Ok,
     }
 }
 
+/// Appends `value`'s JSON (the string `serialize` gives, quoted) to `out`.
+pub(crate) fn write_quoted(out: &mut Vec<u8>, value: &Decimal) {
+    let mut text = [0u8; TEXT_MAX];
+    match written(value, &mut text) {
+        Some(start) => {
+            out.push(b'"');
+            out.extend_from_slice(&text[start..]);
+            out.push(b'"');
+        }
+        None => crate::json_writer::write_json(out, value).expect("a decimal always serialises"),
+    }
+}
+
 /// Writes `value` at the end of `text`, last digit first, returning where it starts; `None`
 /// when its mantissa does not fit in 64 bits. Like rust_decimal: every place of the scale, a
 /// `0` before a leading point, and the sign of a negative zero.

@@ -90,7 +90,7 @@ fn escape_of(byte: u8) -> Option<&'static [u8]> {
 }
 
 #[inline(always)]
-fn write_escaped(out: &mut Vec<u8>, text: &str) {
+pub(crate) fn write_escaped(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
@@ -120,7 +120,7 @@ fn write_escaped_slowly(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-fn write_integer(out: &mut Vec<u8>, value: impl itoa::Integer) {
+pub(crate) fn write_integer(out: &mut Vec<u8>, value: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 

@@ -14,6 +14,7 @@ mod json_writer;
 mod names;
 mod reason;
 mod result;
+mod result_json;
 mod snapshot;
 pub mod wire;
 

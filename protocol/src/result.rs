@@ -98,9 +98,10 @@ impl CommandResult {
     }
 
     /// Appends the result's JSON line (without the newline) to `out`: writers of many
-    /// results reuse one buffer instead of a string each.
+    /// results reuse one buffer instead of a string each. The bytes are those of the derived
+    /// `Serialize`, written by hand (`result_json.rs`).
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        crate::json_writer::write_json(out, self).expect("results always serialise")
+        crate::result_json::write_result(out, self);
     }
 }
 
@@ -123,6 +124,16 @@ impl CommandResult {
 pub enum Wallet {
     Points,
     Credit,
+}
+
+impl Wallet {
+    /// The name JSON gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Wallet::Points => "points",
+            Wallet::Credit => "credit",
+        }
+    }
 }
 
 /// The kind of a ledger entry (SPEC section 1).
@@ -152,6 +163,23 @@ pub enum EntryKind {
     Hold,
     Release,
     Cashback,
+}
+
+impl EntryKind {
+    /// The name JSON gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryKind::Accrual => "accrual",
+            EntryKind::Redemption => "redemption",
+            EntryKind::Reversal => "reversal",
+            EntryKind::Expiry => "expiry",
+            EntryKind::Adjustment => "adjustment",
+            EntryKind::Bonus => "bonus",
+            EntryKind::Hold => "hold",
+            EntryKind::Release => "release",
+            EntryKind::Cashback => "cashback",
+        }
+    }
 }
 
 /// What an applied command did. Fields that do not apply to a command are left out of JSON.

@@ -150,8 +150,8 @@ pub fn check_scenario(dir: &Path) -> Result<(), String> {
     }
 }
 
-/// Results are written by the protocol's own JSON writer: it must write what `serde_json`
-/// writes, byte for byte, for every result a scenario gives.
+/// Results are written as JSON by hand (`protocol/src/result_json.rs`): it must write what
+/// `serde_json` writes, byte for byte, for every result a scenario gives.
 fn check_json_lines(run: &ScenarioRun, problems: &mut Vec<String>) {
     for (number, result) in &run.results {
         let ours = result.to_json_line();

@@ -1094,6 +1094,34 @@ pub(crate) mod tests {
         assert!(first_at_100 >= 199, "one a command: {first_at_100}");
     }
 
+    /// Results are written as JSON by hand for speed: on demo traffic (every kind of command
+    /// it makes, promotions, tiers, returns, duplicates) the bytes are serde's.
+    #[test]
+    fn demo_results_are_written_as_serde_writes_them() {
+        let mut ledger = Ledger::new();
+        let mut kinds = std::collections::BTreeSet::new();
+        let mut rejected = 0;
+        for (index, command) in Workload::new(WorkloadConfig::demo(60))
+            .take(3000)
+            .enumerate()
+        {
+            if index == 0 {
+                ledger.install_program(DEMO_PROGRAM, command.at).unwrap();
+            }
+            let result = ledger.apply_shared(&command, command.at);
+            assert_eq!(
+                result.to_json_line(),
+                serde_json::to_string(&*result).unwrap()
+            );
+            kinds.insert(result.command);
+            rejected += usize::from(result.reason().is_some());
+        }
+        assert!(
+            kinds.len() >= 6 && rejected > 0,
+            "{kinds:?}, {rejected} rejected"
+        );
+    }
+
     #[test]
     fn whole_results_leaving_the_window_go_to_the_caller_to_free() {
         let mut ledger = demo_ledger(40, 300, 20);
