@@ -481,6 +481,7 @@ mod tests {
             let members: Vec<_> = merchant.members.iter().collect();
             assert_eq!(ours(&members), bincode_of(&members));
             let receipts: Vec<_> = merchant.receipts.iter().collect();
+            let receipts = crate::core::image::receipts_image(&receipts, &merchant.results);
             assert_eq!(ours(&receipts), bincode_of(&receipts));
         }
     }

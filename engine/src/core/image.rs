@@ -21,7 +21,8 @@ use super::packed::Packed;
 use super::parted::PartedMap;
 use super::purchase::{OrderRecord, PackedOrder};
 use super::receipt_key::ReceiptKey;
-use super::{promotions, Chunked, Ledger, Member, Merchant, Receipt, Record, Stored};
+use super::results::{Results, Stored, StoredRef};
+use super::{promotions, Chunked, Ledger, Member, Merchant, Receipt, Record};
 use crate::program::{parse_and_compile, ProgramErrors};
 use crate::Timestamp;
 
@@ -52,7 +53,7 @@ struct MerchantImage {
     #[serde(skip)]
     members: Chunked<Member>,
     #[serde(skip)]
-    receipts: Vec<(ReceiptKey, Receipt)>,
+    receipts: Vec<(ReceiptKey, ReceiptImage)>,
     /// Keys of the receipts still kept whole, oldest first.
     recent_keys: Vec<ReceiptKey>,
     clock: Timestamp,
@@ -91,7 +92,9 @@ struct MerchantImageRef<'a> {
     members: &'a Chunked<Member>,
     #[serde(skip)]
     receipts: &'a PartedMap<ReceiptKey, Receipt>,
-    recent_keys: &'a VecDeque<ReceiptKey>,
+    #[serde(skip)]
+    results: &'a Results,
+    recent_keys: WindowKeys<'a>,
     clock: Timestamp,
     next_day_start: Option<Timestamp>,
     next_month_start: Option<Timestamp>,
@@ -125,7 +128,85 @@ pub fn bounded_bincode(bytes: usize) -> impl bincode::Options {
 /// One part of an image to encode: a merchant's members or receipts, by slice.
 enum PartJob<'a> {
     Members(&'a [Member]),
-    Receipts(&'a [(&'a ReceiptKey, &'a Receipt)]),
+    Receipts(ReceiptsPart<'a>),
+}
+
+/// Receipts as an image keeps them: each with its result, wherever the merchant keeps it.
+struct ReceiptsPart<'a> {
+    receipts: &'a [(&'a ReceiptKey, &'a Receipt)],
+    results: &'a Results,
+}
+
+impl ReceiptsPart<'_> {
+    /// Asks for what the receipts a few places on will read. Receipts come in the map's
+    /// order, their results' slots in the order commands came: each is a cold read, and each
+    /// is reached through the one before (the receipt; its slot and order record; the
+    /// summary's bytes), so each is asked for once the one before has had time to arrive.
+    fn ask_ahead(&self, at: usize) {
+        const STEP: usize = 8;
+        if let Some((_, receipt)) = self.receipts.get(at + 3 * STEP) {
+            super::prefetch::prefetch(*receipt, 1);
+        }
+        if let Some((_, receipt)) = self.receipts.get(at + 2 * STEP) {
+            self.results.ask_for_slot(receipt.slot);
+        }
+        if let Some((_, receipt)) = self.receipts.get(at + STEP) {
+            self.results.ask_for_summary(receipt.slot);
+            if let Record::Order(order) = &receipt.record {
+                order.ask_for_bytes();
+            }
+        }
+    }
+}
+
+impl Serialize for ReceiptsPart<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let receipts = self.receipts.iter().enumerate();
+        serializer.collect_seq(receipts.map(|(at, &(key, receipt))| {
+            self.ask_ahead(at);
+            let image = ReceiptImageRef {
+                fingerprint: receipt.fingerprint,
+                result: self.results.get(receipt.slot),
+                record: &receipt.record,
+            };
+            (key, image)
+        }))
+    }
+}
+
+/// `receipts` as an image part holds them.
+#[cfg(test)]
+pub(crate) fn receipts_image<'a>(
+    receipts: &'a [(&'a ReceiptKey, &'a Receipt)],
+    results: &'a Results,
+) -> impl Serialize + 'a {
+    ReceiptsPart { receipts, results }
+}
+
+/// A receipt in an image: the fields of `ReceiptImage`, borrowed.
+#[derive(Serialize)]
+struct ReceiptImageRef<'a> {
+    fingerprint: u128,
+    result: StoredRef<'a>,
+    record: &'a Record,
+}
+
+/// A receipt as an image holds it: with its result, not a slot.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ReceiptImage {
+    fingerprint: u128,
+    result: Stored,
+    record: Record,
+}
+
+/// The keys of the results kept whole, oldest first, as a sequence.
+#[derive(Debug)]
+struct WindowKeys<'a>(&'a Results);
+
+impl Serialize for WindowKeys<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.window_keys())
+    }
 }
 
 impl LedgerImageRef<'_> {
@@ -148,7 +229,11 @@ impl LedgerImageRef<'_> {
                 jobs.push((index, PartJob::Members(chunk)));
             }
             for chunk in receipts[index as usize].chunks(RECEIPTS_PER_PART) {
-                jobs.push((index, PartJob::Receipts(chunk)));
+                let part = ReceiptsPart {
+                    receipts: chunk,
+                    results: merchant.results,
+                };
+                jobs.push((index, PartJob::Receipts(part)));
             }
         }
         let mut buffers = buffers.into_iter().map(|mut buffer| {
@@ -216,7 +301,7 @@ fn encode_part(out: &mut Vec<u8>, merchant: u32, job: &PartJob) {
         }
         PartJob::Receipts(receipts) => {
             out.push(PART_RECEIPTS);
-            encode_sized(out, *receipts);
+            encode_sized(out, receipts);
         }
     }
 }
@@ -241,7 +326,7 @@ struct PartAt {
 
 enum Decoded {
     Members(Vec<Member>),
-    Receipts(Vec<(ReceiptKey, Receipt)>),
+    Receipts(Vec<(ReceiptKey, ReceiptImage)>),
 }
 
 impl LedgerImage {
@@ -319,7 +404,8 @@ fn decode_part(bytes: &[u8], part: &PartAt) -> Result<Decoded, String> {
     Ok(match part.kind {
         PART_MEMBERS => Decoded::Members(decoder.deserialize(bytes).map_err(error)?),
         _ if part.version == 2 => {
-            let receipts: Vec<(ReceiptKey, Receipt)> = decoder.deserialize(bytes).map_err(error)?;
+            let receipts: Vec<(ReceiptKey, ReceiptImage)> =
+                decoder.deserialize(bytes).map_err(error)?;
             let upgraded: Result<_, _> = receipts.into_iter().map(upgrade_v2).collect();
             Decoded::Receipts(upgraded.map_err(error)?)
         }
@@ -339,7 +425,9 @@ fn decode_part(bytes: &[u8], part: &PartAt) -> Result<Decoded, String> {
 }
 
 /// A receipt of format 2, whose summary's amounts were in their fixed form.
-fn upgrade_v2((key, mut receipt): (ReceiptKey, Receipt)) -> bincode::Result<(ReceiptKey, Receipt)> {
+fn upgrade_v2(
+    (key, mut receipt): (ReceiptKey, ReceiptImage),
+) -> bincode::Result<(ReceiptKey, ReceiptImage)> {
     if let Stored::Summary(packed) = &receipt.result {
         let summary = Summary::from(packed.decode_as::<SummaryV2>()?);
         receipt.result = Stored::Summary(Packed::pack(&summary));
@@ -430,7 +518,8 @@ fn merchant_image(merchant: &Merchant) -> MerchantImageRef<'_> {
         programs: merchant.programs.iter().map(|p| &*p.source).collect(),
         members: &merchant.members,
         receipts: &merchant.receipts,
-        recent_keys: &merchant.recent_keys,
+        results: &merchant.results,
+        recent_keys: WindowKeys(&merchant.results),
         clock: merchant.clock,
         next_day_start: merchant.next_day_start,
         next_month_start: merchant.next_month_start,
@@ -471,7 +560,7 @@ fn restore_merchant(
             .expect("building the receipts' map does not panic");
         (receipts, indexes)
     });
-    let (mut receipts, recent_keys) = receipts.map_err(inconsistent)?;
+    let (mut receipts, results) = receipts.map_err(inconsistent)?;
     if renumber {
         number_order_names(&mut receipts, &mut names).map_err(inconsistent)?;
     }
@@ -484,7 +573,7 @@ fn restore_merchant(
         receipts,
         timers,
         birthdays,
-        recent_keys,
+        results,
         clock: image.clock,
         next_day_start: image.next_day_start,
         next_month_start: image.next_month_start,
@@ -508,20 +597,58 @@ fn number_order_names(receipts: &mut Receipts, names: &mut NameTable) -> Result<
 
 type Receipts = PartedMap<ReceiptKey, Receipt>;
 
-/// The receipts by key, and the keys of those kept whole, each of which has a receipt.
+/// The receipts by key, and their results in slots: those of the `recent` keys (each of
+/// which has a receipt with a whole result) in the window, in that order, after all others.
 fn receipts_map(
-    image: Vec<(ReceiptKey, Receipt)>,
+    image: Vec<(ReceiptKey, ReceiptImage)>,
     recent: Vec<ReceiptKey>,
-) -> Result<(Receipts, VecDeque<ReceiptKey>), String> {
+) -> Result<(Receipts, Results), String> {
+    let place: FxHashMap<&ReceiptKey, usize> = recent
+        .iter()
+        .enumerate()
+        .map(|(at, key)| (key, at))
+        .collect();
+    if place.len() != recent.len() {
+        return Err("a recent key is listed twice".into());
+    }
+    let left_count = image
+        .len()
+        .checked_sub(recent.len())
+        .ok_or("more recent keys than receipts")?;
+    let mut left = Chunked::default();
+    let mut window: Vec<Option<Arc<CommandResult>>> = vec![None; recent.len()];
     let mut receipts = PartedMap::default();
     receipts.reserve(image.len());
     for (key, receipt) in image {
+        let slot = match (place.get(&key), receipt.result) {
+            (Some(&at), Stored::Whole(result)) => {
+                window[at] = Some(result);
+                left_count + at
+            }
+            (Some(_), Stored::Summary(_)) => {
+                return Err(format!("recent key {key} has only a summary"))
+            }
+            (None, stored) => {
+                left.push(stored);
+                left.len() - 1
+            }
+        };
+        let receipt = Receipt {
+            fingerprint: receipt.fingerprint,
+            slot: slot as u64,
+            record: receipt.record,
+        };
         receipts.insert(key, receipt);
     }
-    if let Some(key) = recent.iter().find(|key| !receipts.contains_key(*key)) {
-        return Err(format!("recent key {key} has no receipt"));
+    if left.len() != left_count {
+        return Err("a recent key has no receipt".into());
     }
-    Ok((receipts, VecDeque::from(recent)))
+    let window = recent
+        .into_iter()
+        .zip(window)
+        .map(|(key, result)| Ok((key, result.ok_or("a recent key has no receipt")?)))
+        .collect::<Result<VecDeque<_>, String>>()?;
+    Ok((receipts, Results::restored(left, window)))
 }
 
 type MemberIndexes = (
@@ -799,8 +926,8 @@ enum RecordV1 {
 }
 
 impl ReceiptV1 {
-    fn upgrade<E: serde::de::Error>(self) -> Result<Receipt, E> {
-        Ok(Receipt {
+    fn upgrade<E: serde::de::Error>(self) -> Result<ReceiptImage, E> {
+        Ok(ReceiptImage {
             fingerprint: self.fingerprint,
             result: match self.result {
                 StoredV1::Whole(json) => whole(&json)?,
@@ -819,23 +946,6 @@ impl ReceiptV1 {
     }
 }
 
-impl Serialize for Stored {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        // The same layout as `StoredImage`, without copying a summary.
-        match self {
-            Stored::Whole(result) => serializer.serialize_newtype_variant(
-                "StoredImage",
-                0,
-                "Whole",
-                &result.to_json_line(),
-            ),
-            Stored::Summary(summary) => {
-                serializer.serialize_newtype_variant("StoredImage", 1, "Summary", summary)
-            }
-        }
-    }
-}
-
 impl<'de> Deserialize<'de> for Stored {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Ok(match StoredImage::deserialize(deserializer)? {
@@ -849,6 +959,59 @@ impl<'de> Deserialize<'de> for Stored {
 mod tests {
     use super::*;
     use crate::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
+
+    fn key(txn: u128) -> ReceiptKey {
+        ReceiptKey::from(&tally_protocol::IdemKey::Id(txn))
+    }
+
+    fn receipt(result: Stored) -> ReceiptImage {
+        ReceiptImage {
+            fingerprint: 7,
+            result,
+            record: Record::None,
+        }
+    }
+
+    fn whole() -> Stored {
+        Stored::Whole(Arc::new(CommandResult::rejected(
+            "m",
+            "k".into(),
+            CommandKind::Purchase,
+            tally_protocol::Reason::Invalid,
+            "no".into(),
+        )))
+    }
+
+    /// Results restored into slots: the recent keys' in the window, in their order, after
+    /// every other; an image whose recent keys do not match its receipts is refused.
+    #[test]
+    fn receipts_restore_into_slots_and_mismatched_recent_keys_are_refused() {
+        let summary =
+            || Stored::Summary(Summary::pack_of(CommandKind::Purchase, &Applied::default()));
+        let image = vec![
+            (key(1), receipt(whole())),
+            (key(2), receipt(summary())),
+            (key(3), receipt(whole())),
+        ];
+        let (receipts, results) = receipts_map(image, vec![key(3), key(1)]).unwrap();
+        let slot = |k: u128| receipts.get(&key(k)).unwrap().slot;
+        assert_eq!((slot(2), slot(3), slot(1)), (0, 1, 2));
+        assert!(matches!(results.get(0), StoredRef::Summary(_)));
+        assert_eq!(
+            results.window_keys().collect::<Vec<_>>(),
+            [&key(3), &key(1)]
+        );
+
+        let missing = receipts_map(vec![(key(1), receipt(whole()))], vec![key(2)]);
+        assert!(missing.is_err());
+        let twice = receipts_map(
+            vec![(key(1), receipt(whole())), (key(2), receipt(whole()))],
+            vec![key(1), key(1)],
+        );
+        assert!(twice.is_err());
+        let summarised = receipts_map(vec![(key(2), receipt(summary()))], vec![key(2)]);
+        assert!(summarised.is_err());
+    }
 
     /// Summaries written by hand, byte for byte as `serde` writes them, for every result of
     /// the demo traffic (every kind of command it sends), a tick a year later, and the

@@ -16,9 +16,11 @@ mod micros;
 mod packed;
 mod parted;
 mod phone;
+mod prefetch;
 mod promotions;
 mod purchase;
 mod receipt_key;
+mod results;
 mod returns;
 mod seqs;
 mod snapshot;
@@ -35,10 +37,11 @@ use rustc_hash::FxHashMap;
 pub use chunked::Chunked;
 use parted::PartedMap;
 pub use receipt_key::ReceiptKey;
+use results::Results;
 use serde::{Deserialize, Serialize};
 use tally_protocol::{
     Alias, Applied, BalanceQuery, Balances, Body, Command, CommandKind, CommandResult, EntryKind,
-    EntryView, IdemKey, LotSlice, MemberView, Name, Origin, Reason, Status, TierChange, Wallet,
+    EntryView, LotSlice, MemberView, Name, Origin, Reason, Status, TierChange, Wallet,
 };
 
 pub use image::{bounded_bincode, state_bincode, ImageError, LedgerImage, LedgerImageRef};
@@ -122,35 +125,12 @@ pub(crate) enum Record {
     Hold(Box<holds::HoldRecord>),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub(crate) struct Receipt {
     fingerprint: u128,
-    result: Stored,
+    /// Where the merchant's `results` keep this command's result.
+    slot: u64,
     record: Record,
-}
-
-/// A remembered result: whole while recent, then only its summary (see `RESULTS_KEPT_WHOLE`).
-#[derive(Debug, Clone)]
-pub(crate) enum Stored {
-    Whole(Arc<CommandResult>),
-    Summary(packed::Packed<image::Summary>),
-}
-
-impl Stored {
-    fn result(&self, merchant: &str, key: &IdemKey) -> CommandResult {
-        match self {
-            Stored::Whole(result) => (**result).clone(),
-            Stored::Summary(packed) => {
-                let summary = packed.unpack();
-                CommandResult {
-                    merchant: merchant.to_string(),
-                    key: key.text(),
-                    command: summary.command,
-                    status: Status::Applied(Box::new(summary.applied())),
-                }
-            }
-        }
-    }
 }
 
 /// Everything of one merchant. Nothing here is reachable from another merchant.
@@ -167,8 +147,8 @@ pub struct Merchant {
     /// 8.4 million members with timers); a tree grows a node at a time.
     timers: BTreeSet<(Timestamp, u32)>,
     birthdays: FxHashMap<(u32, u32), Vec<u32>>,
-    /// Keys of the most recent remembered commands, oldest first.
-    recent_keys: std::collections::VecDeque<ReceiptKey>,
+    /// Every remembered result: the recent ones whole, the others as summaries.
+    results: Results,
     /// Time-driven work is done up to here.
     pub clock: Timestamp,
     next_day_start: Option<Timestamp>,
@@ -552,7 +532,8 @@ impl Ledger {
                         ),
                     );
                 }
-                let first = Box::new(receipt.result.result(&command.merchant, &command.key));
+                let stored = merchant.results.get(receipt.slot);
+                let first = Box::new(stored.result(&command.merchant, &command.key));
                 return Ok(Arc::new(CommandResult {
                     merchant: command.merchant.clone(),
                     key: command.key.text(),
@@ -595,12 +576,7 @@ impl Ledger {
                 .merchants
                 .get_mut(&command.merchant)
                 .expect("checked above");
-            let receipt = Receipt {
-                fingerprint,
-                result: Stored::Whole(result.clone()),
-                record,
-            };
-            let evicted = remember(merchant, ctx.key.clone(), receipt, kept_whole);
+            let evicted = remember(merchant, ctx.key, fingerprint, record, &result, kept_whole);
             self.hold_evicted(evicted);
         }
         Ok(result)
@@ -626,15 +602,12 @@ impl Ledger {
             command: CommandKind::LoadProgram,
             status: Status::Applied(Box::new(applied)),
         });
-        let receipt = Receipt {
-            fingerprint: fingerprint.0,
-            result: Stored::Whole(result.clone()),
-            record: Record::None,
-        };
         let evicted = remember(
             &mut merchant,
             ReceiptKey::from(&command.key),
-            receipt,
+            fingerprint.0,
+            Record::None,
+            &result,
             self.results_kept_whole,
         );
         self.hold_evicted(evicted);
@@ -691,42 +664,29 @@ impl Ledger {
     }
 }
 
-/// Keeps the receipt; the oldest whole result past the window becomes a summary, and the
-/// whole one is returned for the caller to free. A window larger than `kept_whole` (a
-/// checkpoint written with a larger one) shrinks by one result a command.
+/// Keeps the receipt and the result; the oldest whole result past the window becomes a
+/// summary, and the whole one is returned for the caller to free. A window larger than
+/// `kept_whole` (a checkpoint written with a larger one) shrinks by one result a command.
 #[must_use = "an evicted result is freed by the caller, off the apply path"]
 fn remember(
     merchant: &mut Merchant,
     key: ReceiptKey,
-    receipt: Receipt,
+    fingerprint: u128,
+    record: Record,
+    result: &Arc<CommandResult>,
     kept_whole: usize,
 ) -> [Option<Arc<CommandResult>>; 2] {
-    merchant.receipts.insert(key.clone(), receipt);
-    merchant.recent_keys.push_back(key);
+    let slot = merchant.results.push(key.clone(), result.clone());
+    let receipt = Receipt {
+        fingerprint,
+        slot,
+        record,
+    };
+    merchant.receipts.insert(key, receipt);
     [
-        evict_oldest(merchant, kept_whole),
-        evict_oldest(merchant, kept_whole),
+        merchant.results.evict_oldest(kept_whole),
+        merchant.results.evict_oldest(kept_whole),
     ]
-}
-
-/// Trades the oldest whole result for its summary if the window holds more than `kept_whole`.
-fn evict_oldest(merchant: &mut Merchant, kept_whole: usize) -> Option<Arc<CommandResult>> {
-    if merchant.recent_keys.len() <= kept_whole {
-        return None;
-    }
-    let oldest = merchant.recent_keys.pop_front().expect("not empty");
-    let receipt = merchant.receipts.get_mut(&oldest)?;
-    let Stored::Whole(result) = &receipt.result else {
-        return None;
-    };
-    let Status::Applied(applied) = &result.status else {
-        return None;
-    };
-    let summary = image::Summary::pack_of(result.command, applied);
-    match std::mem::replace(&mut receipt.result, Stored::Summary(summary)) {
-        Stored::Whole(result) => Some(result),
-        Stored::Summary(_) => unreachable!("it was whole"),
-    }
 }
 
 fn new_merchant(program: Arc<Program>, now: Timestamp) -> Merchant {
@@ -738,7 +698,7 @@ fn new_merchant(program: Arc<Program>, now: Timestamp) -> Merchant {
         receipts: PartedMap::default(),
         timers: BTreeSet::new(),
         birthdays: FxHashMap::default(),
-        recent_keys: std::collections::VecDeque::new(),
+        results: Results::default(),
         clock: now,
         next_day_start: None,
         next_month_start: None,
@@ -1017,6 +977,7 @@ pub(crate) fn finish_member(
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::results::Stored;
     use super::*;
     use crate::workload::{Workload, WorkloadConfig, DEMO_PROGRAM};
 
@@ -1080,7 +1041,7 @@ pub(crate) mod tests {
             }
             ledger.apply_shared(&command, command.at);
         }
-        let window = |ledger: &Ledger| ledger.merchants().next().unwrap().recent_keys.len();
+        let window = |ledger: &Ledger| ledger.merchants().next().unwrap().results.window_len();
         assert_eq!(window(&ledger), 300);
         ledger.set_results_kept_whole(100);
         let mut sizes = Vec::new();
@@ -1127,8 +1088,8 @@ pub(crate) mod tests {
         let mut ledger = demo_ledger(40, 300, 20);
         let summaries = ledger
             .merchants()
-            .flat_map(|merchant| merchant.receipts.values())
-            .filter(|receipt| matches!(receipt.result, Stored::Summary(_)))
+            .flat_map(|merchant| merchant.results.left())
+            .filter(|stored| matches!(stored, Stored::Summary(_)))
             .count();
         assert!(summaries > 200, "{summaries}");
         assert_eq!(ledger.take_evicted().len(), summaries);

@@ -59,6 +59,13 @@ impl<T: Serialize + DeserializeOwned> Packed<T> {
 }
 
 impl<T> Packed<T> {
+    /// Asks for the first bytes ahead of a read (see `prefetch`).
+    pub fn ask_for_bytes(&self) {
+        if let Some(first) = self.bytes.first() {
+            super::prefetch::prefetch(first, 2);
+        }
+    }
+
     #[cfg(test)]
     pub fn bytes(&self) -> &[u8] {
         &self.bytes

@@ -72,6 +72,11 @@ pub struct OrderRecord {
 pub(crate) struct PackedOrder(Packed<OrderRecord>);
 
 impl PackedOrder {
+    /// Asks for the record's first bytes ahead of a read (see `prefetch`).
+    pub fn ask_for_bytes(&self) {
+        self.0.ask_for_bytes();
+    }
+
     /// Written field by field, not through serde: packing an order record was a tenth of a
     /// purchase, and serde's path lent the name table to its hooks through a thread-local,
     /// name by name. `packs_as_serde_would` checks the bytes against `pack_by_serde`.
