@@ -1096,23 +1096,15 @@ mod tests {
 
     #[test]
     fn a_summary_answers_as_the_summary_of_the_whole_result() {
-        let mut ledger = Ledger::new();
         let mut summarised = 0;
-        for (index, command) in Workload::new(WorkloadConfig::demo(50))
-            .take(1500)
-            .enumerate()
-        {
-            if index == 0 {
-                ledger.install_program(DEMO_PROGRAM, command.at).unwrap();
-            }
-            let result = ledger.apply_shared(&command, command.at);
+        crate::core::tests::each_demo_result(50, 1500, |ledger, command, result| {
             ledger.clear_outbox();
             if let Some(applied) = result.applied() {
                 let summary = Summary::of(result.command, applied);
                 assert_eq!(summary.applied(), applied.clone_summary(), "{command:?}");
                 summarised += 1;
             }
-        }
+        });
         assert!(summarised > 1000, "most commands apply: {summarised}");
     }
 }

@@ -996,6 +996,24 @@ pub(crate) mod tests {
         ledger
     }
 
+    /// Applies `count` demo commands on `members` members to a new ledger, handing each
+    /// result to `each` with the command and the ledger.
+    pub(crate) fn each_demo_result(
+        members: u64,
+        count: usize,
+        mut each: impl FnMut(&mut Ledger, &Command, Arc<CommandResult>),
+    ) {
+        let mut ledger = Ledger::new();
+        let workload = Workload::new(WorkloadConfig::demo(members));
+        for (index, command) in workload.take(count).enumerate() {
+            if index == 0 {
+                ledger.install_program(DEMO_PROGRAM, command.at).unwrap();
+            }
+            let result = ledger.apply_shared(&command, command.at);
+            each(&mut ledger, &command, result);
+        }
+    }
+
     /// A tick in an input file (scenarios use them to move time) runs at most up to the
     /// engine's clock: ahead of it, the engine's own next tick would be refused.
     #[test]
@@ -1059,24 +1077,16 @@ pub(crate) mod tests {
     /// it makes, promotions, tiers, returns, duplicates) the bytes are serde's.
     #[test]
     fn demo_results_are_written_as_serde_writes_them() {
-        let mut ledger = Ledger::new();
         let mut kinds = std::collections::BTreeSet::new();
         let mut rejected = 0;
-        for (index, command) in Workload::new(WorkloadConfig::demo(60))
-            .take(3000)
-            .enumerate()
-        {
-            if index == 0 {
-                ledger.install_program(DEMO_PROGRAM, command.at).unwrap();
-            }
-            let result = ledger.apply_shared(&command, command.at);
+        each_demo_result(60, 3000, |_, _, result| {
             assert_eq!(
                 result.to_json_line(),
                 serde_json::to_string(&*result).unwrap()
             );
             kinds.insert(result.command);
             rejected += usize::from(result.reason().is_some());
-        }
+        });
         assert!(
             kinds.len() >= 6 && rejected > 0,
             "{kinds:?}, {rejected} rejected"
