@@ -94,7 +94,7 @@ struct MerchantImageRef<'a> {
     receipts: &'a PartedMap<ReceiptKey, Receipt>,
     #[serde(skip)]
     results: &'a Results,
-    recent_keys: WindowKeys<'a>,
+    recent_keys: RecentKeys<'a>,
     clock: Timestamp,
     next_day_start: Option<Timestamp>,
     next_month_start: Option<Timestamp>,
@@ -126,18 +126,27 @@ pub fn bounded_bincode(bytes: usize) -> impl bincode::Options {
 }
 
 /// One part of an image to encode: a merchant's members or receipts, by slice.
-enum PartJob<'a> {
-    Members(&'a [Member]),
-    Receipts(ReceiptsPart<'a>),
+enum PartJob<'p, 'a> {
+    Members(&'p [Member]),
+    Receipts(ReceiptsPart<'p, 'a>),
 }
 
 /// Receipts as an image keeps them: each with its result, wherever the merchant keeps it.
-struct ReceiptsPart<'a> {
-    receipts: &'a [(&'a ReceiptKey, &'a Receipt)],
+struct ReceiptsPart<'p, 'a> {
+    receipts: &'p [(&'a ReceiptKey, &'a Receipt)],
     results: &'a Results,
 }
 
-impl ReceiptsPart<'_> {
+impl<'a> ReceiptsPart<'_, 'a> {
+    /// The receipts of this part whose results are kept whole, with their slots.
+    fn window_keys(&self) -> WindowKeys<'a> {
+        self.receipts
+            .iter()
+            .filter(|(_, receipt)| self.results.in_window(receipt.slot))
+            .map(|&(key, receipt)| (receipt.slot, key))
+            .collect()
+    }
+
     /// Asks for what the receipts a few places on will read. Receipts come in the map's
     /// order, their results' slots in the order commands came: each is a cold read, and each
     /// is reached through the one before (the receipt; its slot and order record; the
@@ -159,7 +168,7 @@ impl ReceiptsPart<'_> {
     }
 }
 
-impl Serialize for ReceiptsPart<'_> {
+impl Serialize for ReceiptsPart<'_, '_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let receipts = self.receipts.iter().enumerate();
         serializer.collect_seq(receipts.map(|(at, &(key, receipt))| {
@@ -199,13 +208,53 @@ pub(crate) struct ReceiptImage {
     record: Record,
 }
 
-/// The keys of the results kept whole, oldest first, as a sequence.
-#[derive(Debug)]
-struct WindowKeys<'a>(&'a Results);
+/// The keys of the receipts whose results are kept whole, oldest first. The window keeps
+/// no keys (copying one for it was 3% of a purchase), so they are found from the receipts:
+/// listed by the parts' encoding, which reads every receipt anyway, or else by a pass of
+/// their own.
+struct RecentKeys<'a> {
+    receipts: &'a PartedMap<ReceiptKey, Receipt>,
+    results: &'a Results,
+    listed: std::cell::OnceCell<Vec<&'a ReceiptKey>>,
+}
 
-impl Serialize for WindowKeys<'_> {
+impl<'a> RecentKeys<'a> {
+    /// The keys of `(slot, key)` pairs, every receipt in the window once, in any order.
+    fn list(&self, mut found: WindowKeys<'a>) {
+        found.sort_unstable_by_key(|&(slot, _)| slot);
+        let keys: Vec<&ReceiptKey> = found.into_iter().map(|(_, key)| key).collect();
+        assert_eq!(
+            keys.len(),
+            self.results.window_len(),
+            "every whole result has a receipt"
+        );
+        // Listed already by an earlier encoding of the same image: the same keys.
+        let _ = self.listed.set(keys);
+    }
+
+    fn keys(&self) -> &[&'a ReceiptKey] {
+        self.listed.get_or_init(|| {
+            let in_window = |(key, receipt): (&'a ReceiptKey, &'a Receipt)| {
+                self.results
+                    .in_window(receipt.slot)
+                    .then_some((receipt.slot, key))
+            };
+            let mut found: Vec<_> = self.receipts.iter().filter_map(in_window).collect();
+            found.sort_unstable_by_key(|&(slot, _)| slot);
+            found.into_iter().map(|(_, key)| key).collect()
+        })
+    }
+}
+
+impl Serialize for RecentKeys<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.window_keys())
+        serializer.collect_seq(self.keys())
+    }
+}
+
+impl std::fmt::Debug for RecentKeys<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecentKeys({} whole)", self.results.window_len())
     }
 }
 
@@ -241,30 +290,50 @@ impl LedgerImageRef<'_> {
             buffer
         });
         let mut head = buffers.next().unwrap_or_default();
-        encode_sized(&mut head, self);
-        head.extend_from_slice(&(jobs.len() as u64).to_le_bytes());
         let buffers: Vec<_> = buffers
             .chain(std::iter::repeat_with(Vec::new))
             .take(jobs.len())
             .map(std::sync::Mutex::new)
             .collect();
-        let mut segments = vec![head];
-        segments.extend(encode_parts(&jobs, &buffers, threads.max(1)));
+        // The parts first: they list the keys of the results kept whole, which the head holds.
+        let mut window_keys = vec![Vec::new(); self.merchants.len()];
+        let mut segments = vec![Vec::new()];
+        for ((index, _), (segment, keys)) in
+            jobs.iter()
+                .zip(encode_parts(&jobs, &buffers, threads.max(1)))
+        {
+            window_keys[*index as usize].extend(keys);
+            segments.push(segment);
+        }
+        for (merchant, keys) in self.merchants.iter().zip(window_keys) {
+            merchant.recent_keys.list(keys);
+        }
+        encode_sized(&mut head, self);
+        head.extend_from_slice(&(jobs.len() as u64).to_le_bytes());
+        segments[0] = head;
         segments
     }
 }
 
 /// Encodes the parts on `threads` threads, in order, part `i` into `buffers[i]`.
-fn encode_parts(
-    jobs: &[(u32, PartJob)],
+/// The keys of receipts whose results are kept whole, with their slots, in any order.
+type WindowKeys<'a> = Vec<(u64, &'a ReceiptKey)>;
+
+/// With each part, the keys (and slots) of its receipts whose results are kept whole.
+fn encode_parts<'a>(
+    jobs: &[(u32, PartJob<'_, 'a>)],
     buffers: &[std::sync::Mutex<Vec<u8>>],
     threads: usize,
-) -> Vec<Vec<u8>> {
+) -> Vec<(Vec<u8>, WindowKeys<'a>)> {
     on_threads(jobs.len(), threads, |mine| {
         let encode = |i: usize| {
             let mut out = std::mem::take(&mut *buffers[i].lock().expect("not poisoned"));
             encode_part(&mut out, jobs[i].0, &jobs[i].1);
-            out
+            let window_keys = match &jobs[i].1 {
+                PartJob::Receipts(part) => part.window_keys(),
+                PartJob::Members(_) => Vec::new(),
+            };
+            (out, window_keys)
         };
         mine.map(|i| (i, encode(i))).collect()
     })
@@ -519,7 +588,11 @@ fn merchant_image(merchant: &Merchant) -> MerchantImageRef<'_> {
         members: &merchant.members,
         receipts: &merchant.receipts,
         results: &merchant.results,
-        recent_keys: WindowKeys(&merchant.results),
+        recent_keys: RecentKeys {
+            receipts: &merchant.receipts,
+            results: &merchant.results,
+            listed: std::cell::OnceCell::new(),
+        },
         clock: merchant.clock,
         next_day_start: merchant.next_day_start,
         next_month_start: merchant.next_month_start,
@@ -643,11 +716,10 @@ fn receipts_map(
     if left.len() != left_count {
         return Err("a recent key has no receipt".into());
     }
-    let window = recent
+    let window = window
         .into_iter()
-        .zip(window)
-        .map(|(key, result)| Ok((key, result.ok_or("a recent key has no receipt")?)))
-        .collect::<Result<VecDeque<_>, String>>()?;
+        .map(|result| result.ok_or("a recent key has no receipt"))
+        .collect::<Result<VecDeque<_>, _>>()?;
     Ok((receipts, Results::restored(left, window)))
 }
 
@@ -997,10 +1069,12 @@ mod tests {
         let slot = |k: u128| receipts.get(&key(k)).unwrap().slot;
         assert_eq!((slot(2), slot(3), slot(1)), (0, 1, 2));
         assert!(matches!(results.get(0), StoredRef::Summary(_)));
-        assert_eq!(
-            results.window_keys().collect::<Vec<_>>(),
-            [&key(3), &key(1)]
-        );
+        let recent = RecentKeys {
+            receipts: &receipts,
+            results: &results,
+            listed: std::cell::OnceCell::new(),
+        };
+        assert_eq!(recent.keys(), [&key(3), &key(1)]);
 
         let missing = receipts_map(vec![(key(1), receipt(whole()))], vec![key(2)]);
         assert!(missing.is_err());

@@ -676,7 +676,7 @@ fn remember(
     result: &Arc<CommandResult>,
     kept_whole: usize,
 ) -> [Option<Arc<CommandResult>>; 2] {
-    let slot = merchant.results.push(key.clone(), result.clone());
+    let slot = merchant.results.push(result.clone());
     let receipt = Receipt {
         fingerprint,
         slot,

@@ -18,7 +18,6 @@ use super::chunked::Chunked;
 use super::image::Summary;
 use super::packed::Packed;
 use super::prefetch::prefetch;
-use super::receipt_key::ReceiptKey;
 
 /// Evictions ahead that a leaving result's memory is asked for (see `ask_for_leaving`).
 const AHEAD: usize = 8;
@@ -87,25 +86,21 @@ impl Serialize for StoredRef<'_> {
 pub(crate) struct Results {
     /// Slots `0..left.len()`: results that left the window.
     left: Chunked<Stored>,
-    /// The slots after those: the recent results, whole, with their receipts' keys (which a
-    /// checkpoint lists), oldest first.
-    window: VecDeque<(ReceiptKey, Arc<CommandResult>)>,
+    /// The slots after those: the recent results, whole, oldest first.
+    window: VecDeque<Arc<CommandResult>>,
 }
 
 impl Results {
     /// A window of `window` (oldest first) after the results that left it: the parts of a
     /// restored ledger. Slot `left.len() + i` is `window[i]`.
-    pub fn restored(
-        left: Chunked<Stored>,
-        window: VecDeque<(ReceiptKey, Arc<CommandResult>)>,
-    ) -> Results {
+    pub fn restored(left: Chunked<Stored>, window: VecDeque<Arc<CommandResult>>) -> Results {
         Results { left, window }
     }
 
     /// Keeps `result` whole at the end of the window and returns its slot.
-    pub fn push(&mut self, key: ReceiptKey, result: Arc<CommandResult>) -> u64 {
+    pub fn push(&mut self, result: Arc<CommandResult>) -> u64 {
         let slot = (self.left.len() + self.window.len()) as u64;
-        self.window.push_back((key, result));
+        self.window.push_back(result);
         slot
     }
 
@@ -114,7 +109,7 @@ impl Results {
         let slot = usize::try_from(slot).expect("slots fit in memory");
         match slot.checked_sub(self.left.len()) {
             None => self.left[slot].as_ref(),
-            Some(recent) => StoredRef::Whole(&self.window[recent].1),
+            Some(recent) => StoredRef::Whole(&self.window[recent]),
         }
     }
 
@@ -125,7 +120,7 @@ impl Results {
             return None;
         }
         self.ask_for_leaving();
-        let (_, oldest) = self.window.pop_front().expect("not empty");
+        let oldest = self.window.pop_front().expect("not empty");
         match &oldest.status {
             Status::Applied(applied) => {
                 let summary = Summary::pack_of(oldest.command, applied);
@@ -143,10 +138,10 @@ impl Results {
     /// reads it through two pointers: the result, then what it applied. Both are asked for
     /// ahead, the second once the first has had time to arrive.
     fn ask_for_leaving(&self) {
-        if let Some((_, far)) = self.window.get(2 * AHEAD) {
+        if let Some(far) = self.window.get(2 * AHEAD) {
             prefetch(&**far, 2);
         }
-        if let Some((_, near)) = self.window.get(AHEAD) {
+        if let Some(near) = self.window.get(AHEAD) {
             if let Status::Applied(applied) = &near.status {
                 prefetch(
                     &**applied,
@@ -170,14 +165,13 @@ impl Results {
         }
     }
 
-    #[cfg(test)]
     pub fn window_len(&self) -> usize {
         self.window.len()
     }
 
-    /// The keys of the results in the window, oldest first.
-    pub fn window_keys(&self) -> impl ExactSizeIterator<Item = &ReceiptKey> {
-        self.window.iter().map(|(key, _)| key)
+    /// Whether `slot` is in the window (its result is kept whole).
+    pub fn in_window(&self, slot: u64) -> bool {
+        slot >= self.left.len() as u64
     }
 
     /// The results that left the window.
