@@ -140,11 +140,10 @@ struct ReceiptsPart<'p, 'a> {
 impl<'a> ReceiptsPart<'_, 'a> {
     /// The receipts of this part whose results are kept whole, with their slots.
     fn window_keys(&self) -> WindowKeys<'a> {
-        self.receipts
-            .iter()
-            .filter(|(_, receipt)| self.results.in_window(receipt.slot))
-            .map(|&(key, receipt)| (receipt.slot, key))
-            .collect()
+        let in_window = |&(key, receipt): &(&'a ReceiptKey, &'a Receipt)| {
+            window_entry(self.results, key, receipt)
+        };
+        self.receipts.iter().filter_map(in_window).collect()
     }
 
     /// Asks for what the receipts a few places on will read. Receipts come in the map's
@@ -220,9 +219,8 @@ struct RecentKeys<'a> {
 
 impl<'a> RecentKeys<'a> {
     /// The keys of `(slot, key)` pairs, every receipt in the window once, in any order.
-    fn list(&self, mut found: WindowKeys<'a>) {
-        found.sort_unstable_by_key(|&(slot, _)| slot);
-        let keys: Vec<&ReceiptKey> = found.into_iter().map(|(_, key)| key).collect();
+    fn list(&self, found: WindowKeys<'a>) {
+        let keys = in_slot_order(found);
         assert_eq!(
             keys.len(),
             self.results.window_len(),
@@ -234,16 +232,27 @@ impl<'a> RecentKeys<'a> {
 
     fn keys(&self) -> &[&'a ReceiptKey] {
         self.listed.get_or_init(|| {
-            let in_window = |(key, receipt): (&'a ReceiptKey, &'a Receipt)| {
-                self.results
-                    .in_window(receipt.slot)
-                    .then_some((receipt.slot, key))
-            };
-            let mut found: Vec<_> = self.receipts.iter().filter_map(in_window).collect();
-            found.sort_unstable_by_key(|&(slot, _)| slot);
-            found.into_iter().map(|(_, key)| key).collect()
+            let in_window = |(key, receipt)| window_entry(self.results, key, receipt);
+            in_slot_order(self.receipts.iter().filter_map(in_window).collect())
         })
     }
+}
+
+/// The receipt's slot and key, if its result is kept whole.
+fn window_entry<'a>(
+    results: &Results,
+    key: &'a ReceiptKey,
+    receipt: &Receipt,
+) -> Option<(u64, &'a ReceiptKey)> {
+    results
+        .in_window(receipt.slot)
+        .then_some((receipt.slot, key))
+}
+
+/// The keys, oldest result first.
+fn in_slot_order(mut found: WindowKeys<'_>) -> Vec<&ReceiptKey> {
+    found.sort_unstable_by_key(|&(slot, _)| slot);
+    found.into_iter().map(|(_, key)| key).collect()
 }
 
 impl Serialize for RecentKeys<'_> {
