@@ -206,11 +206,12 @@ impl Default for Ledger {
 
 /// What one command is applied with.
 #[derive(Clone)]
-pub(crate) struct Ctx {
+pub(crate) struct Ctx<'a> {
     /// The merchant's name, for the entries the command writes.
     pub merchant: Name,
     pub key: ReceiptKey,
-    pub origin: Origin,
+    /// Borrowed from the command: a copy was an allocation a command.
+    pub origin: &'a Origin,
     pub at: Timestamp,
     pub now: Timestamp,
     pub program: Arc<Program>,
@@ -222,15 +223,15 @@ pub(crate) struct Ctx {
     at_weekday_minute: OnceCell<(u32, u32)>,
 }
 
-impl Ctx {
+impl<'a> Ctx<'a> {
     pub fn new(
         merchant: Name,
         key: ReceiptKey,
-        origin: Origin,
+        origin: &'a Origin,
         at: Timestamp,
         now: Timestamp,
         program: Arc<Program>,
-    ) -> Ctx {
+    ) -> Ctx<'a> {
         Ctx {
             merchant,
             key,
@@ -245,9 +246,8 @@ impl Ctx {
     }
 
     /// The same command's context at another instant (a step of a tick).
-    pub fn at_instant(&self, instant: Timestamp) -> Ctx {
-        let (merchant, key, origin) =
-            (self.merchant.clone(), self.key.clone(), self.origin.clone());
+    pub fn at_instant(&self, instant: Timestamp) -> Ctx<'a> {
+        let (merchant, key, origin) = (self.merchant.clone(), self.key.clone(), self.origin);
         Ctx::new(
             merchant,
             key,
@@ -547,7 +547,7 @@ impl Ledger {
         let ctx = Ctx::new(
             merchant.name.clone(),
             ReceiptKey::from(&command.key),
-            command.origin.clone(),
+            &command.origin,
             command.at,
             now,
             merchant.program().clone(),

@@ -205,7 +205,7 @@ struct Facts<'a> {
     member: Option<u32>,
     orders_before: i64,
     tags: &'a [String],
-    ctx: &'a Ctx,
+    ctx: &'a Ctx<'a>,
 }
 
 impl Facts<'_> {
