@@ -1,5 +1,5 @@
 //! The allocator the binaries use: mimalloc, asked the way that keeps it on its fast path, and
-//! its two settings that differ from its defaults.
+//! its three settings that differ from its defaults.
 //!
 //! The binaries allocate with mimalloc, which gives memory freed and unused for a second back
 //! to the system. A busy engine frees and takes back memory all the time (results, log
@@ -85,6 +85,12 @@ const OPTION_PURGE_DELAY: mi::mi_option_t = 15;
 /// The environment variable that sets the purge delay; it wins over `PURGE_DELAY_MS`.
 pub const PURGE_DELAY_VARIABLE: &str = "MIMALLOC_PURGE_DELAY";
 
+/// `mi_option_page_reclaim_on_free`, numbered as `OPTION_PURGE_DELAY` is.
+const OPTION_RECLAIM_ON_FREE: mi::mi_option_t = 35;
+
+/// The environment variable for `OPTION_RECLAIM_ON_FREE`; it wins over ours.
+pub const RECLAIM_ON_FREE_VARIABLE: &str = "MIMALLOC_PAGE_RECLAIM_ON_FREE";
+
 /// `mi_option_allow_thp`, numbered as `OPTION_PURGE_DELAY` is.
 const OPTION_ALLOW_THP: mi::mi_option_t = 43;
 
@@ -92,20 +98,35 @@ const OPTION_ALLOW_THP: mi::mi_option_t = 43;
 /// it is set, `tune` leaves huge pages as it says.
 pub const ALLOW_THP_VARIABLE: &str = "MIMALLOC_ALLOW_THP";
 
-/// Sets the purge delay and turns transparent huge pages off, each unless the environment
-/// sets it. Call first thing in `main`, before any thread starts: mimalloc's option setter is
-/// not thread-safe.
+/// Sets our options, each unless the environment sets it. Call first thing in `main`, before
+/// any thread starts: mimalloc's option setter is not thread-safe.
+///
+/// - The purge delay (above).
+/// - Reclaim on free across threads. Results, commands and log records are made on one
+///   thread and freed on another. mimalloc gives up a full page; by default only the thread
+///   that made it may take it back, so the freeing thread's frees into it stay remote, each
+///   an atomic exchange. With 1 the freeing thread takes the page over: its later frees there
+///   are its own, and it allocates from the room they make. `tally ingest` of 200,000
+///   commands, four alternating pairs: engine-thread CPU 0.96 s to 0.89 s.
+/// - Huge pages off (`disable_huge_pages`).
 pub fn tune() {
-    if std::env::var_os(PURGE_DELAY_VARIABLE).is_none() {
-        let delay_ms = std::ffi::c_long::try_from(PURGE_DELAY_MS).expect("fits");
-        #[allow(unsafe_code)]
-        // SAFETY: a plain C call with a valid option number; `tune` runs before other threads.
-        unsafe {
-            mi::mi_option_set(OPTION_PURGE_DELAY, delay_ms);
-        }
-    }
+    let delay_ms = std::ffi::c_long::try_from(PURGE_DELAY_MS).expect("fits");
+    set_unless_told(OPTION_PURGE_DELAY, PURGE_DELAY_VARIABLE, delay_ms);
+    set_unless_told(OPTION_RECLAIM_ON_FREE, RECLAIM_ON_FREE_VARIABLE, 1);
     if std::env::var_os(ALLOW_THP_VARIABLE).is_none() {
         disable_huge_pages();
+    }
+}
+
+/// Sets `option` to `value` unless `variable` is in the environment (mimalloc read it).
+fn set_unless_told(option: mi::mi_option_t, variable: &str, value: std::ffi::c_long) {
+    if std::env::var_os(variable).is_some() {
+        return;
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: a plain C call with a valid option number; `tune` runs before other threads.
+    unsafe {
+        mi::mi_option_set(option, value);
     }
 }
 
@@ -152,7 +173,10 @@ mod tests {
     use std::alloc::{GlobalAlloc, Layout};
     use std::process::Command;
 
-    use super::{Mimalloc, ALLOW_THP_VARIABLE, PURGE_DELAY_MS, PURGE_DELAY_VARIABLE};
+    use super::{
+        Mimalloc, ALLOW_THP_VARIABLE, PURGE_DELAY_MS, PURGE_DELAY_VARIABLE,
+        RECLAIM_ON_FREE_VARIABLE,
+    };
 
     /// Every size up to 2 KiB at every alignment up to 4 KiB, enough blocks of each to run
     /// pages dry: each block is aligned, keeps its bytes through a reallocation that grows it
@@ -215,7 +239,11 @@ mod tests {
             "--nocapture",
             "--test-threads=1",
         ]);
-        for unset in [PURGE_DELAY_VARIABLE, ALLOW_THP_VARIABLE] {
+        for unset in [
+            PURGE_DELAY_VARIABLE,
+            RECLAIM_ON_FREE_VARIABLE,
+            ALLOW_THP_VARIABLE,
+        ] {
             child.env_remove(unset);
         }
         if let Some(value) = value {
@@ -236,6 +264,15 @@ mod tests {
             ours.contains(&format!("purge delay: {PURGE_DELAY_MS} ms")),
             "{ours}"
         );
+    }
+
+    #[test]
+    fn pages_are_reclaimed_across_threads_unless_the_environment_says_otherwise() {
+        let ours = settings_in_a_child(RECLAIM_ON_FREE_VARIABLE, None);
+        assert!(ours.contains("reclaim on free: 1"), "{ours}");
+        // A value we never set reaching the option: so its number is the right one.
+        let told = settings_in_a_child(RECLAIM_ON_FREE_VARIABLE, Some("-1"));
+        assert!(told.contains("reclaim on free: -1"), "{told}");
     }
 
     #[test]
@@ -266,8 +303,14 @@ mod tests {
         super::tune();
         println!("purge delay: {} ms", super::purge_delay_ms());
         #[allow(unsafe_code)]
-        // SAFETY: a plain C call with a valid option number.
-        let option = unsafe { libmimalloc_sys::mi_option_get(super::OPTION_ALLOW_THP) };
+        // SAFETY: plain C calls with valid option numbers.
+        let (reclaim, option) = unsafe {
+            (
+                libmimalloc_sys::mi_option_get(super::OPTION_RECLAIM_ON_FREE),
+                libmimalloc_sys::mi_option_get(super::OPTION_ALLOW_THP),
+            )
+        };
+        println!("reclaim on free: {reclaim}");
         println!(
             "huge pages option: {option}, allowed: {}",
             super::huge_pages_allowed()
