@@ -119,7 +119,7 @@ pub fn capture(
 ) -> Result<Applied, Rejection> {
     let key = capture
         .hold
-        .resolve(&ctx.origin)
+        .resolve(ctx.origin)
         .or_else(|m| reject(Reason::Invalid, m))?;
     let hold = open_hold(merchant, &key)?;
     let points = capture.points.unwrap_or(hold.points);
@@ -163,7 +163,7 @@ pub fn release(
 ) -> Result<Applied, Rejection> {
     let key = release
         .hold
-        .resolve(&ctx.origin)
+        .resolve(ctx.origin)
         .or_else(|m| reject(Reason::Invalid, m))?;
     let index = open_hold(merchant, &key)?.member;
     let tier = merchant.members[index as usize].tier;

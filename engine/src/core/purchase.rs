@@ -827,7 +827,7 @@ fn plan_payment(
         );
     }
     let key = reference
-        .resolve(&ctx.origin)
+        .resolve(ctx.origin)
         .or_else(|m| reject(Reason::Invalid, m))?;
     let hold = holds::open_hold(merchant, &key)?;
     let same_member = member.is_some_and(|m| m.id == u64::from(hold.member) + 1);

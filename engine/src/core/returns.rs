@@ -46,7 +46,7 @@ pub fn apply_return(
 ) -> Result<Applied, Rejection> {
     let key = ret
         .order
-        .resolve(&ctx.origin)
+        .resolve(ctx.origin)
         .or_else(|m| reject(Reason::Invalid, m))?;
     let Some(Record::Order(packed)) = merchant.receipts.get(&key).map(|r| &r.record) else {
         return reject(Reason::UnknownOrder, format!("no purchase {key}"));
