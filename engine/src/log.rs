@@ -32,6 +32,15 @@ const CHECKSUM_BYTES: usize = 8;
 /// commands need more is written as several batches, in one transaction. (Small in unit
 /// tests, so that their groups are split.)
 pub const MAX_BATCH_BYTES: usize = if cfg!(test) { 16 << 10 } else { 64 << 20 };
+/// redb's page. A value is kept in a leaf of a power of two pages, the rest of it padding that
+/// is zeroed, checksummed and written like the value.
+const REDB_PAGE_BYTES: usize = 4096;
+/// What a leaf adds to its one value (redb 2: a 4-byte header, the value's end, the u64
+/// key), with room to spare.
+const LEAF_OVERHEAD_BYTES: usize = 64;
+/// A group's batch or entries left over after the values that fill whole leaves go in one
+/// value up to this size: the padding of the last leaf is at most about half of it.
+const LAST_VALUE_MAX_BYTES: usize = 128 << 10;
 
 /// A log position as people read it: `log batch 12`, or `an empty log`.
 pub fn position_text(position: Option<u64>) -> String {
@@ -92,8 +101,11 @@ pub struct CommandLog {
 /// buffer of a few megabytes each group was grown by copying into new pages each time.
 #[derive(Default)]
 struct Scratch {
-    batch: Vec<u8>,
-    entries: Vec<u8>,
+    /// One value at a time: a batch or an entries record.
+    value: Vec<u8>,
+    /// Every record's (or entry's) encoding, one after another, and where each ends.
+    items: Vec<u8>,
+    ends: Vec<usize>,
 }
 
 /// Room a scratch buffer keeps between appends: a group's batch is a few megabytes.
@@ -108,11 +120,12 @@ const SCRATCH_KEPT_BYTES: usize = 16 << 20;
 const CACHE_BYTES: usize = 8 << 20;
 
 impl Scratch {
-    /// Empties both buffers, keeping their room up to `SCRATCH_KEPT_BYTES`.
+    /// Empties the buffers, keeping their room up to `SCRATCH_KEPT_BYTES`.
     fn empty(&mut self) {
-        let Scratch { batch, entries } = self;
-        *batch = crate::emptied(std::mem::take(batch), SCRATCH_KEPT_BYTES);
-        *entries = crate::emptied(std::mem::take(entries), SCRATCH_KEPT_BYTES);
+        let Scratch { value, items, ends } = self;
+        *value = crate::emptied(std::mem::take(value), SCRATCH_KEPT_BYTES);
+        *items = crate::emptied(std::mem::take(items), SCRATCH_KEPT_BYTES);
+        ends.clear();
     }
 }
 
@@ -288,8 +301,8 @@ impl CommandLog {
         Ok(first.map(|(key, _)| key.value()))
     }
 
-    /// Appends a group's commands durably, as one batch, or as several in one transaction
-    /// when they need more than `MAX_BATCH_BYTES`: when this returns `Ok`, all of them survive
+    /// Appends a group's commands durably, as batches in one transaction (`cut_into_values`
+    /// says how many): when this returns `Ok`, all of them survive
     /// a crash. An error means they may or may not be on disk; the caller must stop
     /// acknowledging.
     pub fn append(&self, records: &[Logged], entries: &[Entry]) -> Result<(), LogError> {
@@ -298,35 +311,36 @@ impl CommandLog {
             return Ok(());
         }
         let mut scratch = self.appending.lock().expect("an append does not panic");
-        let Scratch {
-            batch: bytes,
-            entries: entry_bytes,
-        } = &mut *scratch;
+        let Scratch { value, items, ends } = &mut *scratch;
         let mut write = self.db.begin_write().map_err(|e| self.storage(e))?;
         write.set_durability(Durability::Immediate);
         let mut batch = self.batches();
         {
             let mut table = write.open_table(BATCHES).map_err(|e| self.storage(e))?;
-            let mut rest = records;
-            while !rest.is_empty() {
-                let taken = encode_into(rest, bytes);
+            encode_records(records, items, ends);
+            let framing = HEADER_BYTES + CHECKSUM_BYTES;
+            for (taken, bytes) in cut_into_values(items, ends, framing, MAX_BATCH_BYTES) {
+                batch_into(taken.len(), bytes, value);
                 // Pair assertion: what is written must read back as the same commands.
                 debug_assert_eq!(
-                    decode(batch, bytes).expect("an encoded batch decodes"),
-                    rest[..taken]
+                    decode(batch, value).expect("an encoded batch decodes"),
+                    records[taken]
                 );
                 table
-                    .insert(batch, bytes.as_slice())
+                    .insert(batch, value.as_slice())
                     .map_err(|e| self.storage(e))?;
-                rest = &rest[taken..];
                 batch += 1;
             }
-            if let Some(first) = entries.first() {
-                encode_entries_into(entries, entry_bytes);
+            if !entries.is_empty() {
                 let mut table = write.open_table(ENTRIES).map_err(|e| self.storage(e))?;
-                table
-                    .insert(first.seq, entry_bytes.as_slice())
-                    .map_err(|e| self.storage(e))?;
+                encode_entries(entries, items, ends);
+                let framing = ENTRIES_FRAMING_MAX_BYTES;
+                for (taken, bytes) in cut_into_values(items, ends, framing, MAX_BATCH_BYTES) {
+                    entries_record_into(taken.len(), bytes, value);
+                    table
+                        .insert(entries[taken.start].seq, value.as_slice())
+                        .map_err(|e| self.storage(e))?;
+                }
             }
         }
         write.commit().map_err(|e| self.storage(e))?;
@@ -427,16 +441,15 @@ impl Serialize for LotPairs<'_> {
     }
 }
 
-/// `TLYE`, format version (u16), the entries (bincode, as `Vec<LoggedEntry>`), an xxh3-64
-/// checksum of all before; into `bytes`, replacing what it held.
-fn encode_entries_into(entries: &[Entry], bytes: &mut Vec<u8>) {
-    use serde::ser::SerializeSeq;
-    bytes.clear();
-    bytes.extend_from_slice(&ENTRIES_MAGIC);
-    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    let mut serializer = crate::core::encode::Encoder { out: &mut *bytes };
-    let mut sequence = serde::Serializer::serialize_seq(&mut serializer, Some(entries.len()))
-        .expect("serialising into memory does not fail");
+/// The most bytes an entries record adds to its entries: `TLYE`, the format version (u16), the
+/// count (a variable-length integer, at most 9 bytes) and the checksum.
+const ENTRIES_FRAMING_MAX_BYTES: usize = 4 + 2 + 9 + CHECKSUM_BYTES;
+
+/// Each entry's encoding as `LoggedEntry` (bincode) into `items`, one after another, and where
+/// each ends into `ends`; both replaced.
+fn encode_entries(entries: &[Entry], items: &mut Vec<u8>, ends: &mut Vec<usize>) {
+    items.clear();
+    ends.clear();
     // A command's entries are consecutive and share its key: its text is made once.
     let mut command: Option<&crate::core::ReceiptKey> = None;
     let mut text = String::new();
@@ -459,15 +472,70 @@ fn encode_entries_into(entries: &[Entry], bytes: &mut Vec<u8>) {
             program_version: entry.program_version,
             lots: LotPairs(&entry.lots),
         };
-        sequence
-            .serialize_element(&record)
+        record
+            .serialize(&mut crate::core::encode::Encoder { out: &mut *items })
             .expect("serialising into memory does not fail");
+        ends.push(items.len());
     }
-    sequence
-        .end()
-        .expect("serialising into memory does not fail");
-    let checksum = xxhash_rust::xxh3::xxh3_64(bytes);
-    bytes.extend_from_slice(&checksum.to_le_bytes());
+}
+
+/// `TLYE`, format version (u16), the entries (bincode, as `Vec<LoggedEntry>`: their count,
+/// then `encoded`, the encodings of `count` entries), an xxh3-64 checksum of all before; into
+/// `value`, replacing what it held.
+fn entries_record_into(count: usize, encoded: &[u8], value: &mut Vec<u8>) {
+    value.clear();
+    value.extend_from_slice(&ENTRIES_MAGIC);
+    value.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    crate::core::encode::Encoder { out: &mut *value }.length(count);
+    value.extend_from_slice(encoded);
+    let checksum = xxhash_rust::xxh3::xxh3_64(value);
+    value.extend_from_slice(&checksum.to_le_bytes());
+}
+
+/// Cuts items whose encodings lie one after another in `items`, the first `n` ending at
+/// `ends[n - 1]`, into values of consecutive items, each adding `framing` bytes: which items
+/// each value takes and their encodings, in order.
+///
+/// Each value but the last fills the largest leaf of a power of two pages that the items
+/// left would fill: a value one byte over a power of two pages took twice as many, and the
+/// padding was zeroed, checksummed and written like the rest (28% of a group's batch and 46%
+/// of its entries in `tally ingest`). The largest value comes first and the smallest last,
+/// since the next transaction reads the last leaf again to append after it. No value
+/// exceeds `max_bytes` unless a single item does.
+fn cut_into_values<'a>(
+    items: &'a [u8],
+    ends: &'a [usize],
+    framing: usize,
+    max_bytes: usize,
+) -> impl Iterator<Item = (std::ops::Range<usize>, &'a [u8])> + 'a {
+    let mut first = 0;
+    std::iter::from_fn(move || {
+        let start_byte = if first == 0 { 0 } else { ends[first - 1] };
+        let last_end = *ends.last()?;
+        if first == ends.len() {
+            return None;
+        }
+        let budget = value_budget(last_end - start_byte + framing).min(max_bytes);
+        let fits = |end: &usize| end - start_byte + framing <= budget;
+        let taken = ends[first..]
+            .iter()
+            .take_while(|end| fits(end))
+            .count()
+            .max(1);
+        let range = first..first + taken;
+        first += taken;
+        Some((range, &items[start_byte..ends[first - 1]]))
+    })
+}
+
+/// The bytes the next value may take when `rest` bytes (with framing) are left to write.
+fn value_budget(rest: usize) -> usize {
+    if rest <= LAST_VALUE_MAX_BYTES {
+        return rest;
+    }
+    let pages = (rest + LEAF_OVERHEAD_BYTES) / REDB_PAGE_BYTES;
+    let leaf_pages = 1 << pages.ilog2();
+    leaf_pages * REDB_PAGE_BYTES - LEAF_OVERHEAD_BYTES
 }
 
 fn decode_entries(first_seq: u64, bytes: &[u8]) -> Result<Vec<LoggedEntry>, LogError> {
@@ -562,40 +630,39 @@ impl StorageBackend for FaultyDisk {
     }
 }
 
-/// `TLY1`, format version (u16), count (u32), then per command: engine time in microseconds
-/// since the epoch (i64), JSON length (u32), the command's JSON; last an xxh3-64 checksum of
-/// everything before it. All integers little-endian. Into `bytes`, replacing what it held.
-/// Encodes the leading records that fit in `MAX_BATCH_BYTES` (at least one) as a batch into
-/// `bytes`, replacing what it held, and returns how many it took.
-fn encode_into(records: &[Logged], bytes: &mut Vec<u8>) -> usize {
-    bytes.clear();
-    bytes.extend_from_slice(&MAGIC);
-    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    bytes.extend_from_slice(&[0; 4]);
-    let mut taken = 0;
+/// Each record's part of a batch into `items`, one after another (engine time in
+/// microseconds since the epoch (i64), JSON length (u32), the command's JSON), and where each
+/// ends into `ends`; both replaced.
+fn encode_records(records: &[Logged], items: &mut Vec<u8>, ends: &mut Vec<usize>) {
+    items.clear();
+    ends.clear();
     for record in records {
-        let before = bytes.len();
-        bytes.extend_from_slice(&record.now.timestamp_micros().to_le_bytes());
+        items.extend_from_slice(&record.now.timestamp_micros().to_le_bytes());
         // The JSON is written in place; its length goes before it once known.
-        let length_at = bytes.len();
-        bytes.extend_from_slice(&[0; 4]);
+        let length_at = items.len();
+        items.extend_from_slice(&[0; 4]);
         match &record.json {
-            Some(json) => bytes.extend_from_slice(json.as_bytes()),
-            None => record.command.write_json(bytes),
+            Some(json) => items.extend_from_slice(json.as_bytes()),
+            None => record.command.write_json(items),
         }
-        let length = u32::try_from(bytes.len() - length_at - 4).expect("a command under 4 GiB");
-        bytes[length_at..length_at + 4].copy_from_slice(&length.to_le_bytes());
-        if taken > 0 && bytes.len() + CHECKSUM_BYTES > MAX_BATCH_BYTES {
-            bytes.truncate(before);
-            break;
-        }
-        taken += 1;
+        let length = u32::try_from(items.len() - length_at - 4).expect("a command under 4 GiB");
+        items[length_at..length_at + 4].copy_from_slice(&length.to_le_bytes());
+        ends.push(items.len());
     }
-    let count = u32::try_from(taken).expect("a group under 4 billion commands");
-    bytes[6..10].copy_from_slice(&count.to_le_bytes());
-    let checksum = xxhash_rust::xxh3::xxh3_64(bytes);
-    bytes.extend_from_slice(&checksum.to_le_bytes());
-    taken
+}
+
+/// `TLY1`, format version (u16), count (u32), then `encoded`, the parts of `count` records
+/// (`encode_records`); last an xxh3-64 checksum of everything before it. All integers
+/// little-endian. Into `value`, replacing what it held.
+fn batch_into(count: usize, encoded: &[u8], value: &mut Vec<u8>) {
+    value.clear();
+    value.extend_from_slice(&MAGIC);
+    value.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let count = u32::try_from(count).expect("a group under 4 billion commands");
+    value.extend_from_slice(&count.to_le_bytes());
+    value.extend_from_slice(encoded);
+    let checksum = xxhash_rust::xxh3::xxh3_64(value);
+    value.extend_from_slice(&checksum.to_le_bytes());
 }
 
 pub fn decode(batch: u64, bytes: &[u8]) -> Result<Vec<Logged>, LogError> {
@@ -735,27 +802,118 @@ mod tests {
         assert!(
             entries.iter().any(|e| e.rule.is_none()) && entries.iter().any(|e| e.lots.len() > 1)
         );
-        let mut bytes = vec![1, 2, 3];
-        encode_entries_into(&entries, &mut bytes);
+        // Buffers holding something already: each is replaced.
+        let (mut items, mut ends, mut bytes) = (vec![9; 7], vec![3], vec![1, 2, 3]);
+        encode_entries(&entries[..9], &mut items, &mut ends);
+        encode_entries(&entries, &mut items, &mut ends);
+        assert_eq!(ends.len(), entries.len());
+        entries_record_into(entries.len(), &items, &mut bytes);
         assert_eq!(bytes, entries_as_first_written(&entries));
         let read = decode_entries(entries[0].seq, &bytes).unwrap();
         assert_eq!(read.len(), entries.len());
         assert_eq!(read[7].command, entries[7].command.text());
     }
 
+    /// `records` as one batch, encoded into the buffers given.
+    fn encode_with(records: &[Logged], items: &mut Vec<u8>, value: &mut Vec<u8>) {
+        let mut ends = vec![1, 2];
+        encode_records(records, items, &mut ends);
+        assert_eq!(ends.len(), records.len());
+        batch_into(records.len(), items, value);
+    }
+
     fn encode(records: &[Logged]) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        encode_into(records, &mut bytes);
-        bytes
+        let mut value = Vec::new();
+        encode_with(records, &mut Vec::new(), &mut value);
+        value
     }
 
     #[test]
     fn a_batch_encoded_into_a_used_buffer_is_the_same() {
         let written = records(30);
-        let mut bytes = encode(&records(5));
-        encode_into(&written, &mut bytes);
-        assert_eq!(bytes, encode(&written));
-        assert_eq!(decode(0, &bytes).unwrap(), written);
+        let mut items = Vec::new();
+        let mut value = Vec::new();
+        encode_with(&records(5), &mut items, &mut value);
+        encode_with(&written, &mut items, &mut value);
+        assert_eq!(value, encode(&written));
+        assert_eq!(decode(0, &value).unwrap(), written);
+    }
+
+    /// Items of `sizes` bytes each, as `encode_records` lays them out.
+    fn laid_out(sizes: &[usize]) -> (Vec<u8>, Vec<usize>) {
+        let ends: Vec<usize> = sizes
+            .iter()
+            .scan(0, |end, size| {
+                *end += size;
+                Some(*end)
+            })
+            .collect();
+        let items = (0..ends.last().copied().unwrap_or(0))
+            .map(|at| at as u8)
+            .collect();
+        (items, ends)
+    }
+
+    /// The pages of the leaf that holds a value of `bytes` bytes.
+    fn leaf_pages(bytes: usize) -> usize {
+        (bytes + LEAF_OVERHEAD_BYTES)
+            .div_ceil(REDB_PAGE_BYTES)
+            .next_power_of_two()
+    }
+
+    /// A group of 1.5 MB as `tally ingest` writes under load: values that each fill their
+    /// leaf, largest first, the rest in one last value.
+    #[test]
+    fn a_large_group_is_cut_into_values_that_fill_their_leaves() {
+        let (items, ends) = laid_out(&[380; 4000]);
+        let framing = HEADER_BYTES + CHECKSUM_BYTES;
+        let values: Vec<_> = cut_into_values(&items, &ends, framing, 64 << 20).collect();
+        let sizes: Vec<usize> = values
+            .iter()
+            .map(|(_, bytes)| bytes.len() + framing)
+            .collect();
+        assert!(values.len() > 1 && values.len() < 8, "{sizes:?}");
+        assert!(sizes.windows(2).all(|pair| pair[0] >= pair[1]), "{sizes:?}");
+        let (last, filled) = sizes.split_last().unwrap();
+        assert!(*last <= LAST_VALUE_MAX_BYTES, "{sizes:?}");
+        for &size in filled {
+            let leaf_bytes = leaf_pages(size) * REDB_PAGE_BYTES;
+            assert!(size + LEAF_OVERHEAD_BYTES + 380 > leaf_bytes, "{sizes:?}");
+        }
+        let padding: usize = sizes
+            .iter()
+            .map(|&size| leaf_pages(size) * REDB_PAGE_BYTES - size)
+            .sum();
+        let total: usize = sizes.iter().sum();
+        assert!(
+            padding * 20 < total,
+            "{padding} bytes of padding for {total}"
+        );
+    }
+
+    proptest::proptest! {
+        /// However items are sized and whatever the limit, the values take every item once,
+        /// in order, and none is over the limit unless one item alone is.
+        #[test]
+        fn values_take_every_item_once_in_order(
+            sizes in proptest::collection::vec(1usize..20_000, 1..400),
+            max_bytes in proptest::sample::select(vec![16 << 10, 64 << 20]),
+        ) {
+            let (items, ends) = laid_out(&sizes);
+            let framing = HEADER_BYTES + CHECKSUM_BYTES;
+            let mut next = 0;
+            let mut joined = Vec::new();
+            for (taken, bytes) in cut_into_values(&items, &ends, framing, max_bytes) {
+                proptest::prop_assert_eq!(taken.start, next);
+                proptest::prop_assert!(!taken.is_empty());
+                let alone = taken.len() == 1;
+                proptest::prop_assert!(alone || bytes.len() + framing <= max_bytes);
+                next = taken.end;
+                joined.extend_from_slice(bytes);
+            }
+            proptest::prop_assert_eq!(next, sizes.len());
+            proptest::prop_assert_eq!(joined, items);
+        }
     }
 
     /// A group's commands over the batch limit are written as several batches, in one
@@ -766,7 +924,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("log.redb");
         let mut written = records(200);
-        assert!(encode_into(&written, &mut Vec::new()) < written.len());
+        let (mut items, mut ends) = (Vec::new(), Vec::new());
+        encode_records(&written, &mut items, &mut ends);
+        let framing = HEADER_BYTES + CHECKSUM_BYTES;
+        assert!(cut_into_values(&items, &ends, framing, MAX_BATCH_BYTES).count() > 1);
         let mut huge = written[0].clone();
         huge.command.key = tally_protocol::IdemKey::Id(7);
         huge.command.body = tally_protocol::Body::LoadProgram(tally_protocol::LoadProgram {
