@@ -10,8 +10,9 @@
 //! mimalloc also asks for transparent huge pages. On a virtual machine whose host backs guest
 //! memory only when it is first touched, a huge page costs its whole 2 MiB at the first write
 //! to it, used or not: a fresh `tally ingest` of 200,000 commands spent a second of system
-//! time there, against a third of one with ordinary pages. The binaries turn huge pages off
-//! for the process.
+//! time there, against a third of one with ordinary pages, and a restart that loaded
+//! 1,000,000 members from their checkpoint took 3.9–5.1 s against 2.6–3.1 s. The binaries turn
+//! huge pages off for the process.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;

@@ -302,9 +302,8 @@ impl CommandLog {
     }
 
     /// Appends a group's commands durably, as batches in one transaction (`cut_into_values`
-    /// says how many): when this returns `Ok`, all of them survive
-    /// a crash. An error means they may or may not be on disk; the caller must stop
-    /// acknowledging.
+    /// says how many): when this returns `Ok`, all of them survive a crash. An error means
+    /// they may or may not be on disk; the caller must stop acknowledging.
     pub fn append(&self, records: &[Logged], entries: &[Entry]) -> Result<(), LogError> {
         if records.is_empty() {
             assert!(entries.is_empty(), "entries come from logged commands");
@@ -510,11 +509,11 @@ fn cut_into_values<'a>(
 ) -> impl Iterator<Item = (std::ops::Range<usize>, &'a [u8])> + 'a {
     let mut first = 0;
     std::iter::from_fn(move || {
-        let start_byte = if first == 0 { 0 } else { ends[first - 1] };
-        let last_end = *ends.last()?;
         if first == ends.len() {
             return None;
         }
+        let start_byte = if first == 0 { 0 } else { ends[first - 1] };
+        let last_end = ends[ends.len() - 1];
         let budget = value_budget(last_end - start_byte + framing).min(max_bytes);
         let fits = |end: &usize| end - start_byte + framing <= budget;
         let taken = ends[first..]
