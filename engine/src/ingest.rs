@@ -40,7 +40,7 @@ pub const MAX_GROUP_COMMANDS: usize = 4096;
 /// The results writer keeps a buffer of up to this size from one group to the next.
 const RESULTS_TEXT_KEPT_BYTES: usize = 16 << 20;
 /// Lines read ahead of the engine: bounds memory when the input is faster than the disk. One
-/// largest group: the reader, three times as fast as the engine, fills it again while the
+/// largest group: the reader, almost three times as fast as the engine, fills it again while the
 /// engine applies the group it took. Four groups held 20–30 MB more in fresh memory, which
 /// costs here (`allocator.rs`), for no speed.
 pub const MAX_LINES_READ_AHEAD: usize = MAX_GROUP_COMMANDS;
