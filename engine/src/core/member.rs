@@ -1,11 +1,10 @@
 //! A member's wallets, lots and tier counters, and the lot operations every command uses.
 
-use std::collections::VecDeque;
-
 use serde::{Deserialize, Serialize};
 
 use super::micros;
 use super::seqs::EntrySeqs;
+use super::sorted_deque::{Place, SortedDeque};
 use super::ReceiptKey;
 use tally_protocol::Alias;
 use tally_protocol::Name;
@@ -44,38 +43,6 @@ pub struct Lot {
 
 /// Lots are kept in spending order: earliest expiry first, never-expiring last, then by id.
 type SpendOrder = (bool, Option<Timestamp>, u32);
-
-/// Where a new item goes in a deque sorted so that `before` holds for a prefix: the
-/// `partition_point`, searched from the back. New lots usually sort last, and when they do
-/// not, it is by moments (terminals' clocks differ a little): they belong a few places from
-/// the end. Steps of 1, 2, 4, … back from the end find them in a few probes near the end,
-/// where a binary search over a busy member's long queue misses the cache at every step.
-fn place_from_back<T>(items: &VecDeque<T>, before: impl Fn(&T) -> bool) -> usize {
-    let len = items.len();
-    // Invariant: `before` is false at `high` and after it (or `high` is the end).
-    let mut high = len;
-    let mut step = 1;
-    let mut low = loop {
-        if step > high {
-            break 0;
-        }
-        let probe = high - step;
-        if before(&items[probe]) {
-            break probe + 1;
-        }
-        high = probe;
-        step *= 2;
-    };
-    while low < high {
-        let middle = low + (high - low) / 2;
-        if before(&items[middle]) {
-            low = middle + 1;
-        } else {
-            high = middle;
-        }
-    }
-    low
-}
 
 fn spend_order(expires_at: Option<Timestamp>, id: u32) -> SpendOrder {
     (expires_at.is_none(), expires_at, id)
@@ -168,11 +135,12 @@ pub struct Member {
     pub credit_minor: i64,
     pub held_credit_minor: i64,
     /// Live lots in spending order. A busy member has many: every operation on them is
-    /// amortised O(1) at the ends or O(log n) by binary search, never a scan per command.
-    pub lots: VecDeque<Lot>,
+    /// amortised O(1) at the ends or O(log n) by binary search, never a scan per command,
+    /// and an insert in the middle moves one chunk.
+    pub lots: SortedDeque<Lot>,
     /// Pending lots by the time they become available: (available_at, expires_at, lot).
     #[serde(with = "micros::pending")]
-    pub pending_queue: VecDeque<(Timestamp, Option<Timestamp>, u32)>,
+    pub pending_queue: SortedDeque<(Timestamp, Option<Timestamp>, u32)>,
     pub next_lot: u32,
     /// Index of the tier in the merchant's current program.
     pub tier: Option<usize>,
@@ -204,8 +172,8 @@ impl Member {
             held_points: 0,
             credit_minor: 0,
             held_credit_minor: 0,
-            lots: VecDeque::new(),
-            pending_queue: VecDeque::new(),
+            lots: SortedDeque::default(),
+            pending_queue: SortedDeque::default(),
             next_lot: 1,
             tier: None,
             counters: Counters::default(),
@@ -245,8 +213,7 @@ impl Member {
             if pending {
                 self.pending_points += remaining;
                 let entry = (available_at, expires_at, id);
-                let at = place_from_back(&self.pending_queue, |queued| *queued <= entry);
-                self.pending_queue.insert(at, entry);
+                self.pending_queue.insert(entry, |queued| *queued <= entry);
             }
             self.insert_lot(Lot {
                 id,
@@ -263,14 +230,7 @@ impl Member {
 
     fn insert_lot(&mut self, lot: Lot) {
         let key = lot.spend_order();
-        let at = place_from_back(&self.lots, |other| other.spend_order() < key);
-        self.lots.insert(at, lot);
-    }
-
-    fn position(&self, expires_at: Option<Timestamp>, id: u32) -> Option<usize> {
-        let key = spend_order(expires_at, id);
-        let at = self.lots.partition_point(|lot| lot.spend_order() < key);
-        (self.lots.get(at).is_some_and(|lot| lot.id == id)).then_some(at)
+        self.lots.insert(lot, |other| other.spend_order() < key);
     }
 
     /// Drops emptied lots: from the front cheaply, elsewhere only if some were emptied there.
@@ -324,65 +284,58 @@ impl Member {
         let mut slices = Vec::new();
         let mut left = points;
         // The order's own lot is recent: look for it from the back.
-        let own = own_lot.and_then(|id| self.lots.iter().rposition(|lot| lot.id == id));
-        let own_pending = own.filter(|&i| self.lots[i].pending);
-        if let Some(i) = own_pending {
-            self.take_from(i, &mut left, &mut slices);
+        let own = own_lot.and_then(|id| self.lots.rposition(|lot| lot.id == id));
+        let own_pending = own.filter(|&at| self.lot(at).pending);
+        if let Some(at) = own_pending {
+            self.take_from(at, &mut left, &mut slices);
         }
-        for q in 0..self.pending_queue.len() {
+        for &(_, expires_at, id) in self.pending_queue.iter() {
             if left == 0 {
                 break;
             }
-            let (_, expires_at, id) = self.pending_queue[q];
-            if let Some(i) = self
-                .position(expires_at, id)
-                .filter(|&i| Some(i) != own_pending)
+            if let Some(at) =
+                position(&self.lots, expires_at, id).filter(|&at| Some(at) != own_pending)
             {
-                self.take_from(i, &mut left, &mut slices);
+                let lot = self.lots.get_mut(at).expect("a lot found is there");
+                take(lot, &mut self.pending_points, &mut left, &mut slices);
             }
         }
-        if let Some(i) = own.filter(|&i| !self.lots[i].pending) {
-            self.take_from(i, &mut left, &mut slices);
+        if let Some(at) = own.filter(|&at| !self.lot(at).pending) {
+            self.take_from(at, &mut left, &mut slices);
         }
-        for i in 0..self.lots.len() {
+        for lot in self.lots.iter_mut() {
             if left == 0 {
                 break;
             }
-            if !self.lots[i].pending {
-                self.take_from(i, &mut left, &mut slices);
+            if !lot.pending {
+                take(lot, &mut self.pending_points, &mut left, &mut slices);
             }
         }
         self.points -= points - left;
-        // Remove emptied lots one by one: they are near the back, where removal is cheap.
-        let mut emptied: Vec<usize> = Vec::with_capacity(slices.len());
+        // Remove emptied lots one by one, from the back: earlier places stay valid.
+        let mut emptied: Vec<Place> = Vec::with_capacity(slices.len());
         for slice in &slices {
-            if let Some(i) = self
-                .position(slice.expires_at, slice.lot)
-                .filter(|&i| self.lots[i].remaining == 0)
+            if let Some(at) = position(&self.lots, slice.expires_at, slice.lot)
+                .filter(|&at| self.lot(at).remaining == 0)
             {
-                emptied.push(i);
+                emptied.push(at);
             }
         }
         emptied.sort_unstable_by(|a, b| b.cmp(a));
         emptied.dedup();
-        for i in emptied {
-            self.lots.remove(i);
+        for at in emptied {
+            self.lots.remove(at);
         }
         (slices, left)
     }
 
-    fn take_from(&mut self, index: usize, left: &mut i64, slices: &mut Vec<Slice>) {
-        let lot = &mut self.lots[index];
-        let take = (*left).min(lot.remaining);
-        if take == 0 {
-            return;
-        }
-        lot.remaining -= take;
-        if lot.pending {
-            self.pending_points -= take;
-        }
-        *left -= take;
-        slices.push(slice_of(lot, take));
+    fn lot(&self, at: Place) -> &Lot {
+        self.lots.get(at).expect("a lot found is there")
+    }
+
+    fn take_from(&mut self, at: Place, left: &mut i64, slices: &mut Vec<Slice>) {
+        let lot = self.lots.get_mut(at).expect("a lot found is there");
+        take(lot, &mut self.pending_points, left, slices);
     }
 
     /// Puts slices back into their lots, recreating emptied ones with their original times.
@@ -396,9 +349,9 @@ impl Member {
             if points == 0 {
                 continue;
             }
-            match self.position(slice.expires_at, slice.lot) {
-                Some(i) => {
-                    let lot = &mut self.lots[i];
+            match position(&self.lots, slice.expires_at, slice.lot) {
+                Some(at) => {
+                    let lot = self.lots.get_mut(at).expect("a lot found is there");
                     lot.remaining += points;
                     if lot.pending {
                         self.pending_points += points;
@@ -425,8 +378,8 @@ impl Member {
                 break;
             }
             self.pending_queue.pop_front();
-            if let Some(i) = self.position(expires_at, id) {
-                let lot = &mut self.lots[i];
+            if let Some(at) = position(&self.lots, expires_at, id) {
+                let lot = self.lots.get_mut(at).expect("a lot found is there");
                 lot.pending = false;
                 released += lot.remaining;
             }
@@ -536,40 +489,32 @@ impl Member {
     }
 }
 
+/// Where lot `id`, expiring at `expires_at`, is among `lots`.
+fn position(lots: &SortedDeque<Lot>, expires_at: Option<Timestamp>, id: u32) -> Option<Place> {
+    let key = spend_order(expires_at, id);
+    let at = lots.partition_point(|lot| lot.spend_order() < key)?;
+    (lots.get(at).is_some_and(|lot| lot.id == id)).then_some(at)
+}
+
+/// Takes up to `left` points from `lot`.
+fn take(lot: &mut Lot, pending_points: &mut i64, left: &mut i64, slices: &mut Vec<Slice>) {
+    let taken = (*left).min(lot.remaining);
+    if taken == 0 {
+        return;
+    }
+    lot.remaining -= taken;
+    if lot.pending {
+        *pending_points -= taken;
+    }
+    *left -= taken;
+    slices.push(slice_of(lot, taken));
+}
+
 fn slice_of(lot: &Lot, points: i64) -> Slice {
     Slice {
         lot: lot.id,
         points,
         earned_at: lot.earned_at,
         expires_at: lot.expires_at,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::VecDeque;
-
-    use proptest::prelude::*;
-
-    use super::place_from_back;
-
-    proptest! {
-        /// From the back or by halves, a new item finds the same place, wherever it sorts.
-        #[test]
-        fn the_place_from_the_back_is_the_partition_point(
-            mut items in proptest::collection::vec(0u16..500, 0..300),
-            key in 0u16..520,
-        ) {
-            items.sort_unstable();
-            let items: VecDeque<u16> = items.into();
-            prop_assert_eq!(
-                place_from_back(&items, |item| *item <= key),
-                items.partition_point(|item| *item <= key)
-            );
-            prop_assert_eq!(
-                place_from_back(&items, |item| *item < key),
-                items.partition_point(|item| *item < key)
-            );
-        }
     }
 }

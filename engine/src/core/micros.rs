@@ -1,15 +1,17 @@
 //! Times in checkpoints: microseconds since the epoch as one integer, where chrono's own
 //! form is text (30 bytes, and parsing) for every lot of every member.
 
-use std::collections::VecDeque;
-
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::Timestamp;
 
-fn from_micros<E: serde::de::Error>(micros: i64) -> Result<Timestamp, E> {
+fn time_of(micros: i64) -> Result<Timestamp, String> {
     chrono::DateTime::from_timestamp_micros(micros)
-        .ok_or_else(|| E::custom(format!("time {micros} µs is out of range")))
+        .ok_or_else(|| format!("time {micros} µs is out of range"))
+}
+
+fn from_micros<E: serde::de::Error>(micros: i64) -> Result<Timestamp, E> {
+    time_of(micros).map_err(E::custom)
 }
 
 pub fn serialize<S: Serializer>(time: &Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
@@ -42,23 +44,24 @@ pub mod option {
 /// A member's pending lots: (available at, expires at, lot).
 pub mod pending {
     use super::*;
+    use crate::core::sorted_deque::SortedDeque;
 
-    type Pending = VecDeque<(Timestamp, Option<Timestamp>, u32)>;
+    type Pending = SortedDeque<(Timestamp, Option<Timestamp>, u32)>;
 
     pub fn serialize<S: Serializer>(queue: &Pending, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(queue.iter().map(|(available, expires, lot)| {
+        queue.serialize_each(serializer, |(available, expires, lot)| {
             let expires = expires.map(|t| t.timestamp_micros());
             (available.timestamp_micros(), expires, *lot)
-        }))
+        })
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Pending, D::Error> {
-        Vec::<(i64, Option<i64>, u32)>::deserialize(deserializer)?
-            .into_iter()
-            .map(|(available, expires, lot)| {
-                let expires = expires.map(from_micros).transpose()?;
-                Ok((from_micros(available)?, expires, lot))
-            })
-            .collect()
+        Pending::deserialize_each(
+            deserializer,
+            |(available, expires, lot): (i64, Option<i64>, u32)| {
+                let expires = expires.map(time_of).transpose()?;
+                Ok((time_of(available)?, expires, lot))
+            },
+        )
     }
 }

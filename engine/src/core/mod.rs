@@ -24,6 +24,7 @@ mod results;
 mod returns;
 mod seqs;
 mod snapshot;
+mod sorted_deque;
 mod tiers;
 mod time;
 
