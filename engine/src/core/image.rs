@@ -19,6 +19,7 @@ use super::holds::HoldRecord;
 use super::intern::NameTable;
 use super::packed::Packed;
 use super::parted::PartedMap;
+use super::placed::PlacedMap;
 use super::purchase::{OrderRecord, PackedOrder};
 use super::receipt_key::ReceiptKey;
 use super::results::{Results, Stored, StoredRef};
@@ -91,7 +92,7 @@ struct MerchantImageRef<'a> {
     #[serde(skip)]
     members: &'a Chunked<Member>,
     #[serde(skip)]
-    receipts: &'a PartedMap<ReceiptKey, Receipt>,
+    receipts: &'a PlacedMap<ReceiptKey, Receipt>,
     #[serde(skip)]
     results: &'a Results,
     recent_keys: RecentKeys<'a>,
@@ -212,7 +213,7 @@ pub(crate) struct ReceiptImage {
 /// listed by the parts' encoding, which reads every receipt anyway, or else by a pass of
 /// their own.
 struct RecentKeys<'a> {
-    receipts: &'a PartedMap<ReceiptKey, Receipt>,
+    receipts: &'a PlacedMap<ReceiptKey, Receipt>,
     results: &'a Results,
     listed: std::cell::OnceCell<Vec<&'a ReceiptKey>>,
 }
@@ -677,7 +678,7 @@ fn number_order_names(receipts: &mut Receipts, names: &mut NameTable) -> Result<
     Ok(())
 }
 
-type Receipts = PartedMap<ReceiptKey, Receipt>;
+type Receipts = PlacedMap<ReceiptKey, Receipt>;
 
 /// The receipts by key, and their results in slots: those of the `recent` keys (each of
 /// which has a receipt with a whole result) in the window, in that order, after all others.
@@ -699,7 +700,7 @@ fn receipts_map(
         .ok_or("more recent keys than receipts")?;
     let mut left = Chunked::default();
     let mut window: Vec<Option<Arc<CommandResult>>> = vec![None; recent.len()];
-    let mut receipts = PartedMap::default();
+    let mut receipts = PlacedMap::default();
     receipts.reserve(image.len());
     for (key, receipt) in image {
         let slot = match (place.get(&key), receipt.result) {

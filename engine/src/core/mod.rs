@@ -16,6 +16,7 @@ mod micros;
 mod packed;
 mod parted;
 mod phone;
+mod placed;
 mod prefetch;
 mod promotions;
 mod purchase;
@@ -37,6 +38,7 @@ use rustc_hash::FxHashMap;
 
 pub use chunked::Chunked;
 use parted::PartedMap;
+use placed::PlacedMap;
 pub use receipt_key::ReceiptKey;
 use results::Results;
 use serde::{Deserialize, Serialize};
@@ -142,7 +144,7 @@ pub struct Merchant {
     pub members: Chunked<Member>,
     aliases: PartedMap<Alias, u32>,
     /// Searched with the command's `IdemKey` (see `receipt_key`).
-    receipts: PartedMap<ReceiptKey, Receipt>,
+    receipts: PlacedMap<ReceiptKey, Receipt>,
     /// Members with time-driven work, by due time (lazily deleted: see `Member::timer_at`).
     /// A tree, not a heap: a heap is one vector, which doubles in one push (134 MB copied at
     /// 8.4 million members with timers); a tree grows a node at a time.
@@ -644,7 +646,7 @@ impl Ledger {
 
 /// The remembered keys, whatever the map's order: a sum of per-key digests (no sort of
 /// millions of keys when recovery checks the state).
-fn receipts_digest(receipts: &PartedMap<ReceiptKey, Receipt>) -> (usize, u128) {
+fn receipts_digest(receipts: &PlacedMap<ReceiptKey, Receipt>) -> (usize, u128) {
     use std::hash::Hash;
     let sum = receipts.keys().fold(0u128, |sum, key| {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
@@ -696,7 +698,7 @@ fn new_merchant(program: Arc<Program>, now: Timestamp) -> Merchant {
         programs: vec![program],
         members: Chunked::default(),
         aliases: PartedMap::default(),
-        receipts: PartedMap::default(),
+        receipts: PlacedMap::default(),
         timers: BTreeSet::new(),
         birthdays: FxHashMap::default(),
         results: Results::default(),

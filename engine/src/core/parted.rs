@@ -1,14 +1,10 @@
-//! A hash map kept as many small tables of places, the key's hash choosing the table.
+//! A hash map kept as many small tables, the key's hash choosing the table.
 //!
 //! A single table of millions of receipts doubles in one insert: it allocates the new table,
 //! which on a fresh page costs the kernel's zeroing, and moves every entry over. At 2,000,000
 //! receipts that held every terminal's answer back for about a second. In parts, each table
-//! grows on its own, a few thousand entries at a time: never in one pause.
-//!
-//! The tables hold each entry's hash and place, not the entry: the entries (a receipt is
-//! about 90 bytes) are appended to one chunked vector, written once and never moved, and a
-//! table that grows moves 16 bytes an entry. Growing the tables of whole entries was a tenth
-//! of applying a purchase, most of it the kernel providing fresh pages for the copies.
+//! grows on its own, a few thousand entries at a time: the same work in total, never in one
+//! pause.
 
 use std::hash::{BuildHasher, Hash};
 
@@ -16,79 +12,49 @@ use hashbrown::hash_table::Entry;
 use hashbrown::{Equivalent, HashTable};
 use rustc_hash::FxBuildHasher;
 
-use super::chunked::Chunked;
-
-/// Tables per map: a map of 10,000,000 grows 40,000 places at a time, and an empty map
+/// Tables per map: a map of 10,000,000 grows 40,000 entries at a time, and an empty map
 /// costs 8 KiB.
-const PARTS: usize = 256;
-
-/// An entry's hash, kept so that a table grows without reading its entries, and its place
-/// in `PartedMap::entries`.
-#[derive(Clone, Copy)]
-struct Place {
-    hash: u64,
-    index: usize,
-}
+pub(super) const PARTS: usize = 256;
 
 pub struct PartedMap<K, V> {
-    parts: Box<[HashTable<Place>]>,
-    /// In the order they were first inserted.
-    entries: Chunked<(K, V)>,
+    parts: Box<[HashTable<(K, V)>]>,
 }
 
 impl<K, V> Default for PartedMap<K, V> {
     fn default() -> Self {
         PartedMap {
             parts: (0..PARTS).map(|_| HashTable::new()).collect(),
-            entries: Chunked::default(),
         }
     }
 }
 
-fn hash_of<Q: Hash + ?Sized>(key: &Q) -> u64 {
+pub(super) fn hash_of<Q: Hash + ?Sized>(key: &Q) -> u64 {
     FxBuildHasher.hash_one(key)
 }
 
 /// The part of a hash. Not its low bits (a table's slot) nor its top seven (a table's tag):
 /// all of a part's keys share these bits. Multiplying spreads every bit into the top byte.
-fn part_of(hash: u64) -> usize {
+pub(super) fn part_of(hash: u64) -> usize {
     (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % PARTS
 }
 
 impl<K: Hash + Eq, V> PartedMap<K, V> {
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Room for `additional` more places, spread evenly with some slack per part.
+    /// Room for `additional` more entries, spread evenly with some slack per part.
     pub fn reserve(&mut self, additional: usize) {
         let per_part = additional / PARTS + additional / PARTS / 8 + 16;
         for part in self.parts.iter_mut() {
-            part.reserve(per_part, |place| place.hash);
+            part.reserve(per_part, |(key, _)| hash_of(key));
         }
-    }
-
-    /// The place of `key`. The whole hash is compared before the key, so an entry is read
-    /// only when it is almost surely the one.
-    fn index_of<Q>(&self, key: &Q) -> Option<usize>
-    where
-        Q: Hash + Equivalent<K> + ?Sized,
-    {
-        let hash = hash_of(key);
-        let entries = &self.entries;
-        self.parts[part_of(hash)]
-            .find(hash, |place| {
-                place.hash == hash && key.equivalent(&entries[place.index].0)
-            })
-            .map(|place| place.index)
     }
 
     pub fn get_key_value<Q>(&self, key: &Q) -> Option<(&K, &V)>
     where
         Q: Hash + Equivalent<K> + ?Sized,
     {
-        let (key, value) = &self.entries[self.index_of(key)?];
-        Some((key, value))
+        let hash = hash_of(key);
+        self.parts[part_of(hash)]
+            .find(hash, |(k, _)| key.equivalent(k))
+            .map(|(k, v)| (k, v))
     }
 
     pub fn get<Q>(&self, key: &Q) -> Option<&V>
@@ -98,61 +64,32 @@ impl<K: Hash + Eq, V> PartedMap<K, V> {
         self.get_key_value(key).map(|(_, value)| value)
     }
 
-    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
-    where
-        Q: Hash + Equivalent<K> + ?Sized,
-    {
-        let index = self.index_of(key)?;
-        Some(&mut self.entries[index].1)
-    }
-
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
         Q: Hash + Equivalent<K> + ?Sized,
     {
-        self.index_of(key).is_some()
+        self.get_key_value(key).is_some()
     }
 
     /// Inserts or replaces; returns the value replaced.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         let hash = hash_of(&key);
-        let entries = &mut self.entries;
+        let part = &mut self.parts[part_of(hash)];
         // One probe for both cases.
-        let found = self.parts[part_of(hash)].entry(
-            hash,
-            |place| place.hash == hash && entries[place.index].0 == key,
-            |place| place.hash,
-        );
-        match found {
-            Entry::Occupied(place) => {
-                let index = place.get().index;
-                Some(std::mem::replace(&mut entries[index].1, value))
-            }
+        match part.entry(hash, |(k, _)| *k == key, |(k, _)| hash_of(k)) {
+            Entry::Occupied(mut found) => Some(std::mem::replace(&mut found.get_mut().1, value)),
             Entry::Vacant(vacant) => {
-                let index = entries.len();
-                entries.push((key, value));
-                vacant.insert(Place { hash, index });
+                vacant.insert((key, value));
                 None
             }
         }
     }
 
-    /// Every entry, in the order first inserted.
+    /// Every entry, part by part: the same order for the same inserts.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.entries.iter().map(|(k, v)| (k, v))
-    }
-
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        (&mut self.entries).into_iter().map(|(_, v)| v)
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &K> {
-        self.iter().map(|(key, _)| key)
-    }
-
-    #[cfg(test)]
-    pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.iter().map(|(_, value)| value)
+        self.parts
+            .iter()
+            .flat_map(|part| part.iter().map(|(k, v)| (k, v)))
     }
 }
 
@@ -185,20 +122,12 @@ mod tests {
             for (key, value) in &inserts {
                 prop_assert_eq!(parted.insert(key.to_string(), *value), plain.insert(key.to_string(), *value));
             }
-            prop_assert_eq!(parted.len(), plain.len());
+            prop_assert_eq!(parted.iter().count(), plain.len());
             for key in 0u32..2000 {
                 prop_assert_eq!(parted.get(key.to_string().as_str()), plain.get(&key.to_string()));
             }
             let mut entries: Vec<_> = parted.iter().map(|(k, v)| (k.clone(), *v)).collect();
             let mut expected: Vec<_> = plain.into_iter().collect();
-            // In the order first inserted.
-            let mut seen = std::collections::HashSet::new();
-            let first_inserted: Vec<String> = inserts
-                .iter()
-                .filter(|(key, _)| seen.insert(*key))
-                .map(|(key, _)| key.to_string())
-                .collect();
-            prop_assert_eq!(entries.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), first_inserted);
             entries.sort();
             expected.sort();
             prop_assert_eq!(entries, expected);
@@ -218,7 +147,7 @@ mod tests {
             sizes.iter().all(|&size| size > mean / 2 && size < mean * 2),
             "parts of very different sizes: {sizes:?}"
         );
-        *map.get_mut("pos-1/7").expect("present") = 70;
+        assert_eq!(map.insert("pos-1/7".to_string(), 70), Some(7));
         assert_eq!(map.get("pos-1/7"), Some(&70));
         assert!(!map.contains_key("pos-1/100000"));
     }
