@@ -285,9 +285,14 @@ impl Member {
         let mut left = points;
         // The order's own lot is recent: look for it from the back.
         let own = own_lot.and_then(|id| self.lots.rposition(|lot| lot.id == id));
-        let own_pending = own.filter(|&at| self.lot(at).pending);
+        let own_pending = own.filter(|&at| self.lots[at].pending);
         if let Some(at) = own_pending {
-            self.take_from(at, &mut left, &mut slices);
+            take(
+                &mut self.lots[at],
+                &mut self.pending_points,
+                &mut left,
+                &mut slices,
+            );
         }
         for &(_, expires_at, id) in self.pending_queue.iter() {
             if left == 0 {
@@ -296,12 +301,21 @@ impl Member {
             if let Some(at) =
                 position(&self.lots, expires_at, id).filter(|&at| Some(at) != own_pending)
             {
-                let lot = self.lots.get_mut(at).expect("a lot found is there");
-                take(lot, &mut self.pending_points, &mut left, &mut slices);
+                take(
+                    &mut self.lots[at],
+                    &mut self.pending_points,
+                    &mut left,
+                    &mut slices,
+                );
             }
         }
-        if let Some(at) = own.filter(|&at| !self.lot(at).pending) {
-            self.take_from(at, &mut left, &mut slices);
+        if let Some(at) = own.filter(|&at| !self.lots[at].pending) {
+            take(
+                &mut self.lots[at],
+                &mut self.pending_points,
+                &mut left,
+                &mut slices,
+            );
         }
         for lot in self.lots.iter_mut() {
             if left == 0 {
@@ -316,7 +330,7 @@ impl Member {
         let mut emptied: Vec<Place> = Vec::with_capacity(slices.len());
         for slice in &slices {
             if let Some(at) = position(&self.lots, slice.expires_at, slice.lot)
-                .filter(|&at| self.lot(at).remaining == 0)
+                .filter(|&at| self.lots[at].remaining == 0)
             {
                 emptied.push(at);
             }
@@ -327,15 +341,6 @@ impl Member {
             self.lots.remove(at);
         }
         (slices, left)
-    }
-
-    fn lot(&self, at: Place) -> &Lot {
-        self.lots.get(at).expect("a lot found is there")
-    }
-
-    fn take_from(&mut self, at: Place, left: &mut i64, slices: &mut Vec<Slice>) {
-        let lot = self.lots.get_mut(at).expect("a lot found is there");
-        take(lot, &mut self.pending_points, left, slices);
     }
 
     /// Puts slices back into their lots, recreating emptied ones with their original times.
@@ -351,7 +356,7 @@ impl Member {
             }
             match position(&self.lots, slice.expires_at, slice.lot) {
                 Some(at) => {
-                    let lot = self.lots.get_mut(at).expect("a lot found is there");
+                    let lot = &mut self.lots[at];
                     lot.remaining += points;
                     if lot.pending {
                         self.pending_points += points;
@@ -379,7 +384,7 @@ impl Member {
             }
             self.pending_queue.pop_front();
             if let Some(at) = position(&self.lots, expires_at, id) {
-                let lot = self.lots.get_mut(at).expect("a lot found is there");
+                let lot = &mut self.lots[at];
                 lot.pending = false;
                 released += lot.remaining;
             }

@@ -46,7 +46,7 @@ impl<T> Default for SortedDeque<T> {
 /// searched from the back. New items usually sort last, and when they do not, they belong
 /// a few places from the end: steps of 1, 2, 4, … back from the end find them in a few
 /// probes near the end, where a binary search misses the cache at every step.
-pub fn place_from_back(len: usize, before: impl Fn(usize) -> bool) -> usize {
+fn place_from_back(len: usize, before: impl Fn(usize) -> bool) -> usize {
     // Invariant: `before` is false at `high` and after it (or `high` is the end).
     let mut high = len;
     let mut step = 1;
@@ -196,6 +196,22 @@ impl<T> SortedDeque<T> {
 
     pub fn iter_mut(&mut self) -> IterMut<'_, T> {
         self.chunks.iter_mut().flatten()
+    }
+}
+
+/// The item at a place found since the last change; like a slice's index, a place that holds
+/// no item panics.
+impl<T> std::ops::Index<Place> for SortedDeque<T> {
+    type Output = T;
+
+    fn index(&self, place: Place) -> &T {
+        self.get(place).expect("an item at the place")
+    }
+}
+
+impl<T> std::ops::IndexMut<Place> for SortedDeque<T> {
+    fn index_mut(&mut self, place: Place) -> &mut T {
+        self.get_mut(place).expect("an item at the place")
     }
 }
 
