@@ -812,10 +812,20 @@ impl Engine {
                 .iter()
                 .any(|incoming| matches!(incoming.command.body, Body::Statement(_)));
         if !sharded {
-            return commands
-                .drain(..)
-                .map(|incoming| self.apply_command(incoming, logged))
-                .collect();
+            let mut answers = Vec::with_capacity(commands.len());
+            let mut commands = commands.drain(..);
+            loop {
+                let rest = commands
+                    .as_slice()
+                    .iter()
+                    .map(|incoming| &*incoming.command);
+                self.ledger.warm_ahead(answers.len(), rest);
+                let Some(incoming) = commands.next() else {
+                    break;
+                };
+                answers.push(self.apply_command(incoming, logged));
+            }
+            return answers;
         }
         let items = commands
             .drain(..)

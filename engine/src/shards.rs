@@ -137,8 +137,14 @@ struct Done {
 }
 
 fn apply_part(mut job: Job) -> Done {
-    let steps = job.items.into_iter().map(|item| step(&mut job.part, item));
-    let steps = steps.collect();
+    let mut steps = Vec::with_capacity(job.items.len());
+    let mut items = job.items.into_iter();
+    loop {
+        let rest = items.as_slice().iter().map(|item| &*item.incoming.command);
+        job.part.warm_ahead(steps.len(), rest);
+        let Some(item) = items.next() else { break };
+        steps.push(step(&mut job.part, item));
+    }
     Done {
         part: job.part,
         steps,

@@ -83,6 +83,26 @@ pub fn resolve(merchant: &Merchant, member: &MemberRef, may_enrol: bool) -> Resu
     }
 }
 
+/// Asks for the member `member` names, if it has one already, without waiting for it and
+/// without changing anything: `Ledger::warm`.
+pub fn warm(merchant: &Merchant, member: &MemberRef) {
+    let index = match member {
+        MemberRef::Id(id) => id.checked_sub(1).map(|i| i as usize),
+        // A phone is normalised into a new string first: not worth it for a hint.
+        MemberRef::Phone(_) => None,
+        MemberRef::Card(raw) => card_number(raw)
+            .ok()
+            .and_then(|card| merchant.aliases.get(&AliasText::Card(card)))
+            .map(|&index| index as usize),
+    };
+    if let Some(member) = index.and_then(|index| merchant.members.get(index)) {
+        super::prefetch::prefetch(member, MEMBER_LINES);
+    }
+}
+
+/// Cache lines a `Member` spans.
+const MEMBER_LINES: usize = std::mem::size_of::<Member>().div_ceil(64);
+
 /// An alias as normalised text, borrowed: found in a map of `Alias`es without making one.
 /// Its variants are `Alias`'s, in the same order, so the derived `Hash` writes the same
 /// bytes (`hashes_as_an_alias_does` checks it).
