@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo bench -p tally-benches --bench core`. Reports purchases/s (criterion's
 //! "thrpt" in elements/s). Commands are generated before measuring, so only applying them
-//! is timed.
+//! is timed; they are applied as the engine applies a group (`Replayer::apply_all`,
+//! warming a few commands ahead).
 
 use std::time::{Duration, Instant};
 
@@ -39,7 +40,7 @@ impl Purchases {
         }
     }
 
-    /// Applies the next `iters` purchases and returns how long that took.
+    /// Applies the next `iters` purchases as one group and returns how long that took.
     fn timed(&mut self, iters: u64) -> Duration {
         if self.next + iters as usize > self.pool.len() {
             self.pool.extend(commands(&mut self.workload, iters));
