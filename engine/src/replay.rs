@@ -191,11 +191,15 @@ impl Replayer {
             }
         }
         if !self.shards.worth_it(&commands) {
-            let mut commands = commands.iter();
+            let mut applied = 0;
             for line in unreadable {
                 match line {
                     Some(rejection) => self.reject(&rejection, out),
-                    None => self.apply(commands.next().expect("a command per line read"), out),
+                    None => {
+                        self.ledger.warm_ahead(applied, commands[applied..].iter());
+                        self.apply(&commands[applied], out);
+                        applied += 1;
+                    }
                 }
             }
             return;
