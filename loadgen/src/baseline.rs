@@ -191,7 +191,10 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 type Frames = Vec<Vec<(Vec<u8>, usize)>>;
 
 /// Each terminal's frames for round `round`, made by its simulation and encoded once; each
-/// round's keys and members are its own (its run tag ends in the round's number).
+/// round's keys and members are its own (its run tag ends in the round's number). The
+/// terminals make their frames in turns, as a fleet's clocks advance together: a member's
+/// orders at two terminals carry the times a real fleet would give them, not one terminal's
+/// whole run before the next's.
 fn frames(config: &BaselineConfig<'_>, round: usize) -> (Vec<Identity>, Frames) {
     let fleet = Arc::new(FleetConfig {
         retry_percent: 0,
@@ -202,8 +205,7 @@ fn frames(config: &BaselineConfig<'_>, round: usize) -> (Vec<Identity>, Frames) 
     let terminals = fleet.terminals();
     let per_terminal = config.commands.div_ceil(terminals.len());
     let mut identities = Vec::new();
-    let mut all = Vec::new();
-    let mut request_id = 0;
+    let mut sims = Vec::new();
     for (index, (merchant, store, terminal)) in terminals.into_iter().enumerate() {
         identities.push(Identity::Terminal {
             merchant: merchant.clone(),
@@ -211,15 +213,17 @@ fn frames(config: &BaselineConfig<'_>, round: usize) -> (Vec<Identity>, Frames) 
             terminal: terminal.clone(),
         });
         let who = (merchant, Some(store), terminal);
-        let mut sim = Sim::new(fleet.clone(), skus.clone(), who, false, index as u64);
-        let mut frames = Vec::new();
-        for _ in 0..per_terminal.div_ceil(config.batch) {
+        sims.push(Sim::new(fleet.clone(), skus.clone(), who, false, index as u64));
+    }
+    let mut all: Frames = vec![Vec::new(); sims.len()];
+    let mut request_id = 0;
+    for _ in 0..per_terminal.div_ceil(config.batch) {
+        for (sim, frames) in sims.iter_mut().zip(&mut all) {
             request_id += 1;
             let commands = sim.next_batch(config.batch).into_iter().map(|(c, _)| c);
             let commands: Vec<_> = commands.collect();
             frames.push((wire::encode_request(request_id, commands), config.batch));
         }
-        all.push(frames);
     }
     (identities, all)
 }
