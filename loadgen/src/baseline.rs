@@ -213,7 +213,13 @@ fn frames(config: &BaselineConfig<'_>, round: usize) -> (Vec<Identity>, Frames) 
             terminal: terminal.clone(),
         });
         let who = (merchant, Some(store), terminal);
-        sims.push(Sim::new(fleet.clone(), skus.clone(), who, false, index as u64));
+        sims.push(Sim::new(
+            fleet.clone(),
+            skus.clone(),
+            who,
+            false,
+            index as u64,
+        ));
     }
     let mut all: Frames = vec![Vec::new(); sims.len()];
     let mut request_id = 0;
