@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use redb::backends::FileBackend;
 use redb::{Builder, Database, Durability, ReadableTable, StorageBackend, TableDefinition};
 use serde::{Deserialize, Serialize};
+use tally_protocol::wire::{self, AlignedVec};
 use tally_protocol::{parse_command_line, Command, EntryKind, Wallet};
 
 use crate::core::Entry;
@@ -25,7 +26,14 @@ const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const ENTRIES_MAGIC: [u8; 4] = *b"TLYE";
 const MAGIC: [u8; 4] = *b"TLY1";
+/// The batch format written: version 2 keeps commands that came over the wire (or from the
+/// engine) as rkyv archives instead of JSON. Version 1 batches are still read.
+const BATCH_FORMAT_VERSION: u16 = 2;
+/// The entries record format.
 const FORMAT_VERSION: u16 = 1;
+/// How a command is kept in a version 2 batch.
+const FORM_JSON: u8 = 0;
+const FORM_ARCHIVE: u8 = 1;
 const HEADER_BYTES: usize = 4 + 2 + 4;
 const CHECKSUM_BYTES: usize = 8;
 /// A batch never exceeds this, unless it holds a single command that does: a group whose
@@ -106,6 +114,8 @@ struct Scratch {
     /// Every record's (or entry's) encoding, one after another, and where each ends.
     items: Vec<u8>,
     ends: Vec<usize>,
+    /// One command's archive at a time.
+    archive: AlignedVec,
 }
 
 /// Room a scratch buffer keeps between appends: a group's batch is a few megabytes.
@@ -122,7 +132,12 @@ const CACHE_BYTES: usize = 8 << 20;
 impl Scratch {
     /// Empties the buffers, keeping their room up to `SCRATCH_KEPT_BYTES`.
     fn empty(&mut self) {
-        let Scratch { value, items, ends } = self;
+        let Scratch {
+            value,
+            items,
+            ends,
+            archive: _,
+        } = self;
         *value = crate::emptied(std::mem::take(value), SCRATCH_KEPT_BYTES);
         *items = crate::emptied(std::mem::take(items), SCRATCH_KEPT_BYTES);
         ends.clear();
@@ -310,13 +325,18 @@ impl CommandLog {
             return Ok(());
         }
         let mut scratch = self.appending.lock().expect("an append does not panic");
-        let Scratch { value, items, ends } = &mut *scratch;
+        let Scratch {
+            value,
+            items,
+            ends,
+            archive,
+        } = &mut *scratch;
         let mut write = self.db.begin_write().map_err(|e| self.storage(e))?;
         write.set_durability(Durability::Immediate);
         let mut batch = self.batches();
         {
             let mut table = write.open_table(BATCHES).map_err(|e| self.storage(e))?;
-            encode_records(records, items, ends);
+            encode_records(records, items, ends, archive);
             let framing = HEADER_BYTES + CHECKSUM_BYTES;
             for (taken, bytes) in cut_into_values(items, ends, framing, MAX_BATCH_BYTES) {
                 batch_into(taken.len(), bytes, value);
@@ -630,21 +650,39 @@ impl StorageBackend for FaultyDisk {
 }
 
 /// Each record's part of a batch into `items`, one after another (engine time in
-/// microseconds since the epoch (i64), JSON length (u32), the command's JSON), and where each
-/// ends into `ends`; both replaced.
-fn encode_records(records: &[Logged], items: &mut Vec<u8>, ends: &mut Vec<usize>) {
+/// microseconds since the epoch (i64), the command's length (u32), its form (u8), the command),
+/// and where each ends into `ends`; both replaced. A command that came as a JSON line is kept
+/// as that line; any other as its rkyv archive (`archive` is the buffer for it), which costs
+/// a fraction of writing JSON, unless the archive would lose part of it.
+fn encode_records(
+    records: &[Logged],
+    items: &mut Vec<u8>,
+    ends: &mut Vec<usize>,
+    archive: &mut AlignedVec,
+) {
     items.clear();
     ends.clear();
     for record in records {
         items.extend_from_slice(&record.now.timestamp_micros().to_le_bytes());
-        // The JSON is written in place; its length goes before it once known.
+        // The command is written in place; its length goes before it once known.
         let length_at = items.len();
         items.extend_from_slice(&[0; 4]);
         match &record.json {
-            Some(json) => items.extend_from_slice(json.as_bytes()),
-            None => record.command.write_json(items),
+            Some(json) => {
+                items.push(FORM_JSON);
+                items.extend_from_slice(json.as_bytes());
+            }
+            None if wire::archives_exactly(&record.command) => {
+                items.push(FORM_ARCHIVE);
+                *archive = wire::archive_command(&record.command, std::mem::take(archive));
+                items.extend_from_slice(archive);
+            }
+            None => {
+                items.push(FORM_JSON);
+                record.command.write_json(items);
+            }
         }
-        let length = u32::try_from(items.len() - length_at - 4).expect("a command under 4 GiB");
+        let length = u32::try_from(items.len() - length_at - 5).expect("a command under 4 GiB");
         items[length_at..length_at + 4].copy_from_slice(&length.to_le_bytes());
         ends.push(items.len());
     }
@@ -656,7 +694,7 @@ fn encode_records(records: &[Logged], items: &mut Vec<u8>, ends: &mut Vec<usize>
 fn batch_into(count: usize, encoded: &[u8], value: &mut Vec<u8>) {
     value.clear();
     value.extend_from_slice(&MAGIC);
-    value.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    value.extend_from_slice(&BATCH_FORMAT_VERSION.to_le_bytes());
     let count = u32::try_from(count).expect("a group under 4 billion commands");
     value.extend_from_slice(&count.to_le_bytes());
     value.extend_from_slice(encoded);
@@ -680,29 +718,28 @@ pub fn decode(batch: u64, bytes: &[u8]) -> Result<Vec<Logged>, LogError> {
         return Err(corrupt("not a tally log batch"));
     }
     let version = u16::from_le_bytes([body[4], body[5]]);
-    if version != FORMAT_VERSION {
+    if !(1..=BATCH_FORMAT_VERSION).contains(&version) {
         return Err(corrupt(&format!(
-            "format version {version}, this engine reads {FORMAT_VERSION}"
+            "format version {version}, this engine reads 1 to {BATCH_FORMAT_VERSION}"
         )));
     }
+    // Version 1 has no form byte: every command is JSON.
+    let form_bytes = usize::from(version >= 2);
     let count = u32::from_le_bytes(body[6..10].try_into().expect("4 bytes")) as usize;
     let mut records = Vec::with_capacity(count.min(body.len() / 12));
+    let mut scratch = AlignedVec::new();
     let mut at = HEADER_BYTES;
     for index in 0..count {
-        let header = body
-            .get(at..at + 12)
-            .ok_or_else(|| corrupt(&format!("command {index} is cut short")))?;
+        let cut_short = || corrupt(&format!("command {index} is cut short"));
+        let header = body.get(at..at + 12 + form_bytes).ok_or_else(cut_short)?;
         let micros = i64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
         let len = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes")) as usize;
-        at += 12;
-        let json = body
-            .get(at..at + len)
-            .ok_or_else(|| corrupt(&format!("command {index} is cut short")))?;
+        let form = header.get(12).copied().unwrap_or(FORM_JSON);
+        at += header.len();
+        let bytes = body.get(at..at + len).ok_or_else(cut_short)?;
         at += len;
-        let text = std::str::from_utf8(json)
-            .map_err(|_| corrupt(&format!("command {index} is not UTF-8")))?;
-        let command =
-            parse_command_line(text).map_err(|e| corrupt(&format!("command {index}: {e}")))?;
+        let command = decode_command(form, bytes, &mut scratch)
+            .map_err(|what| corrupt(&format!("command {index}: {what}")))?;
         let now = chrono::DateTime::from_timestamp_micros(micros)
             .ok_or_else(|| corrupt(&format!("command {index}: bad time")))?;
         records.push(Logged::new(now, command));
@@ -711,6 +748,18 @@ pub fn decode(batch: u64, bytes: &[u8]) -> Result<Vec<Logged>, LogError> {
         return Err(corrupt("bytes after the last command"));
     }
     Ok(records)
+}
+
+/// A logged command in its form (`FORM_JSON` or `FORM_ARCHIVE`).
+fn decode_command(form: u8, bytes: &[u8], scratch: &mut AlignedVec) -> Result<Command, String> {
+    match form {
+        FORM_JSON => {
+            let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
+            parse_command_line(text).map_err(|e| e.to_string())
+        }
+        FORM_ARCHIVE => wire::unarchive_command(bytes, scratch).map_err(|e| e.to_string()),
+        other => Err(format!("unknown form {other}")),
+    }
 }
 
 #[cfg(test)]
@@ -816,7 +865,7 @@ mod tests {
     /// `records` as one batch, encoded into the buffers given.
     fn encode_with(records: &[Logged], items: &mut Vec<u8>, value: &mut Vec<u8>) {
         let mut ends = vec![1, 2];
-        encode_records(records, items, &mut ends);
+        encode_records(records, items, &mut ends, &mut AlignedVec::new());
         assert_eq!(ends.len(), records.len());
         batch_into(records.len(), items, value);
     }
@@ -924,7 +973,7 @@ mod tests {
         let path = dir.join("log.redb");
         let mut written = records(200);
         let (mut items, mut ends) = (Vec::new(), Vec::new());
-        encode_records(&written, &mut items, &mut ends);
+        encode_records(&written, &mut items, &mut ends, &mut AlignedVec::new());
         let framing = HEADER_BYTES + CHECKSUM_BYTES;
         assert!(cut_into_values(&items, &ends, framing, MAX_BATCH_BYTES).count() > 1);
         let mut huge = written[0].clone();
@@ -978,6 +1027,60 @@ mod tests {
         let text = String::from_utf8_lossy(&bytes);
         assert!(text.contains(&respelled) && !text.contains(&canonical));
         assert_eq!(decode(0, &bytes).unwrap(), written);
+    }
+
+    /// The form byte of each command in a version 2 batch.
+    fn forms(batch: &[u8]) -> Vec<u8> {
+        let count = u32::from_le_bytes(batch[6..10].try_into().unwrap()) as usize;
+        let mut at = HEADER_BYTES;
+        let mut forms = Vec::new();
+        for _ in 0..count {
+            let len = u32::from_le_bytes(batch[at + 8..at + 12].try_into().unwrap()) as usize;
+            forms.push(batch[at + 12]);
+            at += 13 + len;
+        }
+        assert_eq!(at, batch.len() - CHECKSUM_BYTES);
+        forms
+    }
+
+    /// Commands are kept as archives, except a line as it came and a command whose time an
+    /// archive would round; all read back as written.
+    #[test]
+    fn commands_are_archived_unless_that_would_change_them() {
+        let mut written = records(4);
+        written[1].json = Some(written[1].command.to_json_line());
+        written[2].command.at += chrono::TimeDelta::nanoseconds(1);
+        assert!(!wire::archives_exactly(&written[2].command));
+        let bytes = encode(&written);
+        assert_eq!(
+            forms(&bytes),
+            [FORM_ARCHIVE, FORM_JSON, FORM_JSON, FORM_ARCHIVE]
+        );
+        assert_eq!(decode(0, &bytes).unwrap(), written);
+    }
+
+    /// A log written before archives (every command JSON, no form byte) still reads.
+    #[test]
+    fn a_version_1_batch_still_reads() {
+        let written = records(3);
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&1u16.to_le_bytes());
+        bytes.extend_from_slice(&(written.len() as u32).to_le_bytes());
+        for record in &written {
+            let json = record.command.to_json_line();
+            bytes.extend_from_slice(&record.now.timestamp_micros().to_le_bytes());
+            bytes.extend_from_slice(&(json.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(json.as_bytes());
+        }
+        let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
+        bytes.extend_from_slice(&checksum.to_le_bytes());
+        assert_eq!(decode(0, &bytes).unwrap(), written);
+        bytes[4] = 3;
+        let checksum = xxhash_rust::xxh3::xxh3_64(&bytes[..bytes.len() - 8]);
+        let end = bytes.len() - 8;
+        bytes[end..].copy_from_slice(&checksum.to_le_bytes());
+        let error = decode(0, &bytes).unwrap_err().to_string();
+        assert!(error.contains("format version 3"), "{error}");
     }
 
     #[test]

@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use rkyv::rancor::{Fallible, Source};
-use rkyv::util::AlignedVec;
+/// The buffer archives are made in and read from (aligned for them).
+pub use rkyv::util::AlignedVec;
 use rkyv::with::{ArchiveWith, DeserializeWith, SerializeWith};
 use rkyv::{Archive, Place};
 use rust_decimal::Decimal;
@@ -350,6 +351,34 @@ pub fn decode_request(payload: &[u8], limits: &Limits) -> Result<Vec<Command>, F
             .map_err(|message| FrameError::InvalidCommand { index, message })?;
     }
     Ok(request.commands)
+}
+
+/// One command archived on its own, into `buffer` (emptied first): the log's binary form of a
+/// command. Only a command whose time is in whole microseconds survives it unchanged
+/// (`archives_exactly`); the log writes any other as JSON.
+pub fn archive_command(command: &Command, buffer: AlignedVec) -> AlignedVec {
+    let mut buffer = buffer;
+    buffer.clear();
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(command, buffer)
+        .expect("a command archives")
+}
+
+/// Whether `archive_command` keeps everything of `command`: times go as microseconds.
+pub fn archives_exactly(command: &Command) -> bool {
+    command.at.timestamp_subsec_nanos().is_multiple_of(1_000)
+}
+
+/// Validates one archived command (`archive_command`) and turns it back into a command;
+/// `scratch` is where unaligned bytes are copied first.
+pub fn unarchive_command(bytes: &[u8], scratch: &mut AlignedVec) -> Result<Command, FrameError> {
+    let bytes = if bytes.as_ptr().align_offset(AlignedVec::<16>::ALIGNMENT) == 0 {
+        bytes
+    } else {
+        scratch.clear();
+        scratch.extend_from_slice(bytes);
+        scratch.as_slice()
+    };
+    rkyv::from_bytes::<Command, rkyv::rancor::Error>(bytes).map_err(payload_error)
 }
 
 /// Validates a results payload.
