@@ -29,8 +29,9 @@ const MAGIC: [u8; 4] = *b"TLY1";
 /// The batch format written: version 2 keeps commands that came over the wire (or from the
 /// engine) as rkyv archives instead of JSON. Version 1 batches are still read.
 const BATCH_FORMAT_VERSION: u16 = 2;
-/// The entries record format.
-const FORMAT_VERSION: u16 = 1;
+/// The entries record format written: version 2 writes what a command's entries share once.
+/// Version 1 records are still read.
+const ENTRIES_FORMAT_VERSION: u16 = 2;
 /// How a command is kept in a version 2 batch.
 const FORM_JSON: u8 = 0;
 const FORM_ARCHIVE: u8 = 1;
@@ -111,9 +112,11 @@ pub struct CommandLog {
 struct Scratch {
     /// One value at a time: a batch or an entries record.
     value: Vec<u8>,
-    /// Every record's (or entry's) encoding, one after another, and where each ends.
+    /// Every record's (or run of entries') encoding, one after another, and where each ends.
     items: Vec<u8>,
     ends: Vec<usize>,
+    /// The number of each run's first entry.
+    first_seqs: Vec<u64>,
     /// One command's archive at a time.
     archive: AlignedVec,
 }
@@ -136,11 +139,13 @@ impl Scratch {
             value,
             items,
             ends,
+            first_seqs,
             archive: _,
         } = self;
         *value = crate::emptied(std::mem::take(value), SCRATCH_KEPT_BYTES);
         *items = crate::emptied(std::mem::take(items), SCRATCH_KEPT_BYTES);
         ends.clear();
+        first_seqs.clear();
     }
 }
 
@@ -329,6 +334,7 @@ impl CommandLog {
             value,
             items,
             ends,
+            first_seqs,
             archive,
         } = &mut *scratch;
         let mut write = self.db.begin_write().map_err(|e| self.storage(e))?;
@@ -352,12 +358,12 @@ impl CommandLog {
             }
             if !entries.is_empty() {
                 let mut table = write.open_table(ENTRIES).map_err(|e| self.storage(e))?;
-                encode_entries(entries, items, ends);
+                encode_entries(entries, items, ends, first_seqs);
                 let framing = ENTRIES_FRAMING_MAX_BYTES;
                 for (taken, bytes) in cut_into_values(items, ends, framing, MAX_BATCH_BYTES) {
                     entries_record_into(taken.len(), bytes, value);
                     table
-                        .insert(entries[taken.start].seq, value.as_slice())
+                        .insert(first_seqs[taken.start], value.as_slice())
                         .map_err(|e| self.storage(e))?;
                 }
             }
@@ -434,21 +440,96 @@ pub struct LoggedEntry {
     pub lots: Vec<(u32, i64)>,
 }
 
-/// An entry as `LoggedEntry` is written, serialised from the entry itself: the same bytes,
-/// without a copy of its names.
+/// A run of entries as an entries record (version 2) keeps it: what the run's entries share
+/// once, then each entry. The entries of one command are a run (a tick's may be of many
+/// members); before, every entry repeated its command's key, merchant and time, which were
+/// half of its bytes.
 #[derive(Serialize)]
-struct EntryRecord<'a> {
-    seq: u64,
+struct RunRecord<'a> {
+    first_seq: u64,
+    command: &'a str,
     merchant: &'a str,
+    at_micros: i64,
+    program_version: u32,
+    entries: RunEntries<'a>,
+}
+
+/// A run's entries, each numbered by its step from the one before (the first's from the
+/// run's first number: 0).
+struct RunEntries<'a>(&'a [Entry]);
+
+#[derive(Serialize)]
+struct RunEntryRecord<'a> {
+    seq_step: u64,
     member: u64,
     wallet: Wallet,
     kind: EntryKind,
     amount: i64,
-    at_micros: i64,
-    command: &'a str,
     rule: Option<&'a str>,
-    program_version: u32,
     lots: LotPairs<'a>,
+}
+
+impl Serialize for RunEntries<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut before = self.0.first().map_or(0, |first| first.seq);
+        serializer.collect_seq(self.0.iter().map(|entry| {
+            let seq_step = entry.seq - before;
+            before = entry.seq;
+            RunEntryRecord {
+                seq_step,
+                member: entry.member,
+                wallet: entry.wallet,
+                kind: entry.kind,
+                amount: entry.amount,
+                rule: entry.rule.as_deref(),
+                lots: LotPairs(&entry.lots),
+            }
+        }))
+    }
+}
+
+/// A run as it is read back.
+#[derive(Deserialize)]
+struct Run {
+    first_seq: u64,
+    command: String,
+    merchant: String,
+    at_micros: i64,
+    program_version: u32,
+    entries: Vec<RunEntry>,
+}
+
+#[derive(Deserialize)]
+struct RunEntry {
+    seq_step: u64,
+    member: u64,
+    wallet: Wallet,
+    kind: EntryKind,
+    amount: i64,
+    rule: Option<String>,
+    lots: Vec<(u32, i64)>,
+}
+
+impl Run {
+    fn into_entries(self, out: &mut Vec<LoggedEntry>) {
+        let mut seq = self.first_seq;
+        for entry in self.entries {
+            seq += entry.seq_step;
+            out.push(LoggedEntry {
+                seq,
+                merchant: self.merchant.clone(),
+                member: entry.member,
+                wallet: entry.wallet,
+                kind: entry.kind,
+                amount: entry.amount,
+                at_micros: self.at_micros,
+                command: self.command.clone(),
+                rule: entry.rule,
+                program_version: self.program_version,
+                lots: entry.lots,
+            });
+        }
+    }
 }
 
 /// A lot list as `LoggedEntry::lots` is written: (lot, points) pairs.
@@ -460,51 +541,65 @@ impl Serialize for LotPairs<'_> {
     }
 }
 
-/// The most bytes an entries record adds to its entries: `TLYE`, the format version (u16), the
+/// The most bytes an entries record adds to its runs: `TLYE`, the format version (u16), the
 /// count (a variable-length integer, at most 9 bytes) and the checksum.
 const ENTRIES_FRAMING_MAX_BYTES: usize = 4 + 2 + 9 + CHECKSUM_BYTES;
 
-/// Each entry's encoding as `LoggedEntry` (bincode) into `items`, one after another, and where
-/// each ends into `ends`; both replaced.
-fn encode_entries(entries: &[Entry], items: &mut Vec<u8>, ends: &mut Vec<usize>) {
+/// Whether `entry` continues the run `before` is in: the same command, merchant, time and
+/// program version, numbered after it.
+fn same_run(before: &Entry, entry: &Entry) -> bool {
+    entry.command == before.command
+        && entry.merchant == before.merchant
+        && entry.at == before.at
+        && entry.program_version == before.program_version
+        && entry.seq > before.seq
+}
+
+/// Each run of entries' encoding (`RunRecord`, bincode) into `items`, one after another,
+/// where each ends into `ends` and its first entry's number into `first_seqs`; all replaced.
+fn encode_entries(
+    entries: &[Entry],
+    items: &mut Vec<u8>,
+    ends: &mut Vec<usize>,
+    first_seqs: &mut Vec<u64>,
+) {
     items.clear();
     ends.clear();
-    // A command's entries are consecutive and share its key: its text is made once.
-    let mut command: Option<&crate::core::ReceiptKey> = None;
+    first_seqs.clear();
     let mut text = String::new();
-    for entry in entries {
-        if command.is_none_or(|key| *key != entry.command) {
-            command = Some(&entry.command);
-            text.clear();
-            entry.command.write_text(&mut text);
-        }
-        let record = EntryRecord {
-            seq: entry.seq,
-            merchant: &entry.merchant,
-            member: entry.member,
-            wallet: entry.wallet,
-            kind: entry.kind,
-            amount: entry.amount,
-            at_micros: entry.at.timestamp_micros(),
+    let mut rest = entries;
+    while let Some(first) = rest.first() {
+        let len = 1 + rest
+            .windows(2)
+            .take_while(|pair| same_run(&pair[0], &pair[1]))
+            .count();
+        let (run, after) = rest.split_at(len);
+        text.clear();
+        first.command.write_text(&mut text);
+        let record = RunRecord {
+            first_seq: first.seq,
             command: &text,
-            rule: entry.rule.as_deref(),
-            program_version: entry.program_version,
-            lots: LotPairs(&entry.lots),
+            merchant: &first.merchant,
+            at_micros: first.at.timestamp_micros(),
+            program_version: first.program_version,
+            entries: RunEntries(run),
         };
         record
             .serialize(&mut crate::core::encode::Encoder { out: &mut *items })
             .expect("serialising into memory does not fail");
         ends.push(items.len());
+        first_seqs.push(first.seq);
+        rest = after;
     }
 }
 
-/// `TLYE`, format version (u16), the entries (bincode, as `Vec<LoggedEntry>`: their count,
-/// then `encoded`, the encodings of `count` entries), an xxh3-64 checksum of all before; into
+/// `TLYE`, format version (u16), the runs of entries (bincode, as `Vec<Run>`: their count,
+/// then `encoded`, the encodings of `count` runs), an xxh3-64 checksum of all before; into
 /// `value`, replacing what it held.
 fn entries_record_into(count: usize, encoded: &[u8], value: &mut Vec<u8>) {
     value.clear();
     value.extend_from_slice(&ENTRIES_MAGIC);
-    value.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    value.extend_from_slice(&ENTRIES_FORMAT_VERSION.to_le_bytes());
     crate::core::encode::Encoder { out: &mut *value }.length(count);
     value.extend_from_slice(encoded);
     let checksum = xxhash_rust::xxh3::xxh3_64(value);
@@ -569,14 +664,31 @@ fn decode_entries(first_seq: u64, bytes: &[u8]) -> Result<Vec<LoggedEntry>, LogE
     if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != tail {
         return Err(corrupt("checksum mismatch"));
     }
-    if body[..4] != ENTRIES_MAGIC || u16::from_le_bytes([body[4], body[5]]) != FORMAT_VERSION {
-        return Err(corrupt("not a tally entries record of this version"));
+    if body[..4] != ENTRIES_MAGIC {
+        return Err(corrupt("not a tally entries record"));
     }
     use bincode::Options;
-    let entries = &body[6..];
-    crate::core::bounded_bincode(entries.len())
-        .deserialize(entries)
-        .map_err(|e| corrupt(&e.to_string()))
+    let encoded = &body[6..];
+    let options = crate::core::bounded_bincode(encoded.len());
+    match u16::from_le_bytes([body[4], body[5]]) {
+        // Version 1: every entry whole (`Vec<LoggedEntry>`).
+        1 => options
+            .deserialize(encoded)
+            .map_err(|e| corrupt(&e.to_string())),
+        2 => {
+            let runs: Vec<Run> = options
+                .deserialize(encoded)
+                .map_err(|e| corrupt(&e.to_string()))?;
+            let mut entries = Vec::with_capacity(runs.iter().map(|r| r.entries.len()).sum());
+            for run in runs {
+                run.into_entries(&mut entries);
+            }
+            Ok(entries)
+        }
+        version => Err(corrupt(&format!(
+            "format version {version}, this engine reads 1 to {ENTRIES_FORMAT_VERSION}"
+        ))),
+    }
 }
 
 fn storage_error(path: &Path, error: &dyn std::fmt::Display) -> LogError {
@@ -814,9 +926,9 @@ mod tests {
 
     /// The entries' bytes as they were first written: each entry copied into a
     /// `LoggedEntry`, the list serialised whole.
-    fn entries_as_first_written(entries: &[Entry]) -> Vec<u8> {
-        use bincode::Options;
-        let logged: Vec<LoggedEntry> = entries
+    /// The entries as the log gives them back.
+    fn logged(entries: &[Entry]) -> Vec<LoggedEntry> {
+        entries
             .iter()
             .map(|entry| LoggedEntry {
                 seq: entry.seq,
@@ -831,19 +943,26 @@ mod tests {
                 program_version: entry.program_version,
                 lots: entry.lots.iter().map(|s| (s.lot, s.points)).collect(),
             })
-            .collect();
+            .collect()
+    }
+
+    /// An entries record of version 1: every entry whole.
+    fn entries_as_first_written(entries: &[Entry]) -> Vec<u8> {
+        use bincode::Options;
         let mut bytes = ENTRIES_MAGIC.to_vec();
-        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&1u16.to_le_bytes());
         crate::core::state_bincode()
-            .serialize_into(&mut bytes, &logged)
+            .serialize_into(&mut bytes, &logged(entries))
             .unwrap();
         let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
         bytes.extend_from_slice(&checksum.to_le_bytes());
         bytes
     }
 
+    /// Entries are written in runs, a command's together, and read back as they were; records
+    /// of version 1, every entry whole, still read.
     #[test]
-    fn entries_are_written_byte_for_byte_as_before_and_read_back() {
+    fn entries_are_written_in_runs_and_read_back() {
         let mut ledger = crate::core::tests::demo_ledger(40, 400, 100);
         let entries = ledger.take_entries();
         assert!(entries.len() > 500, "{}", entries.len());
@@ -851,15 +970,26 @@ mod tests {
             entries.iter().any(|e| e.rule.is_none()) && entries.iter().any(|e| e.lots.len() > 1)
         );
         // Buffers holding something already: each is replaced.
-        let (mut items, mut ends, mut bytes) = (vec![9; 7], vec![3], vec![1, 2, 3]);
-        encode_entries(&entries[..9], &mut items, &mut ends);
-        encode_entries(&entries, &mut items, &mut ends);
-        assert_eq!(ends.len(), entries.len());
-        entries_record_into(entries.len(), &items, &mut bytes);
-        assert_eq!(bytes, entries_as_first_written(&entries));
+        let (mut items, mut ends, mut firsts) = (vec![9; 7], vec![3], vec![4]);
+        let mut bytes = vec![1, 2, 3];
+        encode_entries(&entries[..9], &mut items, &mut ends, &mut firsts);
+        encode_entries(&entries, &mut items, &mut ends, &mut firsts);
+        let commands = 1 + entries
+            .windows(2)
+            .filter(|pair| pair[0].command != pair[1].command)
+            .count();
+        assert_eq!(ends.len(), commands);
+        assert_eq!(firsts.len(), commands);
+        assert_eq!(firsts[0], entries[0].seq);
+        entries_record_into(ends.len(), &items, &mut bytes);
+        let first_written = entries_as_first_written(&entries);
+        assert!(bytes.len() < first_written.len() * 2 / 3);
         let read = decode_entries(entries[0].seq, &bytes).unwrap();
-        assert_eq!(read.len(), entries.len());
-        assert_eq!(read[7].command, entries[7].command.text());
+        assert_eq!(read, logged(&entries));
+        assert_eq!(
+            decode_entries(entries[0].seq, &first_written).unwrap(),
+            read
+        );
     }
 
     /// `records` as one batch, encoded into the buffers given.
