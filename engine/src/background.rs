@@ -5,6 +5,10 @@
 //! from preempting it, and a nice value of 10 gives the helpers a smaller share whenever all
 //! of them want to run at once. They still get every cycle the engine thread leaves, and
 //! when the engine waits for them (a full queue, a commit) they are all that runs.
+//!
+//! Not so `tally serve`'s committer: there every reply waits for its group's commit, and a
+//! committer in the background lost the cores to the connection threads and the clients it
+//! kept waiting, so that the whole machine idled; it runs at normal priority there.
 
 /// The helpers' nice value: 10 is a tenth of the weight of the engine thread's 0.
 #[cfg(target_os = "linux")]

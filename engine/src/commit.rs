@@ -49,13 +49,16 @@ pub struct Committer {
 }
 
 impl Committer {
-    pub fn start(log: Arc<CommandLog>) -> Committer {
+    /// Starts the thread; as background work (`background.rs`) if `in_background`.
+    pub fn start(log: Arc<CommandLog>, in_background: bool) -> Committer {
         let (jobs, receive) = sync_channel::<Job>(1);
         let (report, done) = sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("tally-committer".into())
             .spawn(move || {
-                crate::background::background_thread();
+                if in_background {
+                    crate::background::background_thread();
+                }
                 for job in receive {
                     let written = log.append(&job.records, &job.entries);
                     let failed = written.is_err();
