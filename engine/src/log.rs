@@ -839,7 +839,6 @@ pub fn decode(batch: u64, bytes: &[u8]) -> Result<Vec<Logged>, LogError> {
     let form_bytes = usize::from(version >= 2);
     let count = u32::from_le_bytes(body[6..10].try_into().expect("4 bytes")) as usize;
     let mut records = Vec::with_capacity(count.min(body.len() / 12));
-    let mut scratch = AlignedVec::new();
     let mut at = HEADER_BYTES;
     for index in 0..count {
         let cut_short = || corrupt(&format!("command {index} is cut short"));
@@ -850,7 +849,7 @@ pub fn decode(batch: u64, bytes: &[u8]) -> Result<Vec<Logged>, LogError> {
         at += header.len();
         let bytes = body.get(at..at + len).ok_or_else(cut_short)?;
         at += len;
-        let command = decode_command(form, bytes, &mut scratch)
+        let command = decode_command(form, bytes)
             .map_err(|what| corrupt(&format!("command {index}: {what}")))?;
         let now = chrono::DateTime::from_timestamp_micros(micros)
             .ok_or_else(|| corrupt(&format!("command {index}: bad time")))?;
@@ -863,13 +862,13 @@ pub fn decode(batch: u64, bytes: &[u8]) -> Result<Vec<Logged>, LogError> {
 }
 
 /// A logged command in its form (`FORM_JSON` or `FORM_ARCHIVE`).
-fn decode_command(form: u8, bytes: &[u8], scratch: &mut AlignedVec) -> Result<Command, String> {
+fn decode_command(form: u8, bytes: &[u8]) -> Result<Command, String> {
     match form {
         FORM_JSON => {
             let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
             parse_command_line(text).map_err(|e| e.to_string())
         }
-        FORM_ARCHIVE => wire::unarchive_command(bytes, scratch).map_err(|e| e.to_string()),
+        FORM_ARCHIVE => wire::unarchive_command(bytes).map_err(|e| e.to_string()),
         other => Err(format!("unknown form {other}")),
     }
 }

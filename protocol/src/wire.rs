@@ -356,8 +356,7 @@ pub fn decode_request(payload: &[u8], limits: &Limits) -> Result<Vec<Command>, F
 /// One command archived on its own, into `buffer` (emptied first): the log's binary form of a
 /// command. Only a command whose time is in whole microseconds survives it unchanged
 /// (`archives_exactly`); the log writes any other as JSON.
-pub fn archive_command(command: &Command, buffer: AlignedVec) -> AlignedVec {
-    let mut buffer = buffer;
+pub fn archive_command(command: &Command, mut buffer: AlignedVec) -> AlignedVec {
     buffer.clear();
     rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(command, buffer)
         .expect("a command archives")
@@ -368,17 +367,10 @@ pub fn archives_exactly(command: &Command) -> bool {
     command.at.timestamp_subsec_nanos().is_multiple_of(1_000)
 }
 
-/// Validates one archived command (`archive_command`) and turns it back into a command;
-/// `scratch` is where unaligned bytes are copied first.
-pub fn unarchive_command(bytes: &[u8], scratch: &mut AlignedVec) -> Result<Command, FrameError> {
-    let bytes = if bytes.as_ptr().align_offset(AlignedVec::<16>::ALIGNMENT) == 0 {
-        bytes
-    } else {
-        scratch.clear();
-        scratch.extend_from_slice(bytes);
-        scratch.as_slice()
-    };
-    rkyv::from_bytes::<Command, rkyv::rancor::Error>(bytes).map_err(payload_error)
+/// Validates one archived command (`archive_command`) and turns it back into a command.
+pub fn unarchive_command(bytes: &[u8]) -> Result<Command, FrameError> {
+    let buffer = aligned(bytes);
+    rkyv::from_bytes::<Command, rkyv::rancor::Error>(&buffer).map_err(payload_error)
 }
 
 /// Validates a results payload.
