@@ -37,6 +37,16 @@ impl Job {
     }
 }
 
+/// How the committer thread is scheduled beside the engine thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitterPriority {
+    /// Background work (`background.rs`): when the engine thread sets the pace and nothing
+    /// waits on commits but the results written behind it (`tally ingest`).
+    Background,
+    /// Like the engine thread: when every reply waits for a commit (`tally serve`).
+    Normal,
+}
+
 pub struct Committer {
     jobs: Option<SyncSender<Job>>,
     /// When each handed-over group became durable (with its emptied buffers), or why it
@@ -49,14 +59,13 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the thread; as background work (`background.rs`) if `in_background`.
-    pub fn start(log: Arc<CommandLog>, in_background: bool) -> Committer {
+    pub fn start(log: Arc<CommandLog>, priority: CommitterPriority) -> Committer {
         let (jobs, receive) = sync_channel::<Job>(1);
         let (report, done) = sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("tally-committer".into())
             .spawn(move || {
-                if in_background {
+                if priority == CommitterPriority::Background {
                     crate::background::background_thread();
                 }
                 for job in receive {

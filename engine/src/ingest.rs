@@ -24,7 +24,7 @@ use tally_protocol::{
 };
 
 use crate::checkpoint::{self, CheckpointError};
-use crate::commit::{Committer, Job};
+use crate::commit::{Committer, CommitterPriority, Job};
 use crate::core::{Ledger, StatementPlan};
 use crate::lines::{BoundedLines, MAX_LINE_BYTES};
 use crate::log::{CommandLog, LogError, Logged, LoggedEntry};
@@ -373,16 +373,6 @@ pub struct Engine {
     group_commands: Vec<Incoming>,
     /// Which results `run` writes.
     results_written: ResultsWritten,
-}
-
-/// How the committer thread is scheduled beside the engine thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CommitterPriority {
-    /// Background work: when the engine thread sets the pace and nothing waits on commits
-    /// but the results written behind it (`tally ingest`).
-    Background,
-    /// Like the engine thread: when every reply waits for a commit (`tally serve`).
-    Normal,
 }
 
 /// Which results `Engine::run` writes (`tally ingest --results`).
@@ -870,8 +860,7 @@ impl Engine {
         mut apply: impl FnMut(&mut Engine, G, &mut Vec<Logged>) -> A,
         mut release: impl FnMut(&Engine, A, Option<Instant>) -> Result<bool, IngestError>,
     ) -> Result<(), IngestError> {
-        let in_background = committer_priority == CommitterPriority::Background;
-        self.committer = Some(Committer::start(Arc::clone(&self.log), in_background));
+        self.committer = Some(Committer::start(Arc::clone(&self.log), committer_priority));
         let ran = self.pipeline_groups(&mut next, &mut apply, &mut release);
         // Stops the thread once the group it may be writing is done.
         self.committer = None;
