@@ -94,6 +94,10 @@ impl<T> SortedDeque<T> {
         item
     }
 
+    pub fn back(&self) -> Option<&T> {
+        self.chunks.last()?.back()
+    }
+
     /// Appends an item that sorts after every other.
     pub fn push_back(&mut self, item: T) {
         match self.chunks.last_mut() {
@@ -116,6 +120,11 @@ impl<T> SortedDeque<T> {
     pub fn insert(&mut self, item: T, before: impl Fn(&T) -> bool) {
         if self.chunks.is_empty() {
             return self.push_chunk(0, item);
+        }
+        // Most new items sort after all others (new lots, later due times): one look at the
+        // last item, instead of the last chunk's first and then its last, each a cache miss.
+        if self.back().is_some_and(&before) {
+            return self.push_back(item);
         }
         // The last chunk whose first item sorts before the new one takes it (or the first).
         let chunks = &self.chunks;
