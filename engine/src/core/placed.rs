@@ -1,12 +1,12 @@
 //! A hash map for many large entries: tables of places, entries appended once.
 //!
-//! Like `PlacedMap` (many small tables, the key's hash choosing one), but the tables hold
+//! Like `PartedMap` (many small tables, the key's hash choosing one), but the tables hold
 //! each entry's hash and place, not the entry: the entries are appended to one chunked
 //! vector, written once and never moved, and a table that grows moves 16 bytes an entry.
 //! For receipts (about 90 bytes each, one more every command) growing tables of whole
 //! entries was a tenth of applying a purchase, most of it the kernel's page faults for the
-//! copies. A lookup that finds its key reads one cache line more than `PlacedMap`'s, so the
-//! aliases, read on every command and rarely added, stay in a `PlacedMap`.
+//! copies. A lookup that finds its key reads one cache line more than `PartedMap`'s, so the
+//! aliases, read on every command and rarely added, stay in a `PartedMap`.
 
 use hashbrown::hash_table::Entry;
 use hashbrown::{Equivalent, HashTable};
