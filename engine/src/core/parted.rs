@@ -38,10 +38,16 @@ pub(super) fn part_of(hash: u64) -> usize {
     (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % PARTS
 }
 
+/// What each part reserves for `additional` more entries in all: an even share with some
+/// slack.
+pub(super) fn per_part_room(additional: usize) -> usize {
+    additional / PARTS + additional / PARTS / 8 + 16
+}
+
 impl<K: Hash + Eq, V> PartedMap<K, V> {
     /// Room for `additional` more entries, spread evenly with some slack per part.
     pub fn reserve(&mut self, additional: usize) {
-        let per_part = additional / PARTS + additional / PARTS / 8 + 16;
+        let per_part = per_part_room(additional);
         for part in self.parts.iter_mut() {
             part.reserve(per_part, |(key, _)| hash_of(key));
         }

@@ -13,7 +13,7 @@ use hashbrown::{Equivalent, HashTable};
 use std::hash::Hash;
 
 use super::chunked::Chunked;
-use super::parted::{hash_of, part_of, PARTS};
+use super::parted::{hash_of, part_of, per_part_room, PARTS};
 
 /// An entry's hash, kept so that a table grows without reading its entries, and its place
 /// in `PlacedMap::entries`.
@@ -45,7 +45,7 @@ impl<K: Hash + Eq, V> PlacedMap<K, V> {
 
     /// Room for `additional` more places, spread evenly with some slack per part.
     pub fn reserve(&mut self, additional: usize) {
-        let per_part = additional / PARTS + additional / PARTS / 8 + 16;
+        let per_part = per_part_room(additional);
         for part in self.parts.iter_mut() {
             part.reserve(per_part, |place| place.hash);
         }
